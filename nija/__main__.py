@@ -1,0 +1,3 @@
+from nija.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# NIJA launcher: makes its own virtual environment, installs NIJA into it, then runs it.
+#   ./start.sh            run the daemon (paper mode on the embedded exchange when no keys are set)
+#   ./start.sh test [..]  run the whole test suite (extra arguments go to pytest)
+#   ./start.sh ARGS...    run `nija ARGS...`, e.g. ./start.sh sim --demo
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+extras="test"
+[ "${1:-}" = "bench" ] && extras="test,bench"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "start.sh: creating virtual environment in $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+fi
+
+# Reinstall only when the package definition or the wanted extras changed.
+stamp="$VENV/.nija-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "start.sh: installing NIJA and its dependencies ($extras)" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]" >&2
+    echo "$want" > "$stamp"
+fi
+
+if [ "${1:-}" = "test" ]; then
+    shift
+    exec "$VENV/bin/python" -m pytest "$@"
+fi
+if [ $# -eq 0 ]; then
+    set -- run
+fi
+exec "$VENV/bin/nija" "$@"
