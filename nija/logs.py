@@ -1,0 +1,49 @@
+"""Logging: structlog, one event per line with key=value context.
+
+A console renderer on a terminal, JSON lines otherwise (Railway/Render collect stdout). Secrets never reach a
+log line: values under secret-looking keys are masked as a last line of defence, and credentials are SecretStr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+_SECRET_KEYS = ("secret", "api_sign", "password", "token", "otp")
+
+
+def _mask_secrets(_logger, _name, event_dict):
+    for key in list(event_dict):
+        lowered = key.lower()
+        if any(word in lowered for word in _SECRET_KEYS):
+            event_dict[key] = "**********"
+    return event_dict
+
+
+def configure(level: str | None = None, *, json_lines: bool | None = None) -> None:
+    """Set up structlog once for the process. NIJA_LOG_LEVEL and NIJA_LOG_FORMAT (console|json) override."""
+    level_name = (level or os.environ.get("NIJA_LOG_LEVEL", "INFO")).upper()
+    log_level = getattr(logging, level_name, logging.INFO)
+    if json_lines is None:
+        wanted = os.environ.get("NIJA_LOG_FORMAT", "").lower()
+        json_lines = wanted == "json" or (wanted != "console" and not sys.stdout.isatty())
+    renderer = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _mask_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(log_level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str, **context):
+    return structlog.get_logger(name).bind(**context) if context else structlog.get_logger(name)
