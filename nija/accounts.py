@@ -1,0 +1,275 @@
+"""Follower accounts: one JSON file per follower in the users directory, credentials from the environment.
+
+A file like `config/users/alice.json` holds `{"name": "alice"}` plus optional fields (see `FollowerConfig`); the
+keys come from `KRAKEN_USER_ALICE_API_KEY` / `KRAKEN_USER_ALICE_API_SECRET`. A bad file, unknown field, wrong type
+or missing credential gives one `ConfigProblem` line naming the file, the field and the fix; that follower is left
+out and every other one loads. Two accounts sharing one API key is a configuration error for each of them (one key
+used by two accounts would break its nonce sequence and its rate counter).
+
+`check_main` is `nija check`: it validates the settings and every follower file and prints a readable report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from nija.settings import Settings, SettingsError, load_settings
+
+__all__ = [
+    "FollowerConfig",
+    "Follower",
+    "ConfigProblem",
+    "FollowerLoad",
+    "credential_names",
+    "load_followers",
+    "check_main",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+
+
+class FollowerConfig(BaseModel):
+    """One follower's file. Only `name` is required."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: letters, digits and `_`; upper-cased it names the credential variables
+    name: str
+    #: false: the follower is loaded but copies nothing
+    enabled: bool = True
+    #: false: the follower trades on its own and is not a copy target
+    copy_from_master: bool = True
+    #: scales the master's notional after the equity ratio
+    risk_multiplier: Decimal = Field(default=Decimal("1.0"), gt=0, le=10)
+    #: largest entry as a fraction of the follower's equity (MAX_USER_RISK)
+    max_risk_per_trade: Decimal = Field(default=Decimal("0.10"), gt=0, le=1)
+    #: pairs or assets never copied, e.g. ["XBTUSD", "DOGE"]
+    disabled_symbols: tuple[str, ...] = ()
+    #: fraction of the day's starting equity; once lost, no new entries until the next UTC day (exits still copied)
+    max_daily_loss: Decimal | None = Field(default=None, gt=0, le=1)
+    #: caps entries as an IOC limit this fraction above the master's price; exits are never capped
+    entry_slippage: Decimal | None = Field(default=None, ge=0, lt=Decimal("0.5"))
+    #: `ignore`: a follower that starts while the master holds a position does not buy in late
+    late_join: Literal["ignore"] = "ignore"
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_usable_in_env(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("use 1-40 letters, digits or _ (it names KRAKEN_USER_<NAME>_API_KEY)")
+        return value
+
+    @field_validator("disabled_symbols")
+    @classmethod
+    def _upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(symbol.strip().upper() for symbol in value)
+
+    @field_validator("risk_multiplier", "max_risk_per_trade", "max_daily_loss", "entry_slippage", mode="before")
+    @classmethod
+    def _no_float_rounding(cls, value: object) -> object:
+        # JSON numbers arrive as floats; go through str so 0.1 stays exactly 0.1.
+        return str(value) if isinstance(value, float) else value
+
+
+@dataclass(frozen=True, slots=True)
+class Follower:
+    """A follower ready to trade: its validated config and its credentials."""
+
+    config: FollowerConfig
+    api_key: SecretStr = field(repr=False)
+    api_secret: SecretStr = field(repr=False)
+    source: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with one follower file, with the fix."""
+
+    file: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: {self.message}"
+
+
+@dataclass(slots=True)
+class FollowerLoad:
+    followers: list[Follower]
+    problems: list[ConfigProblem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def credential_names(name: str) -> tuple[str, str]:
+    """The environment variables holding a follower's key and secret."""
+    upper = name.upper()
+    return f"KRAKEN_USER_{upper}_API_KEY", f"KRAKEN_USER_{upper}_API_SECRET"
+
+
+def _problem_from_validation(file: str, error: ValidationError) -> ConfigProblem:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(file)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = f"unknown field: remove it or fix its spelling (known: {', '.join(FollowerConfig.model_fields)})"
+    elif kind == "missing":
+        message = "is required: add it, e.g. \"name\": \"alice\""
+    else:
+        message = f"{first['msg']} (got {first.get('input')!r}): correct the value"
+    more = len(error.errors()) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''} in this file)"
+    return ConfigProblem(file, where, message)
+
+
+def load_followers(
+    users_dir: str | Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    master_api_key: SecretStr | None = None,
+) -> FollowerLoad:
+    """Every `*.json` in `users_dir` (sorted by file name) validated; the good ones with credentials.
+
+    `master_api_key` lets a follower that reuses the master's key be refused.
+    """
+    env = os.environ if environ is None else environ
+    directory = Path(users_dir)
+    problems: list[ConfigProblem] = []
+    if not directory.is_dir():
+        problems.append(ConfigProblem(str(directory), "(directory)",
+                                      "does not exist: create it or set NIJA_USERS_DIR to the follower directory"))
+        return FollowerLoad([], problems)
+
+    candidates: list[Follower] = []
+    seen_names: dict[str, str] = {}
+    for path in sorted(directory.glob("*.json")):
+        if path.name.endswith(".example.json"):
+            continue  # templates shipped with NIJA, not the operator's followers
+        file = str(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(ConfigProblem(file, "(file)", f"cannot be read ({exc.__class__.__name__}): fix its "
+                                                          "permissions or encoding (UTF-8)"))
+            continue
+        except json.JSONDecodeError as exc:
+            problems.append(ConfigProblem(file, f"line {exc.lineno}",
+                                          f"is not valid JSON ({exc.msg}): fix the syntax"))
+            continue
+        if not isinstance(data, dict):
+            problems.append(ConfigProblem(file, "(file)", "must hold one JSON object like {\"name\": \"alice\"}"))
+            continue
+        try:
+            config = FollowerConfig.model_validate(data)
+        except ValidationError as exc:
+            problems.append(_problem_from_validation(file, exc))
+            continue
+        lowered = config.name.lower()
+        if lowered in seen_names:
+            problems.append(ConfigProblem(file, "name", f"{config.name!r} is already used by {seen_names[lowered]}: "
+                                                        "give each follower its own name"))
+            continue
+        seen_names[lowered] = file
+        key_var, secret_var = credential_names(config.name)
+        key, secret = (env.get(key_var) or "").strip(), (env.get(secret_var) or "").strip()
+        missing = [var for var, value in ((key_var, key), (secret_var, secret)) if not value]
+        if missing:
+            problems.append(ConfigProblem(file, "credentials", f"{' and '.join(missing)} not set: export "
+                                                               "it in the environment or .env"))
+            continue
+        candidates.append(Follower(config, SecretStr(key), SecretStr(secret), path))
+
+    # Keys shared between accounts: refuse every account involved.
+    by_key: dict[str, list[Follower]] = {}
+    for follower in candidates:
+        by_key.setdefault(follower.api_key.get_secret_value(), []).append(follower)
+    master_key = master_api_key.get_secret_value() if master_api_key is not None else None
+    followers: list[Follower] = []
+    for follower in candidates:
+        sharing = by_key[follower.api_key.get_secret_value()]
+        key_var = credential_names(follower.name)[0]
+        if follower.api_key.get_secret_value() == master_key:
+            problems.append(ConfigProblem(str(follower.source), "credentials",
+                                          f"{key_var} is the master's key: give the follower its own API key"))
+        elif len(sharing) > 1:
+            others = ", ".join(other.name for other in sharing if other is not follower)
+            problems.append(ConfigProblem(str(follower.source), "credentials",
+                                          f"{key_var} is also the key of {others}: give each account its own API key"))
+        else:
+            followers.append(follower)
+    return FollowerLoad(followers, problems)
+
+
+_CHECK_USAGE = """usage: nija check [--users-dir DIR]
+
+Validates the settings (environment and .env) and every follower file, prints a report and exits 0 when all is
+well, 1 otherwise. Nothing is sent to Kraken."""
+
+
+def check_main(argv: list[str], *, environ: Mapping[str, str] | None = None, out=None) -> int:
+    """`nija check`: a readable report of the settings and follower files; non-zero exit when something is wrong."""
+    out = out or sys.stdout
+    args = list(argv)
+    users_dir: str | None = None
+    while args:
+        arg = args.pop(0)
+        if arg in {"-h", "--help"}:
+            print(_CHECK_USAGE, file=out)
+            return 0
+        if arg == "--users-dir" and args:
+            users_dir = args.pop(0)
+        elif arg.startswith("--users-dir="):
+            users_dir = arg.split("=", 1)[1]
+        else:
+            print(f"nija check: unexpected argument {arg!r}\n\n{_CHECK_USAGE}", file=out)
+            return 2
+
+    failed = False
+    try:
+        settings = load_settings(environ, dotenv_path=".env" if environ is None else None)
+    except SettingsError as exc:
+        print("settings: FAILED", file=out)
+        for problem in exc.problems:
+            print(f"  ✗ {problem}", file=out)
+        failed = True
+        settings = Settings()
+    else:
+        print("settings: ok", file=out)
+    print(f"  mode            {settings.copy_trading_mode.value}", file=out)
+    print(f"  api url         {settings.kraken_api_url}", file=out)
+    print(f"  master keys     {'set' if settings.has_master_keys else 'not set (paper mode)'}", file=out)
+    print(f"  state dir       {settings.state_dir}", file=out)
+    print(f"  copy concurrency {settings.copy_concurrency}", file=out)
+
+    directory = Path(users_dir) if users_dir else settings.users_dir
+    load = load_followers(directory, environ, master_api_key=settings.master_api_key)
+    print(f"followers in {directory}: {len(load.followers)} ok, {len(load.problems)} with problems", file=out)
+    for follower in load.followers:
+        c = follower.config
+        state = "enabled" if c.enabled and c.copy_from_master else "not copying"
+        print(f"  ✓ {c.name:<16} {state}, risk ×{c.risk_multiplier}, max {c.max_risk_per_trade} of equity", file=out)
+    for problem in load.problems:
+        print(f"  ✗ {problem}", file=out)
+    if load.problems:
+        failed = True
+    if settings.copies and not load.followers and not load.problems:
+        print("  (no follower files: nothing will be copied)", file=out)
+    print("check: FAILED" if failed else "check: ok", file=out)
+    return 1 if failed else 0

@@ -1,0 +1,176 @@
+"""NIJA's process-wide settings: read once from the environment (and `.env`), validated, frozen.
+
+Every knob lives here with its default and meaning. A bad value raises `SettingsError`, whose message has one line
+per problem naming the variable and the fix, so an operator can correct all of them in one go.
+
+    variable                      default                  meaning
+    NIJA_STATE_DIR                state/                   SQLite store, nonce marks and other state files
+    NIJA_USERS_DIR                config/users             one JSON file per follower (see nija.accounts)
+    COPY_TRADING_MODE             MASTER_FOLLOW            MASTER_FOLLOW mirrors the master; INDEPENDENT copies nothing
+    KRAKEN_API_URL                https://api.kraken.com   base URL (the embedded exchange's URL in paper mode)
+    KRAKEN_MASTER_API_KEY         (none)                   the master account's API key
+    KRAKEN_MASTER_API_SECRET      (none)                   its secret (base64, as Kraken shows it)
+    KRAKEN_TIER                   starter                  verification tier of the keys: starter|intermediate|pro
+    NIJA_COPY_CONCURRENCY         500                      follower orders in flight at once, across all followers
+    NIJA_TAKER_FEE_RATE           0.004                    fee fraction reserved when sizing a follower's buy
+    NIJA_BALANCE_REFRESH_S        (rate profile)           seconds between follower balance refreshes; unset = the
+                                                           master's rate profile decides (60/10/5 s, APEX_V71.md)
+    NIJA_ORDER_TIMEOUT_S          10                       seconds one follower order may take before it counts as
+                                                           failed (the order itself is settled by reconciliation)
+
+Follower credentials (`KRAKEN_USER_<NAME>_API_KEY` / `_API_SECRET`) are read by nija.accounts, not here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from nija.kraken.limits import TIERS
+
+__all__ = ["CopyTradingMode", "Settings", "SettingsError", "load_settings", "DEFAULT_API_URL"]
+
+DEFAULT_API_URL = "https://api.kraken.com"
+
+
+class CopyTradingMode(str, Enum):
+    MASTER_FOLLOW = "MASTER_FOLLOW"
+    INDEPENDENT = "INDEPENDENT"
+
+
+class SettingsError(ValueError):
+    """One or more environment variables are wrong; `.problems` holds one line per variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated settings. Secrets are SecretStr: their repr shows stars, never the value."""
+
+    state_dir: Path = Path("state")
+    users_dir: Path = Path("config/users")
+    copy_trading_mode: CopyTradingMode = CopyTradingMode.MASTER_FOLLOW
+    kraken_api_url: str = DEFAULT_API_URL
+    master_api_key: SecretStr | None = field(default=None, repr=False)
+    master_api_secret: SecretStr | None = field(default=None, repr=False)
+    kraken_tier: str = "starter"
+    copy_concurrency: int = 500
+    taker_fee_rate: Decimal = Decimal("0.004")
+    balance_refresh_s: float | None = None
+    order_timeout_s: float = 10.0
+
+    @property
+    def has_master_keys(self) -> bool:
+        return self.master_api_key is not None and self.master_api_secret is not None
+
+    @property
+    def copies(self) -> bool:
+        """True when followers mirror the master (COPY_TRADING_MODE=MASTER_FOLLOW)."""
+        return self.copy_trading_mode is CopyTradingMode.MASTER_FOLLOW
+
+    @property
+    def store_path(self) -> Path:
+        return self.state_dir / "nija.sqlite3"
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str | Path | None = ".env") -> Settings:
+    """Settings from `environ` (default: os.environ), after loading `dotenv_path` if it exists.
+
+    Values already in the environment win over `.env`. Pass `dotenv_path=None` to skip `.env` (tests do).
+    """
+    if environ is None:
+        if dotenv_path is not None and Path(dotenv_path).is_file():
+            from dotenv import load_dotenv
+
+            load_dotenv(dotenv_path, override=False)
+        environ = os.environ
+    env = environ
+    problems: list[str] = []
+    values: dict[str, object] = {}
+
+    for name, key in (("NIJA_STATE_DIR", "state_dir"), ("NIJA_USERS_DIR", "users_dir")):
+        raw = _text(env, name)
+        if raw is not None:
+            values[key] = Path(raw)
+
+    raw = _text(env, "COPY_TRADING_MODE")
+    if raw is not None:
+        try:
+            values["copy_trading_mode"] = CopyTradingMode(raw.upper())
+        except ValueError:
+            problems.append(f"COPY_TRADING_MODE={raw!r} is not a mode: set it to MASTER_FOLLOW or INDEPENDENT")
+
+    raw = _text(env, "KRAKEN_API_URL")
+    if raw is not None:
+        if not raw.startswith(("http://", "https://")):
+            problems.append(f"KRAKEN_API_URL={raw!r} is not an http(s) URL: set it like https://api.kraken.com")
+        else:
+            values["kraken_api_url"] = raw.rstrip("/")
+
+    key, secret = _text(env, "KRAKEN_MASTER_API_KEY"), _text(env, "KRAKEN_MASTER_API_SECRET")
+    if (key is None) != (secret is None):
+        missing = "KRAKEN_MASTER_API_SECRET" if secret is None else "KRAKEN_MASTER_API_KEY"
+        problems.append(f"{missing} is not set while its pair is: set both master credentials or neither")
+    elif key is not None:
+        values["master_api_key"], values["master_api_secret"] = SecretStr(key), SecretStr(secret)
+
+    raw = _text(env, "KRAKEN_TIER")
+    if raw is not None:
+        if raw.lower() not in TIERS:
+            problems.append(f"KRAKEN_TIER={raw!r} is not a Kraken tier: set it to one of {', '.join(TIERS)}")
+        else:
+            values["kraken_tier"] = raw.lower()
+
+    raw = _text(env, "NIJA_COPY_CONCURRENCY")
+    if raw is not None:
+        try:
+            limit = int(raw)
+            if limit < 1:
+                raise ValueError
+            values["copy_concurrency"] = limit
+        except ValueError:
+            problems.append(f"NIJA_COPY_CONCURRENCY={raw!r} must be a whole number ≥ 1, e.g. 500")
+
+    raw = _text(env, "NIJA_TAKER_FEE_RATE")
+    if raw is not None:
+        try:
+            rate = Decimal(raw)
+            if not (Decimal(0) <= rate < Decimal("0.1")):
+                raise InvalidOperation
+            values["taker_fee_rate"] = rate
+        except InvalidOperation:
+            problems.append(f"NIJA_TAKER_FEE_RATE={raw!r} must be a fraction in [0, 0.1), e.g. 0.004 for 0.40 %")
+
+    for name, key, example in (("NIJA_BALANCE_REFRESH_S", "balance_refresh_s", "10"),
+                               ("NIJA_ORDER_TIMEOUT_S", "order_timeout_s", "10")):
+        raw = _text(env, name)
+        if raw is None:
+            continue
+        try:
+            seconds = float(raw)
+            if not seconds > 0:
+                raise ValueError
+            values[key] = seconds
+        except ValueError:
+            problems.append(f"{name}={raw!r} must be a number of seconds > 0, e.g. {example}")
+
+    if problems:
+        raise SettingsError(problems)
+    return Settings(**values)

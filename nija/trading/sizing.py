@@ -1,0 +1,191 @@
+"""Sizing a follower's copy of one signal: a pure function, Decimal throughout, no I/O.
+
+Buy (DESIGN invariant 5): notional = master notional × follower equity / master equity × risk_multiplier, capped at
+max_risk_per_trade × follower equity and at what the follower's free cash pays *including the taker fee*; the volume
+is rounded down to the pair's lot. With `entry_slippage` the buy is an IOC limit at most that far above the master's
+price, and the cash cap is computed at that limit price.
+
+Sell (invariant 4): volume = the signal's fraction × the follower's own position (all of it when the master closed
+its position), never more than the follower holds, rounded down to the lot. Exits are always market orders.
+
+Anything that cannot or must not be sent (below `ordermin`/`costmin`, disabled symbol, no position, daily loss
+reached, unknown balance) is returned as a `Skip` with a reason: a skip is not a failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
+from enum import Enum
+
+from nija.trading.signals import Side, Signal
+
+__all__ = [
+    "PairRules",
+    "FollowerBook",
+    "FollowerLimits",
+    "OrderPlan",
+    "Skip",
+    "SkipReason",
+    "size_copy",
+    "round_volume_down",
+    "round_price_down",
+]
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+#: extra room kept when a market buy is sized against free cash: a market order can fill above the master's price
+MARKET_BUY_PRICE_BUFFER = Decimal("0.01")
+
+
+@dataclass(frozen=True, slots=True)
+class PairRules:
+    """What sizing needs to know about a pair (from Kraken's AssetPairs)."""
+
+    pair: str  # the name orders are sent with
+    base: str  # the base asset as the follower's book names it
+    lot_decimals: int
+    ordermin: Decimal  # base units
+    costmin: Decimal | None  # quote units
+    tick_size: Decimal
+    symbols: frozenset[str] = frozenset()  # every name `disabled_symbols` may use for this pair (upper-case)
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerBook:
+    """The follower's state when its copy is sized. None means unknown (never treated as zero)."""
+
+    equity_usd: Decimal | None
+    free_cash_usd: Decimal | None
+    position_base: Decimal | None  # what the follower holds of the pair's base asset
+    daily_loss_reached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerLimits:
+    """The follower's own knobs that sizing uses (a subset of FollowerConfig)."""
+
+    risk_multiplier: Decimal = ONE
+    max_risk_per_trade: Decimal = Decimal("0.10")
+    disabled_symbols: frozenset[str] = frozenset()
+    entry_slippage: Decimal | None = None
+
+    @classmethod
+    def of(cls, config) -> FollowerLimits:
+        return cls(config.risk_multiplier, config.max_risk_per_trade, frozenset(config.disabled_symbols),
+                   config.entry_slippage)
+
+
+class SkipReason(str, Enum):
+    DISABLED_SYMBOL = "disabled_symbol"
+    DAILY_LOSS_REACHED = "daily_loss_reached"
+    EQUITY_UNKNOWN = "equity_unknown"
+    NO_CASH = "no_cash"
+    POSITION_UNKNOWN = "position_unknown"
+    NO_POSITION = "no_position"
+    BELOW_ORDERMIN = "below_ordermin"
+    BELOW_COSTMIN = "below_costmin"
+    MASTER_EQUITY_INVALID = "master_equity_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    reason: SkipReason
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPlan:
+    """An order to send: market, or an IOC limit when `limit_price_usd` is set."""
+
+    pair: str
+    side: Side
+    volume_base: Decimal
+    notional_usd: Decimal  # volume × the master's price: what the copy is worth
+    limit_price_usd: Decimal | None = None
+
+    @property
+    def ordertype(self) -> str:
+        return "market" if self.limit_price_usd is None else "limit"
+
+
+def round_volume_down(volume_base: Decimal, lot_decimals: int) -> Decimal:
+    return volume_base.quantize(Decimal(1).scaleb(-lot_decimals), rounding=ROUND_DOWN)
+
+
+def round_price_down(price: Decimal, tick_size: Decimal) -> Decimal:
+    return ((price / tick_size).to_integral_value(rounding=ROUND_DOWN) * tick_size).normalize()
+
+
+def _minimums(volume_base: Decimal, price: Decimal, rules: PairRules, what: str) -> Skip | None:
+    if volume_base <= ZERO or volume_base < rules.ordermin:
+        return Skip(SkipReason.BELOW_ORDERMIN, f"{what} {volume_base} < ordermin {rules.ordermin} {rules.base}")
+    cost = volume_base * price
+    if rules.costmin is not None and cost < rules.costmin:
+        return Skip(SkipReason.BELOW_COSTMIN, f"{what} costs {cost:.2f} < costmin {rules.costmin}")
+    return None
+
+
+def size_copy(
+    signal: Signal,
+    limits: FollowerLimits,
+    book: FollowerBook,
+    rules: PairRules,
+    *,
+    taker_fee_rate: Decimal = Decimal("0.004"),
+) -> OrderPlan | Skip:
+    """The follower's order for `signal`, or why it is skipped."""
+    if limits.disabled_symbols & (rules.symbols | {rules.pair.upper(), signal.pair.upper()}):
+        return Skip(SkipReason.DISABLED_SYMBOL, f"{rules.pair} is in disabled_symbols")
+    price = signal.avg_price_usd
+    if signal.side == "sell":
+        return _size_sell(signal, book, rules, price)
+    return _size_buy(signal, limits, book, rules, price, taker_fee_rate)
+
+
+def _size_sell(signal: Signal, book: FollowerBook, rules: PairRules, price: Decimal) -> OrderPlan | Skip:
+    held = book.position_base
+    if held is None:
+        return Skip(SkipReason.POSITION_UNKNOWN, f"{rules.base} balance could not be read")
+    if held <= ZERO:
+        return Skip(SkipReason.NO_POSITION, f"holds no {rules.base}")
+    wanted = held if signal.closes_position else signal.sell_fraction * held
+    volume = min(round_volume_down(wanted, rules.lot_decimals), round_volume_down(held, rules.lot_decimals))
+    skipped = _minimums(volume, price, rules, "sell")
+    if skipped:
+        return skipped
+    return OrderPlan(rules.pair, "sell", volume, volume * price)
+
+
+def _size_buy(signal: Signal, limits: FollowerLimits, book: FollowerBook, rules: PairRules, price: Decimal,
+              taker_fee_rate: Decimal) -> OrderPlan | Skip:
+    if book.daily_loss_reached:
+        return Skip(SkipReason.DAILY_LOSS_REACHED, "max_daily_loss reached: no new entries until the next UTC day")
+    if book.equity_usd is None or book.free_cash_usd is None:
+        return Skip(SkipReason.EQUITY_UNKNOWN, "balance could not be read")
+    if signal.master_equity_usd <= ZERO:
+        return Skip(SkipReason.MASTER_EQUITY_INVALID, f"master equity {signal.master_equity_usd} is not > 0")
+    if book.equity_usd <= ZERO or book.free_cash_usd <= ZERO:
+        return Skip(SkipReason.NO_CASH, f"equity {book.equity_usd}, free cash {book.free_cash_usd}")
+
+    scaled_usd = signal.notional_usd * book.equity_usd / signal.master_equity_usd * limits.risk_multiplier
+    risk_cap_usd = limits.max_risk_per_trade * book.equity_usd
+    target_usd = min(scaled_usd, risk_cap_usd)
+
+    limit_price: Decimal | None = None
+    if limits.entry_slippage is not None:
+        limit_price = round_price_down(price * (ONE + limits.entry_slippage), rules.tick_size)
+        worst_price = limit_price
+    else:
+        worst_price = price * (ONE + MARKET_BUY_PRICE_BUFFER)
+    # Cash cap: the worst fill price plus the taker fee must still be paid from free cash.
+    cash_cap_base = book.free_cash_usd / (worst_price * (ONE + taker_fee_rate))
+
+    volume = round_volume_down(min(target_usd / price, cash_cap_base), rules.lot_decimals)
+    skipped = _minimums(volume, price, rules, "buy")
+    if skipped:
+        return skipped
+    return OrderPlan(rules.pair, "buy", volume, volume * price, limit_price)

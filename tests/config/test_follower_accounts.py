@@ -1,0 +1,82 @@
+"""Follower files: validation, credentials, one bad file never stops the others, and `nija check`."""
+
+import io
+import json
+from decimal import Decimal
+
+from pydantic import SecretStr
+
+from nija.accounts import check_main, load_followers
+
+
+def write(directory, name, data):
+    path = directory / f"{name}.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+ENV = {"KRAKEN_USER_ALICE_API_KEY": "ka", "KRAKEN_USER_ALICE_API_SECRET": "sa-secret",
+       "KRAKEN_USER_BOB_API_KEY": "kb", "KRAKEN_USER_BOB_API_SECRET": "sb-secret"}
+
+
+def test_good_files_load_with_defaults_and_credentials(tmp_path):
+    write(tmp_path, "alice", {"name": "alice"})
+    write(tmp_path, "bob", {"name": "bob", "risk_multiplier": 0.5, "disabled_symbols": ["doge"],
+                            "max_daily_loss": 0.05, "entry_slippage": 0.005})
+    write(tmp_path, "carol.example", {"name": "carol"})  # templates are ignored
+    load = load_followers(tmp_path, ENV)
+    assert load.ok and [f.name for f in load.followers] == ["alice", "bob"]
+    alice, bob = load.followers
+    assert alice.config.max_risk_per_trade == Decimal("0.10") and alice.config.late_join == "ignore"
+    assert bob.config.risk_multiplier == Decimal("0.5") and bob.config.disabled_symbols == ("DOGE",)
+    assert bob.config.entry_slippage == Decimal("0.005")
+    assert alice.api_secret.get_secret_value() == "sa-secret" and "sa-secret" not in repr(alice)
+
+
+def test_one_bad_file_is_left_out_with_one_clear_line(tmp_path):
+    write(tmp_path, "alice", {"name": "alice", "risk_multipler": 2})  # typo
+    write(tmp_path, "bob", {"name": "bob"})
+    write(tmp_path, "carl", "{not json")
+    write(tmp_path, "dora", {"name": "dora", "max_risk_per_trade": "lots"})
+    write(tmp_path, "eve", {"name": "eve"})  # no credentials
+    load = load_followers(tmp_path, ENV)
+    assert [f.name for f in load.followers] == ["bob"]
+    lines = [str(p) for p in load.problems]
+    assert len(lines) == 4 and all("\n" not in line for line in lines)
+    assert "alice.json: risk_multipler: unknown field" in lines[0]
+    assert "carl.json: line 1: is not valid JSON" in lines[1]
+    assert "dora.json: max_risk_per_trade:" in lines[2] and "correct the value" in lines[2]
+    assert "eve.json: credentials: KRAKEN_USER_EVE_API_KEY and KRAKEN_USER_EVE_API_SECRET not set" in lines[3]
+
+
+def test_shared_keys_are_a_configuration_error(tmp_path):
+    write(tmp_path, "alice", {"name": "alice"})
+    write(tmp_path, "bob", {"name": "bob"})
+    env = dict(ENV, KRAKEN_USER_BOB_API_KEY="ka")
+    load = load_followers(tmp_path, env)
+    assert load.followers == [] and len(load.problems) == 2
+    assert "also the key of bob" in str(load.problems[0])
+    load = load_followers(tmp_path, ENV, master_api_key=SecretStr("kb"))
+    assert [f.name for f in load.followers] == ["alice"] and "master's key" in str(load.problems[0])
+
+
+def test_missing_name_and_bad_name(tmp_path):
+    write(tmp_path, "x", {"enabled": True})
+    write(tmp_path, "y", {"name": "bad name!"})
+    problems = [str(p) for p in load_followers(tmp_path, ENV).problems]
+    assert "x.json: name: is required" in problems[0] and "y.json: name:" in problems[1]
+
+
+def test_check_reports_and_exit_codes(tmp_path):
+    write(tmp_path, "alice", {"name": "alice"})
+    out = io.StringIO()
+    assert check_main(["--users-dir", str(tmp_path)], environ=ENV, out=out) == 0
+    assert "✓ alice" in out.getvalue() and "check: ok" in out.getvalue()
+    write(tmp_path, "bob", {"name": "bob", "enabled": "sometimes"})
+    out = io.StringIO()
+    assert check_main(["--users-dir", str(tmp_path)], environ=ENV, out=out) == 1
+    assert "bob.json: enabled:" in out.getvalue() and "check: FAILED" in out.getvalue()
+    assert "sa-secret" not in out.getvalue()
+    out = io.StringIO()
+    assert check_main([], environ={"COPY_TRADING_MODE": "x", "NIJA_USERS_DIR": str(tmp_path)}, out=out) == 1
+    assert "COPY_TRADING_MODE" in out.getvalue()

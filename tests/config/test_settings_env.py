@@ -1,0 +1,38 @@
+"""Settings from the environment: defaults, parsing, and errors that name the variable and the fix."""
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from nija.settings import CopyTradingMode, SettingsError, load_settings
+
+
+def test_defaults():
+    settings = load_settings({}, dotenv_path=None)
+    assert settings.state_dir == Path("state") and settings.users_dir == Path("config/users")
+    assert settings.copy_trading_mode is CopyTradingMode.MASTER_FOLLOW and settings.copies
+    assert not settings.has_master_keys
+
+
+def test_values_are_parsed():
+    settings = load_settings({
+        "NIJA_STATE_DIR": "/tmp/s", "COPY_TRADING_MODE": "independent", "KRAKEN_API_URL": "http://127.0.0.1:9/",
+        "KRAKEN_MASTER_API_KEY": "k", "KRAKEN_MASTER_API_SECRET": "c2VjcmV0", "NIJA_COPY_CONCURRENCY": "8",
+        "NIJA_TAKER_FEE_RATE": "0.0026", "KRAKEN_TIER": "Pro",
+    }, dotenv_path=None)
+    assert settings.copy_trading_mode is CopyTradingMode.INDEPENDENT and not settings.copies
+    assert settings.kraken_api_url == "http://127.0.0.1:9" and settings.copy_concurrency == 8
+    assert settings.taker_fee_rate == Decimal("0.0026") and settings.kraken_tier == "pro"
+    assert "c2VjcmV0" not in repr(settings)
+
+
+def test_every_bad_variable_is_reported_with_its_fix():
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"COPY_TRADING_MODE": "MIRROR", "NIJA_COPY_CONCURRENCY": "0",
+                       "KRAKEN_MASTER_API_KEY": "k", "KRAKEN_API_URL": "api.kraken.com"}, dotenv_path=None)
+    text = str(caught.value)
+    assert len(caught.value.problems) == 4
+    assert "COPY_TRADING_MODE='MIRROR'" in text and "MASTER_FOLLOW or INDEPENDENT" in text
+    assert "NIJA_COPY_CONCURRENCY" in text and "KRAKEN_MASTER_API_SECRET is not set" in text
+    assert "KRAKEN_API_URL" in text
