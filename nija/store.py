@@ -1,0 +1,246 @@
+"""NIJA's durable state: SQLite in WAL mode through one aiosqlite connection.
+
+Tables
+    signals   one row per master fill; stored before fan-out (DESIGN invariant 6). status new → done.
+    intents   one row per follower per signal, with the client order id fixed *before* the order is sent. All intents
+              of a signal are inserted in one transaction before any of its orders leaves. status:
+                  pending   stored; the order may or may not have been sent
+                  unknown   sent, outcome could not be settled (lookup by cl_ord_id on resume)
+                  done      acknowledged by the exchange (order id recorded)
+                  skipped   not sent, with the reason
+                  failed    rejected / not sent because of an error, with the reason
+              pending and unknown are "unfinished": resume looks them up by cl_ord_id, then finishes or sends them.
+    day_marks a follower's equity at the start of a UTC day (for max_daily_loss across restarts)
+
+Results are written as they arrive but committed in small batches: losing the last batch in a crash is safe, because
+the intent stays unfinished and is reconciled by its client order id, never resent blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import aiosqlite
+
+from nija.trading.signals import Signal
+
+__all__ = ["Store", "IntentRow", "UNFINISHED", "FINISHED"]
+
+UNFINISHED = ("pending", "unknown")
+FINISHED = ("done", "skipped", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS signals (
+    signal_id   TEXT PRIMARY KEY,
+    payload     TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'new',
+    created_at  REAL NOT NULL,
+    finished_at REAL,
+    summary     TEXT
+);
+CREATE TABLE IF NOT EXISTS intents (
+    signal_id    TEXT NOT NULL,
+    follower     TEXT NOT NULL,
+    cl_ord_id    TEXT NOT NULL UNIQUE,
+    pair         TEXT NOT NULL,
+    side         TEXT NOT NULL,
+    status       TEXT NOT NULL DEFAULT 'pending',
+    volume_base  TEXT,
+    notional_usd TEXT,
+    order_id     TEXT,
+    reason       TEXT,
+    updated_at   REAL NOT NULL,
+    PRIMARY KEY (signal_id, follower)
+);
+CREATE INDEX IF NOT EXISTS intents_unfinished ON intents(status) WHERE status IN ('pending', 'unknown');
+CREATE TABLE IF NOT EXISTS day_marks (
+    follower         TEXT NOT NULL,
+    day              TEXT NOT NULL,
+    start_equity_usd TEXT NOT NULL,
+    PRIMARY KEY (follower, day)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class IntentRow:
+    signal_id: str
+    follower: str
+    cl_ord_id: str
+    pair: str
+    side: str
+    status: str = "pending"
+    volume_base: Decimal | None = None
+    notional_usd: Decimal | None = None
+    order_id: str | None = None
+    reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+def _dec(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def _row(values) -> IntentRow:
+    sid, follower, cl, pair, side, status, vol, notional, order_id, reason = values
+    return IntentRow(sid, follower, cl, pair, side, status, _dec(vol), _dec(notional), order_id, reason)
+
+
+class Store:
+    """Open with `await Store.open(path)` (or `async with await Store.open(path) as store`)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._pending_results: list[tuple] = []
+        self._flushing: asyncio.Task | None = None
+        self._lock = asyncio.Lock()  # one writer transaction at a time on the shared connection
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Store:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(path), isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash (not a power cut); FULL costs an fsync per commit.
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.executescript(_SCHEMA)
+        return cls(db)
+
+    async def close(self) -> None:
+        await self.flush()
+        await self._db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # --- signals -------------------------------------------------------------------------------------------------
+
+    async def save_signal(self, signal: Signal) -> bool:
+        """Store a signal durably; False when it was stored before (a signal is copied once only)."""
+        async with self._lock:
+            cursor = await self._db.execute(
+                "INSERT OR IGNORE INTO signals(signal_id, payload, created_at) VALUES (?, ?, ?)",
+                (signal.signal_id, signal.to_json(), time.time()),
+            )
+            return cursor.rowcount == 1
+
+    async def signal_status(self, signal_id: str) -> str | None:
+        async with self._db.execute("SELECT status FROM signals WHERE signal_id = ?", (signal_id,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    async def finish_signal(self, signal_id: str, summary_json: str | None = None) -> None:
+        await self.flush()
+        async with self._lock:
+            await self._db.execute(
+                "UPDATE signals SET status = 'done', finished_at = ?, summary = ? WHERE signal_id = ?",
+                (time.time(), summary_json, signal_id),
+            )
+
+    async def unfinished_signals(self) -> list[Signal]:
+        """Signals not yet finished, oldest first (what resume must complete)."""
+        async with self._db.execute(
+            "SELECT payload FROM signals WHERE status != 'done' ORDER BY created_at, rowid"
+        ) as cursor:
+            return [Signal.from_json(payload) for (payload,) in await cursor.fetchall()]
+
+    # --- intents -------------------------------------------------------------------------------------------------
+
+    async def add_intents(self, intents: Iterable[IntentRow]) -> None:
+        """Insert every intent of a signal in one transaction (existing ones are kept as they are)."""
+        now = time.time()
+        rows = [(i.signal_id, i.follower, i.cl_ord_id, i.pair, i.side, i.status,
+                 None if i.volume_base is None else str(i.volume_base),
+                 None if i.notional_usd is None else str(i.notional_usd), i.order_id, i.reason, now)
+                for i in intents]
+        async with self._lock:
+            await self._db.execute("BEGIN")
+            try:
+                await self._db.executemany(
+                    "INSERT OR IGNORE INTO intents(signal_id, follower, cl_ord_id, pair, side, status, volume_base,"
+                    " notional_usd, order_id, reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    def record_result(self, cl_ord_id: str, status: str, *, volume_base: Decimal | None = None,
+                      notional_usd: Decimal | None = None, order_id: str | None = None,
+                      reason: str | None = None) -> None:
+        """Queue an intent's outcome; committed with the next batch (see `flush`)."""
+        if status not in FINISHED and status != "unknown":
+            raise ValueError(f"record_result: status must be one of {FINISHED + ('unknown',)}, got {status!r}")
+        self._pending_results.append((status, None if volume_base is None else str(volume_base),
+                                      None if notional_usd is None else str(notional_usd), order_id, reason,
+                                      time.time(), cl_ord_id))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(0)  # let results that arrive in the same loop iteration join the batch
+        await self._write_results()
+
+    async def _write_results(self) -> None:
+        async with self._lock:
+            while self._pending_results:
+                batch, self._pending_results = self._pending_results, []
+                await self._db.execute("BEGIN")
+                try:
+                    await self._db.executemany(
+                        "UPDATE intents SET status = ?, volume_base = COALESCE(?, volume_base),"
+                        " notional_usd = COALESCE(?, notional_usd), order_id = COALESCE(?, order_id), reason = ?,"
+                        " updated_at = ? WHERE cl_ord_id = ?",
+                        batch,
+                    )
+                    await self._db.execute("COMMIT")
+                except BaseException:
+                    await self._db.execute("ROLLBACK")
+                    self._pending_results[:0] = batch
+                    raise
+
+    async def flush(self) -> None:
+        """Commit every queued result now."""
+        await self._write_results()
+
+    async def intents_for(self, signal_id: str) -> list[IntentRow]:
+        async with self._db.execute(
+            "SELECT signal_id, follower, cl_ord_id, pair, side, status, volume_base, notional_usd, order_id, reason"
+            " FROM intents WHERE signal_id = ? ORDER BY rowid", (signal_id,)
+        ) as cursor:
+            return [_row(values) for values in await cursor.fetchall()]
+
+    async def unfinished_intents(self) -> list[IntentRow]:
+        async with self._db.execute(
+            "SELECT signal_id, follower, cl_ord_id, pair, side, status, volume_base, notional_usd, order_id, reason"
+            " FROM intents WHERE status IN ('pending', 'unknown') ORDER BY rowid"
+        ) as cursor:
+            return [_row(values) for values in await cursor.fetchall()]
+
+    # --- daily equity marks --------------------------------------------------------------------------------------
+
+    async def day_start_equity(self, follower: str, day: str, equity_usd: Decimal) -> Decimal:
+        """The follower's equity at the start of `day` (YYYY-MM-DD, UTC): the first value stored for that day."""
+        async with self._lock:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO day_marks(follower, day, start_equity_usd) VALUES (?, ?, ?)",
+                (follower, day, str(equity_usd)),
+            )
+        async with self._db.execute(
+            "SELECT start_equity_usd FROM day_marks WHERE follower = ? AND day = ?", (follower, day)
+        ) as cursor:
+            (value,) = await cursor.fetchone()
+        return Decimal(value)

@@ -1,0 +1,52 @@
+"""The store: signals once, intents before sending, results batched, unfinished work listed after a restart."""
+
+from decimal import Decimal as D
+
+from nija.store import IntentRow, Store
+from nija.trading.signals import Signal, cl_ord_id_for
+
+
+def signal(sid="sig-1"):
+    return Signal(sid, "OM1", "XBTUSD", "buy", D("0.01"), D("50000"), D("2"), D("1000"), filled_at_s=1.0)
+
+
+async def test_signal_is_stored_once_and_survives_reopen(tmp_path):
+    path = tmp_path / "state" / "nija.sqlite3"
+    store = await Store.open(path)
+    assert await store.save_signal(signal()) is True
+    assert await store.save_signal(signal()) is False
+    await store.close()
+    store = await Store.open(path)
+    assert [s.signal_id for s in await store.unfinished_signals()] == ["sig-1"]
+    assert (await store.unfinished_signals())[0] == signal()
+    await store.finish_signal("sig-1", "{}")
+    assert await store.unfinished_signals() == [] and await store.signal_status("sig-1") == "done"
+    await store.close()
+
+
+async def test_intents_results_and_resume_listing(tmp_path):
+    path = tmp_path / "nija.sqlite3"
+    store = await Store.open(path)
+    await store.save_signal(signal())
+    names = ["alice", "bob", "carol", "dave"]
+    await store.add_intents([IntentRow("sig-1", n, cl_ord_id_for("sig-1", n), "XBTUSD", "buy") for n in names])
+    await store.add_intents([IntentRow("sig-1", "alice", cl_ord_id_for("sig-1", "alice"), "XBTUSD", "buy")])
+    store.record_result(cl_ord_id_for("sig-1", "alice"), "done", volume_base=D("0.002"), order_id="OA")
+    store.record_result(cl_ord_id_for("sig-1", "bob"), "skipped", reason="below_ordermin: ...")
+    store.record_result(cl_ord_id_for("sig-1", "carol"), "unknown", reason="timeout")
+    await store.close()  # close flushes queued results
+
+    store = await Store.open(path)
+    rows = {row.follower: row for row in await store.intents_for("sig-1")}
+    assert len(rows) == 4
+    assert rows["alice"].status == "done" and rows["alice"].volume_base == D("0.002") and rows["alice"].order_id == "OA"
+    assert rows["bob"].status == "skipped" and rows["bob"].finished
+    assert sorted(r.follower for r in await store.unfinished_intents()) == ["carol", "dave"]
+    await store.close()
+
+
+async def test_day_mark_keeps_first_value(tmp_path):
+    async with await Store.open(tmp_path / "db.sqlite3") as store:
+        assert await store.day_start_equity("alice", "2026-01-01", D("100")) == D("100")
+        assert await store.day_start_equity("alice", "2026-01-01", D("90")) == D("100")
+        assert await store.day_start_equity("alice", "2026-01-02", D("90")) == D("90")
