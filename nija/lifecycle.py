@@ -1,0 +1,128 @@
+"""The daemon's lifecycle, readable in its logs, and the lock that keeps one daemon per set of keys.
+
+    starting ──► running ⇄ degraded ──► stopping ──► stopped
+
+Every change of state is one `lifecycle` log line; leaving `degraded` is logged as `recovered` at the same level as
+the failure that caused it.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import hashlib
+import os
+from pathlib import Path
+
+from nija.logs import get_logger
+
+__all__ = ["State", "Lifecycle", "InstanceLock", "AlreadyRunningError"]
+
+
+class State(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+_ALLOWED = {
+    State.STARTING: {State.RUNNING, State.DEGRADED, State.STOPPING},
+    State.RUNNING: {State.DEGRADED, State.STOPPING},
+    State.DEGRADED: {State.RUNNING, State.STOPPING},
+    State.STOPPING: {State.STOPPED},
+    State.STOPPED: set(),
+}
+
+
+class Lifecycle:
+    """The daemon's state; `degraded` carries the reasons (e.g. a follower that cannot be reached)."""
+
+    def __init__(self) -> None:
+        self.state = State.STARTING
+        self._problems: dict[str, str] = {}
+        self._log = get_logger("nija.lifecycle")
+        self._log.info("lifecycle", state=self.state.value)
+
+    def _move(self, new: State, **context) -> None:
+        if new is self.state:
+            return
+        if new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"lifecycle cannot go from {self.state.value} to {new.value}")
+        self.state = new
+        self._log.info("lifecycle", state=new.value, **context)
+
+    def started(self) -> None:
+        self._move(State.DEGRADED if self._problems else State.RUNNING)
+
+    def problem(self, source: str, reason: str) -> None:
+        """Something is wrong with `source`: the daemon goes on, degraded, until `recovered(source)`."""
+        first = source not in self._problems
+        self._problems[source] = reason
+        if first:
+            self._log.warning("degraded", source=source, reason=reason)
+        if self.state is State.RUNNING:
+            self._move(State.DEGRADED, problems=len(self._problems))
+
+    def recovered(self, source: str) -> None:
+        if self._problems.pop(source, None) is None:
+            return
+        self._log.warning("recovered", source=source)
+        if self.state is State.DEGRADED and not self._problems:
+            self._move(State.RUNNING)
+
+    @property
+    def problems(self) -> dict[str, str]:
+        return dict(self._problems)
+
+    def stopping(self, reason: str) -> None:
+        self._move(State.STOPPING, reason=reason)
+
+    def stopped(self) -> None:
+        self._move(State.STOPPED)
+
+
+class AlreadyRunningError(RuntimeError):
+    pass
+
+
+class InstanceLock:
+    """An exclusive lock per set of keys in the state directory (invariant 9: one daemon per set of keys).
+
+    The lock file is named after a hash of the master key, never the key itself. The OS releases it when the
+    process dies, so a crash never leaves a stale lock behind.
+    """
+
+    def __init__(self, state_dir: Path, key_identity: str) -> None:
+        digest = hashlib.sha256(key_identity.encode()).hexdigest()[:16]
+        self.path = Path(state_dir) / f"daemon-{digest}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunningError(
+                f"another NIJA daemon (pid {other}) is running with these keys (lock {self.path}); "
+                "stop it first: two daemons on one key would break its nonce sequence and double every copy"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "InstanceLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,49 @@
+import subprocess
+import sys
+
+import pytest
+
+from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle, State
+
+
+def test_second_daemon_on_the_same_keys_refuses_to_start(tmp_path):
+    # The holder is another process, as it would be on a VPS or during a Railway overlap.
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from nija.lifecycle import InstanceLock\n"
+         "lock = InstanceLock(Path(sys.argv[1]), 'master-key'); lock.acquire(); print('held', flush=True);"
+         " sys.stdin.read()",
+         str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(AlreadyRunningError) as info:
+            InstanceLock(tmp_path, "master-key").acquire()
+        assert str(holder.pid) in str(info.value)
+        assert "master-key" not in str(info.value)
+        # Other keys are another daemon's business.
+        with InstanceLock(tmp_path, "other-key"):
+            pass
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    # The lock dies with its holder: no stale lock after a crash or a stop.
+    with InstanceLock(tmp_path, "master-key"):
+        pass
+
+
+def test_degraded_and_recovered_follow_the_problems():
+    life = Lifecycle()
+    life.problem("follower:alice", "EAPI:Invalid key")
+    life.started()
+    assert life.state is State.DEGRADED
+    life.problem("follower:bob", "timeout")
+    life.recovered("follower:alice")
+    assert life.state is State.DEGRADED
+    life.recovered("follower:bob")
+    assert life.state is State.RUNNING
+    life.stopping("SIGTERM")
+    life.stopped()
+    with pytest.raises(RuntimeError):
+        life.started()
