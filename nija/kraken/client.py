@@ -1,0 +1,665 @@
+"""The async Kraken client: one `KrakenClient` per account, everything costly shared through a `KrakenContext`.
+
+    KrakenContext  (one per event loop by default)
+    ├── aiohttp.ClientSession   one connection pool for every account (fan-out to thousands)
+    ├── NonceCoordinator        one nonce sequence per API key, persisted high-water mark (nija.kraken.nonce)
+    ├── NonceLane per key       private calls on a key leave in nonce order (or within its nonce window)
+    └── RateScheduler           REST counter per key+tier, trading counter per pair, public pacer per IP
+
+    KrakenClient(api_key, api_secret, *, base_url, tier, session, context, nonce_window, ...)
+        public(method, **params) / private(method, **params) → the `result` object
+        typed helpers → pydantic models with Decimal money (nija.kraken.models)
+
+Retry policy is the exception class (nija.kraken.errors): reads retry transport errors and retryable Kraken
+errors with exponential backoff and jitter, re-signed with a fresh nonce each attempt; rate-limit errors wait
+`retry_after_s`; invalid nonce re-signs. AddOrder is never retried blindly: after an ambiguous failure the order
+is looked up by its `cl_ord_id` (OpenOrders, then ClosedOrders) and sent again only when proven absent, else
+`AmbiguousOrderError`.
+
+A client holds its secret as a SecretStr and the decoded HMAC key in a slot no repr shows; no log line, exception
+or repr contains the key's secret or a signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+import uuid
+import weakref
+from collections.abc import Iterable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import aiohttp
+from pydantic import SecretStr
+
+from nija.kraken.auth import decode_secret, sign
+from nija.kraken.errors import (
+    AmbiguousOrderError,
+    ConfigurationError,
+    InvalidNonceError,
+    KrakenAPIError,
+    KrakenError,
+    RateLimitedError,
+    TransportError,
+    error_from_kraken,
+)
+from nija.kraken.limits import Tier, tier_named
+from nija.kraken.models import (
+    OHLC,
+    AddOrderResult,
+    Balances,
+    CancelAllAfterResult,
+    CancelResult,
+    ClosedOrdersPage,
+    ExtendedBalances,
+    Order,
+    Ticker,
+    TradeBalance,
+    orders_from_mapping,
+)
+from nija.kraken.nonce import NonceCoordinator, NonceLane, default_state_dir
+from nija.kraken.pairs import PairInfo, Pairs
+from nija.kraken.scheduler import KeyBudget, RateScheduler
+from nija.logs import get_logger
+
+__all__ = ["KrakenClient", "KrakenContext", "default_context", "derive_cl_ord_id", "DEFAULT_BASE_URL"]
+
+DEFAULT_BASE_URL = "https://api.kraken.com"
+USER_AGENT = "nija/0.1 (+https://github.com/nija)"
+# Calls that change state: never repeated after an ambiguous failure (add_order has its own lookup-then-resend).
+_NOT_REPEATABLE = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder"})
+
+log = get_logger("nija.kraken")
+
+
+def derive_cl_ord_id(*parts: object) -> str:
+    """A client order id: a UUID derived from `parts` (same parts → same id), or a random UUID without parts.
+
+    Derive it from what the order copies (e.g. signal id and follower name) so a restart finds the same order.
+    """
+    if not parts:
+        return str(uuid.uuid4())
+    digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def _check_cl_ord_id(cl_ord_id: str) -> str:
+    text = cl_ord_id.strip()
+    try:
+        uuid.UUID(text)
+        return text
+    except ValueError:
+        pass
+    if 0 < len(text) <= 18 and text.isascii() and text.isprintable():
+        return text
+    raise ValueError(
+        f"cl_ord_id {cl_ord_id!r} is neither a UUID (or 32 hex digits) nor 1-18 ASCII characters, as Kraken requires"
+    )
+
+
+def _encode_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, float):
+        raise TypeError("money must be Decimal, not float: pass Decimal(str(x))")
+    if isinstance(value, list | tuple | set | frozenset):
+        return ",".join(_encode_value(item) for item in value)
+    return str(value)
+
+
+def _encode_params(params: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(name, _encode_value(value)) for name, value in params.items() if value is not None]
+
+
+def _key_fingerprint(api_key: str) -> str:
+    """A short, stable, non-reversible label for a key in logs and errors."""
+    return "k" + hashlib.sha256(api_key.encode()).hexdigest()[:10]
+
+
+class KrakenContext:
+    """What all clients share: one HTTP session, one nonce coordinator, one rate scheduler, the loaded pairs.
+
+    `state_dir` (default NIJA_STATE_DIR or `state/`) holds the nonce high-water mark. `public_rate_per_s` paces
+    public calls across all clients (Kraken limits them per IP; ~1/s is safe). `connection_limit` caps open
+    connections in the pool (0 = unlimited). The session is created on first use inside the running loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        state_dir: str | Path | None = None,
+        nonces: NonceCoordinator | None = None,
+        scheduler: RateScheduler | None = None,
+        session: aiohttp.ClientSession | None = None,
+        public_rate_per_s: float = 1.0,
+        rate_safety_margin: float = 0.1,
+        connection_limit: int = 2048,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        self.nonces = nonces or NonceCoordinator.for_state_dir(state_dir if state_dir is not None else default_state_dir())
+        self.scheduler = scheduler or RateScheduler(
+            public_rate_per_s=public_rate_per_s, safety_margin=rate_safety_margin
+        )
+        self._session = session
+        self._owns_session = session is None
+        self._connection_limit = connection_limit
+        self._user_agent = user_agent
+        self._lanes: dict[str, NonceLane] = {}
+        self._pairs: dict[str, Pairs] = {}
+        self._pairs_loading: dict[str, asyncio.Task[Pairs]] = {}
+        self._users = 0
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._connection_limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": self._user_agent}, raise_for_status=False
+            )
+            self._owns_session = True
+        return self._session
+
+    def lane(self, key_id: str, nonce_window: int) -> NonceLane:
+        lane = self._lanes.get(key_id)
+        if lane is None:
+            lane = self._lanes[key_id] = NonceLane(self.nonces, key_id, window=nonce_window)
+        elif lane.window != nonce_window:
+            raise ValueError(
+                f"API key {key_id} is already used with nonce_window={lane.window}; a second client asked for "
+                f"{nonce_window}. Use the window set for the key on Kraken's site for every client of it"
+            )
+        return lane
+
+    def budget(self, key_id: str, tier: Tier) -> KeyBudget:
+        return self.scheduler.budget(key_id, tier)
+
+    def retain(self) -> None:
+        self._users += 1
+
+    async def release(self) -> None:
+        self._users = max(0, self._users - 1)
+        if self._users == 0:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session if this context created it (a later call opens a new one)."""
+        if self._session is not None and self._owns_session and not self._session.closed:
+            await self._session.close()
+
+    async def __aenter__(self) -> KrakenContext:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+
+_default_contexts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, KrakenContext] = weakref.WeakKeyDictionary()
+
+
+def default_context() -> KrakenContext:
+    """The context of the running event loop, created on first use (state dir from NIJA_STATE_DIR)."""
+    loop = asyncio.get_running_loop()
+    context = _default_contexts.get(loop)
+    if context is None:
+        context = _default_contexts[loop] = KrakenContext()
+    return context
+
+
+_TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
+
+
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    timeout = _TIMEOUTS.get(seconds)
+    if timeout is None:
+        timeout = _TIMEOUTS[seconds] = aiohttp.ClientTimeout(total=seconds)
+    return timeout
+
+
+class KrakenClient:
+    """One Kraken account.
+
+    `api_key`/`api_secret`: the key pair (str or SecretStr). `base_url`: Kraken, or the embedded exchange.
+    `tier`: the account's verification tier ("starter", "intermediate", "pro" or a custom `Tier`), which sizes the
+    REST counter. `session`: an aiohttp session to use instead of the context's. `context`: the shared
+    KrakenContext (default: the running loop's). `nonce_window`: the nonce window set for this key on Kraken (in
+    nonce units = ns; 0 = one call in flight). `timeout_s`: per HTTP request. `read_attempts`: tries for reads.
+    `order_attempts`: sends of one AddOrder when earlier ones are proven not placed. `retry_base_s`: first backoff.
+    `name`: a label for logs (e.g. the follower's name).
+    """
+
+    __slots__ = (
+        "_api_key", "_api_secret", "_hmac_key", "key_id", "name", "base_url", "tier", "_session", "_context",
+        "_lane", "_budget", "_timeout", "_nonce_window", "read_attempts", "order_attempts", "retry_base_s", "__weakref__",
+    )
+
+    def __init__(
+        self,
+        api_key: str | SecretStr,
+        api_secret: str | SecretStr,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        tier: str | Tier = "starter",
+        session: aiohttp.ClientSession | None = None,
+        context: KrakenContext | None = None,
+        nonce_window: int = 0,
+        timeout_s: float = 10.0,
+        read_attempts: int = 4,
+        order_attempts: int = 3,
+        retry_base_s: float = 0.5,
+        name: str | None = None,
+    ) -> None:
+        self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        self._api_secret = api_secret if isinstance(api_secret, SecretStr) else SecretStr(api_secret)
+        key_text = self._api_key.get_secret_value().strip()
+        if not key_text:
+            raise ValueError("Kraken API key is empty: set it from Kraken's API key page")
+        self._hmac_key = decode_secret(self._api_secret.get_secret_value().strip())
+        self.key_id = _key_fingerprint(key_text)
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.tier = tier_named(tier)
+        if read_attempts < 1 or order_attempts < 1:
+            raise ValueError("read_attempts and order_attempts must be at least 1")
+        self.read_attempts = read_attempts
+        self.order_attempts = order_attempts
+        self.retry_base_s = retry_base_s
+        self._timeout = _timeout(timeout_s)
+        self._session = session
+        if nonce_window < 0:
+            raise ValueError(f"nonce_window must be >= 0, got {nonce_window}")
+        self._nonce_window = nonce_window
+        self._context: KrakenContext | None = None
+        self._lane: NonceLane | None = None
+        self._budget: KeyBudget | None = None
+        if context is not None:
+            self._bind(context)
+
+    def _bind(self, context: KrakenContext) -> None:
+        # Lazy when no context was given: the default one belongs to the running loop.
+        self._lane = context.lane(self.key_id, self._nonce_window)
+        self._budget = context.budget(self.key_id, self.tier)
+        self._context = context
+
+    def __repr__(self) -> str:
+        label = f" {self.name!r}" if self.name else ""
+        return f"<KrakenClient{label} key={self.key_id} tier={self.tier.name} base_url={self.base_url}>"
+
+    __str__ = __repr__
+
+    def __reduce__(self):  # never pickle credentials by accident
+        raise TypeError("KrakenClient holds credentials and cannot be pickled")
+
+    @property
+    def context(self) -> KrakenContext:
+        if self._context is None:
+            self._bind(default_context())
+        return self._context  # type: ignore[return-value]
+
+    @property
+    def nonce_window(self) -> int:
+        return self._nonce_window
+
+    async def __aenter__(self) -> KrakenClient:
+        self.context.retain()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.context.release()
+
+    async def close(self) -> None:
+        await self.context.release()
+
+    def _http(self) -> aiohttp.ClientSession:
+        return self._session if self._session is not None and not self._session.closed else self.context.session()
+
+    # --- the two raw entry points ------------------------------------------------------------------------------
+
+    async def public(self, method: str, **params: Any) -> Any:
+        """GET /0/public/<method>, paced per IP, retried on transient failures; returns `result`."""
+        return await self._with_retries(method, lambda: self._public_once(method, params), self.read_attempts)
+
+    async def private(self, method: str, **params: Any) -> Any:
+        """POST /0/private/<method>, signed, in nonce order, within the key's rate budget; returns `result`.
+
+        Reads (and idempotent cancels) are retried; AddOrder/EditOrder/AmendOrder are only repeated when the
+        failure proves nothing was executed (invalid nonce, rate limit). Use `add_order` to place orders.
+        """
+        if method in _NOT_REPEATABLE:
+            return await self._with_retries(
+                method, lambda: self._private_once(method, params), self.order_attempts, only_unexecuted=True
+            )
+        return await self._with_retries(method, lambda: self._private_once(method, params), self.read_attempts)
+
+    async def _public_once(self, method: str, params: dict[str, Any]) -> Any:
+        await self.context.scheduler.take_public()
+        url = f"{self.base_url}/0/public/{method}"
+        query = _encode_params(params)
+        try:
+            async with self._http().get(url, params=query, timeout=self._timeout) as response:
+                status, raw = response.status, await response.read()
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise TransportError(f"{method}: {type(exc).__name__} talking to {self.base_url}") from None
+        return _parse_envelope(method, status, raw)
+
+    async def _private_once(self, method: str, params: dict[str, Any], trading_pair: str | None = None) -> Any:
+        if self._context is None:
+            self._bind(default_context())
+        lane, budget = self._lane, self._budget
+        assert lane is not None and budget is not None
+        nonce = await lane.acquire()
+        try:
+            # Charged when the call leaves (after its turn on the key came), as the server counts arrivals.
+            await budget.take_rest(method)
+            if trading_pair is not None:
+                await budget.take_add(trading_pair)
+            elif method == "CancelOrder":
+                await budget.take_cancel(params.get("txid") or params.get("cl_ord_id"))
+            path = f"/0/private/{method}"
+            body = "&".join(
+                f"{name}={quote_plus(value)}" for name, value in [("nonce", str(nonce)), *_encode_params(params)]
+            ).encode()
+            headers = {
+                "API-Key": self._api_key.get_secret_value(),
+                "API-Sign": sign(path, nonce, body, self._hmac_key),
+                "Content-Type": "application/x-www-form-urlencoded",
+            }
+            try:
+                async with self._http().post(
+                    self.base_url + path, data=body, headers=headers, timeout=self._timeout
+                ) as response:
+                    status, raw = response.status, await response.read()
+            except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+                # The request may still reach the server: later nonces must out-rank it even within the window.
+                lane.skip_past(nonce + lane.window)
+                raise TransportError(f"{method}: {type(exc).__name__} talking to {self.base_url}") from None
+            try:
+                return _parse_envelope(method, status, raw)
+            except RateLimitedError as exc:
+                if exc.errors and exc.errors[0].startswith("EAPI:Rate limit"):
+                    budget.rest.fill()
+                raise
+        finally:
+            lane.release(nonce)
+
+    async def _with_retries(self, method: str, call, attempts: int, *, only_unexecuted: bool = False) -> Any:
+        for attempt in range(1, attempts + 1):
+            try:
+                return await call()
+            except KrakenError as exc:
+                executed_maybe = not isinstance(exc, InvalidNonceError | RateLimitedError)
+                if attempt >= attempts or not exc.retryable or (only_unexecuted and executed_maybe):
+                    raise
+                wait_s = self._retry_wait_s(exc, attempt)
+                log.warning(
+                    "kraken_retry", method=method, key=self.key_id, account=self.name, attempt=attempt,
+                    error=type(exc).__name__, detail=str(exc), wait_s=round(wait_s, 3),
+                )
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+        raise AssertionError("unreachable")
+
+    def _retry_wait_s(self, exc: KrakenError, attempt: int) -> float:
+        if isinstance(exc, InvalidNonceError):
+            return 0.0  # re-signed with a fresh nonce right away; nothing was executed
+        if exc.retry_after_s is not None:
+            return exc.retry_after_s
+        backoff = min(30.0, self.retry_base_s * 2 ** (attempt - 1))
+        return backoff * (0.5 + random.random() / 2)  # jitter: spread retries of many accounts
+
+    # --- typed helpers ----------------------------------------------------------------------------------------
+
+    async def balance(self) -> Balances:
+        return Balances.from_result(await self.private("Balance"))
+
+    async def balance_ex(self) -> ExtendedBalances:
+        return ExtendedBalances.from_result(await self.private("BalanceEx"))
+
+    async def trade_balance(self, asset: str = "ZUSD") -> TradeBalance:
+        return TradeBalance.model_validate(await self.private("TradeBalance", asset=asset))
+
+    async def assets(self) -> dict[str, Any]:
+        return await self.public("Assets")
+
+    async def asset_pairs(self, pair: str | Iterable[str] | None = None) -> dict[str, PairInfo]:
+        """AssetPairs as {key: PairInfo}; `pair` restricts it (one name or several)."""
+        pairs = pair if pair is None or isinstance(pair, str) else ",".join(pair)
+        result = await self.public("AssetPairs", pair=pairs)
+        return {key: PairInfo.from_kraken(key, raw) for key, raw in result.items()}
+
+    async def pairs(self, *, refresh: bool = False) -> Pairs:
+        """Every pair and asset name of this base URL, loaded once per context (Assets + AssetPairs)."""
+        context = self.context
+        if not refresh and self.base_url in context._pairs:
+            return context._pairs[self.base_url]
+        task = context._pairs_loading.get(self.base_url)
+        if task is None or refresh:
+            task = context._pairs_loading[self.base_url] = asyncio.ensure_future(self._load_pairs())
+        try:
+            pairs = await asyncio.shield(task)
+        finally:
+            if task.done():
+                context._pairs_loading.pop(self.base_url, None)
+        context._pairs[self.base_url] = pairs
+        return pairs
+
+    async def _load_pairs(self) -> Pairs:
+        assets = await self.public("Assets")
+        asset_pairs = await self.public("AssetPairs")
+        return Pairs.from_results(asset_pairs, assets)
+
+    async def ticker(self, pair: str | Iterable[str] | None = None) -> dict[str, Ticker]:
+        """Ticker per pair key; without `pair` every pair in one call."""
+        pairs = pair if pair is None or isinstance(pair, str) else ",".join(pair)
+        result = await self.public("Ticker", pair=pairs)
+        return {key: Ticker.from_kraken(key, raw) for key, raw in result.items()}
+
+    async def ohlc(self, pair: str, interval: int = 1, since: int | None = None) -> OHLC:
+        """Candles of `interval` minutes (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)."""
+        if interval not in (1, 5, 15, 30, 60, 240, 1440, 10080, 21600):
+            raise ValueError(f"OHLC interval {interval} is not one Kraken serves: use 1, 5, 15, 30, 60, 240, 1440, ...")
+        return OHLC.from_result(await self.public("OHLC", pair=pair, interval=interval, since=since))
+
+    async def open_orders(
+        self, *, trades: bool = False, userref: int | None = None, cl_ord_id: str | None = None
+    ) -> dict[str, Order]:
+        result = await self.private(
+            "OpenOrders", trades=trades or None, userref=userref, cl_ord_id=cl_ord_id
+        )
+        return orders_from_mapping(result.get("open", {}))
+
+    async def closed_orders(
+        self,
+        *,
+        userref: int | None = None,
+        cl_ord_id: str | None = None,
+        start: int | str | None = None,
+        end: int | str | None = None,
+        ofs: int | None = None,
+        closetime: str | None = None,
+        trades: bool = False,
+    ) -> ClosedOrdersPage:
+        result = await self.private(
+            "ClosedOrders", trades=trades or None, userref=userref, cl_ord_id=cl_ord_id, start=start, end=end,
+            ofs=ofs, closetime=closetime,
+        )
+        return ClosedOrdersPage.from_result(result)
+
+    async def query_orders(self, txid: str | Iterable[str], *, trades: bool = False) -> dict[str, Order]:
+        """Up to 50 orders by id."""
+        txids = [txid] if isinstance(txid, str) else list(txid)
+        if not 1 <= len(txids) <= 50:
+            raise ValueError(f"query_orders takes 1 to 50 order ids, got {len(txids)}")
+        return orders_from_mapping(await self.private("QueryOrders", txid=txids, trades=trades or None))
+
+    async def cancel_order(self, txid: str | None = None, *, cl_ord_id: str | None = None) -> CancelResult:
+        if (txid is None) == (cl_ord_id is None):
+            raise ValueError("cancel_order needs exactly one of txid or cl_ord_id")
+        result = await self.private("CancelOrder", txid=txid, cl_ord_id=cl_ord_id)
+        return CancelResult.model_validate(result)
+
+    async def cancel_all_orders_after(self, timeout_s: int) -> CancelAllAfterResult:
+        """Dead-man's switch: cancel every order in `timeout_s` seconds unless called again (0 disables)."""
+        return CancelAllAfterResult.model_validate(await self.private("CancelAllOrdersAfter", timeout=int(timeout_s)))
+
+    async def find_order(self, cl_ord_id: str) -> Order | None:
+        """The order carrying `cl_ord_id` (open first, then closed), or None when the account has none."""
+        for order in (await self.open_orders(cl_ord_id=cl_ord_id)).values():
+            if order.cl_ord_id == cl_ord_id:
+                return order
+        for order in (await self.closed_orders(cl_ord_id=cl_ord_id)).closed.values():
+            if order.cl_ord_id == cl_ord_id:
+                return order
+        return None
+
+    async def add_order(
+        self,
+        pair: str,
+        side: str,
+        volume_base: Decimal,
+        *,
+        ordertype: str = "market",
+        price: Decimal | None = None,
+        price2: Decimal | None = None,
+        cl_ord_id: str | None = None,
+        oflags: str | Iterable[str] | None = None,
+        timeinforce: str | None = None,
+        expiretm: str | int | None = None,
+        deadline: str | None = None,
+        validate: bool = False,
+        fetch_order: bool = False,
+        **params: Any,
+    ) -> AddOrderResult:
+        """Place one order, never twice.
+
+        `side` buy|sell, `volume_base` in base units (Decimal), `price`/`price2` in quote units. `cl_ord_id`
+        (UUID or ≤18 ASCII chars) is derived when not given; pass one derived from what the order copies so a
+        restart can find it. After a timeout, 5xx, `EService:*` or internal error the order is looked up by
+        `cl_ord_id`: found → returned with `recovered=True`; proven absent → sent again (up to `order_attempts`
+        sends); lookup impossible → `AmbiguousOrderError`. `fetch_order=True` also reads the placed order back.
+        `validate=True` asks Kraken to check the order and place nothing.
+        """
+        if side not in ("buy", "sell"):
+            raise ValueError(f"add_order side must be 'buy' or 'sell', got {side!r}")
+        if isinstance(volume_base, float) or isinstance(price, float):
+            raise TypeError("add_order volume_base and price must be Decimal, not float")
+        if "userref" in params and params["userref"] is not None:
+            raise ValueError("Kraken does not accept userref together with cl_ord_id; NIJA tags orders by cl_ord_id")
+        cl_ord_id = _check_cl_ord_id(cl_ord_id) if cl_ord_id else derive_cl_ord_id()
+        request = {
+            "pair": pair, "type": side, "ordertype": ordertype, "volume": Decimal(volume_base), "price": price,
+            "price2": price2, "cl_ord_id": cl_ord_id,
+            "oflags": oflags if oflags is None or isinstance(oflags, str) else ",".join(oflags),
+            "timeinforce": timeinforce, "expiretm": expiretm, "deadline": deadline,
+            "validate": True if validate else None, **params,
+        }
+        counter_pair = pair.upper()
+        sends = 0
+        while True:
+            sends += 1
+            try:
+                result = await self._private_once("AddOrder", request, trading_pair=counter_pair)
+                break
+            except KrakenError as exc:
+                if isinstance(exc, InvalidNonceError | RateLimitedError) or (validate and exc.retryable):
+                    # Nothing was executed: send again after the wait the error asks for.
+                    if sends >= self.order_attempts:
+                        raise
+                    await self._sleep_before_retry("AddOrder", exc, sends)
+                    continue
+                if not exc.ambiguous_for_orders:
+                    raise
+                found = await self._resolve_ambiguous(pair, cl_ord_id, exc)
+                if found is not None:
+                    log.warning(
+                        "kraken_order_recovered", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id,
+                        txid=found.txid, status=found.status, cause=type(exc).__name__,
+                    )
+                    self._budget_remember([found.txid, cl_ord_id], counter_pair)
+                    return AddOrderResult(
+                        cl_ord_id=cl_ord_id, txid=[found.txid], description=found.descr.order, recovered=True,
+                        order=found, attempts=sends,
+                    )
+                if sends >= self.order_attempts:
+                    log.error(
+                        "kraken_order_not_placed", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id,
+                        sends=sends, cause=type(exc).__name__,
+                    )
+                    raise
+                log.warning(
+                    "kraken_order_resent", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id, send=sends + 1,
+                    cause=type(exc).__name__,
+                )
+                await self._sleep_before_retry("AddOrder", exc, sends, quiet=True)
+        txids = [str(t) for t in result.get("txid", [])]
+        descr = result.get("descr") or {}
+        self._budget_remember(txids + [cl_ord_id], counter_pair)
+        order = None
+        if fetch_order and txids:
+            order = (await self.query_orders(txids[0])).get(txids[0])
+        return AddOrderResult(
+            cl_ord_id=cl_ord_id, txid=txids, description=str(descr.get("order", "")), validated_only=validate,
+            order=order, attempts=sends,
+        )
+
+    def _budget_remember(self, order_ids: list[str], pair: str) -> None:
+        if self._budget is not None:
+            self._budget.remember_order([i for i in order_ids if i], pair)
+
+    async def _sleep_before_retry(self, method: str, exc: KrakenError, attempt: int, *, quiet: bool = False) -> None:
+        wait_s = self._retry_wait_s(exc, attempt)
+        if not quiet:
+            log.warning(
+                "kraken_retry", method=method, key=self.key_id, account=self.name, attempt=attempt,
+                error=type(exc).__name__, detail=str(exc), wait_s=round(wait_s, 3),
+            )
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+
+    async def _resolve_ambiguous(self, pair: str, cl_ord_id: str, cause: KrakenError) -> Order | None:
+        """After an ambiguous AddOrder: the order if it exists, None if proven absent, else AmbiguousOrderError.
+
+        The lookups carry nonces above the lost request's (even within a nonce window), so if the lookup is
+        accepted the lost AddOrder can no longer be executed later: "absent" really means absent.
+        """
+        log.info("kraken_order_lookup", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id, cause=type(cause).__name__)
+        try:
+            return await self.find_order(cl_ord_id)
+        except KrakenError as exc:
+            raise AmbiguousOrderError(
+                f"AddOrder {pair}: the outcome is unknown ({type(cause).__name__}) and looking the order up by "
+                f"cl_ord_id {cl_ord_id} failed ({type(exc).__name__}); look it up again before sending it",
+                cl_ord_id=cl_ord_id,
+            ) from exc
+
+
+def _parse_envelope(method: str, status: int, raw: bytes) -> Any:
+    """Kraken's {"error": [...], "result": ...} → result, or the exception its error class stands for."""
+    if status != 200:
+        kind = " (HTML page)" if raw.lstrip()[:1] == b"<" else ""
+        raise TransportError(f"{method}: HTTP {status}{kind}", status=status)
+    try:
+        envelope = json.loads(raw)
+    except ValueError:
+        kind = "an HTML page" if raw.lstrip()[:1] == b"<" else "not JSON"
+        raise TransportError(f"{method}: the reply is {kind}", status=status) from None
+    if not isinstance(envelope, dict) or "error" not in envelope:
+        raise TransportError(f"{method}: the reply is not a Kraken envelope", status=status)
+    errors = [str(e) for e in envelope.get("error") or [] if not str(e).startswith("W")]  # W…: warnings
+    if errors:
+        raise error_from_kraken(errors, method=method, now_s=time.time())
+    if "result" not in envelope:
+        raise TransportError(f"{method}: the reply has neither error nor result", status=status)
+    return envelope["result"]
+
+
+# Keep these importable from the client module for callers that catch them next to the client.
+__all__ += ["KrakenAPIError", "ConfigurationError"]

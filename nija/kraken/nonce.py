@@ -1,0 +1,212 @@
+"""Nonces: one strictly increasing sequence per API key in the process, never below a persisted high-water mark.
+
+Scale: nanoseconds since the epoch (~1.7e18). That is above every common library's scale (ccxt and krakenex use
+milliseconds, python-kraken-sdk 1e-8 s), so a key used before by another tool keeps working with NIJA.
+
+Persistence, cheaply: the coordinator *reserves* nonces ahead (`reserve_ns`, a minute by default) and writes only the
+end of the reservation to `<state_dir>/nonce_high_water`. A nonce is issued only below a mark already on disk, so
+after a restart — even with the clock stepped back — every key starts above every nonce ever issued. One mark serves
+every key (it bounds all of them), so fan-out to a thousand accounts still costs one small write a minute, not one
+per call or per key.
+
+Send order: `NonceLane` makes private calls on one key leave in nonce order. With nonce window 0 only one call is in
+flight at a time, because the server checks nonces in arrival order and two requests in flight can overtake each
+other. With a window W (in nonce units, i.e. nanoseconds here) several calls may be in flight as long as the newest
+nonce stays within W of the oldest unanswered one; those calls take consecutive nonces so that a small window goes
+a long way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["NonceCoordinator", "NonceLane", "default_state_dir", "MARK_FILE_NAME"]
+
+MARK_FILE_NAME = "nonce_high_water"
+DEFAULT_RESERVE_NS = 60 * 1_000_000_000
+
+
+def default_state_dir() -> Path:
+    """NIJA_STATE_DIR, or `state/` in the working directory."""
+    return Path(os.environ.get("NIJA_STATE_DIR") or "state")
+
+
+class NonceCoordinator:
+    """Issues nonces per key id. Thread-safe; shared by every client in the process through `for_state_dir`."""
+
+    _shared: dict[Path, NonceCoordinator] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        reserve_ns: int = DEFAULT_RESERVE_NS,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if reserve_ns <= 0:
+            raise ValueError(f"NonceCoordinator reserve_ns must be positive, got {reserve_ns}")
+        self._path = Path(state_dir if state_dir is not None else default_state_dir()) / MARK_FILE_NAME
+        self._reserve_ns = reserve_ns
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()
+        self._last_by_key: dict[str, int] = {}
+        self._floor = self._read_mark()  # every nonce issued by this process is above it
+        self._reserved_until = self._floor  # issued nonces stay at or below this, and it is on disk
+        self.mark_writes = 0  # for tests and benchmarks: how often the mark hit the disk
+
+    @classmethod
+    def for_state_dir(cls, state_dir: str | os.PathLike[str] | None = None) -> NonceCoordinator:
+        """The process-wide coordinator for a state directory (created on first use)."""
+        path = Path(state_dir if state_dir is not None else default_state_dir()).resolve()
+        with cls._shared_lock:
+            coordinator = cls._shared.get(path)
+            if coordinator is None:
+                coordinator = cls._shared[path] = cls(path)
+            return coordinator
+
+    @property
+    def mark_path(self) -> Path:
+        return self._path
+
+    @property
+    def high_water_mark(self) -> int:
+        """The mark on disk: no nonce issued by this process, now or before a restart, exceeds it."""
+        return self._reserved_until
+
+    def next_nonce(self, key_id: str, *, compact: bool = False, at_most: int | None = None) -> int | None:
+        """The next nonce for `key_id`: the clock in ns, or last + 1 when the clock is behind (or `compact`).
+
+        With `at_most`, returns None (and issues nothing) when the next nonce would exceed it.
+        """
+        with self._lock:
+            last = self._last_by_key.get(key_id, self._floor)
+            nonce = last + 1 if compact else max(last + 1, self._clock_ns())
+            if at_most is not None and nonce > at_most:
+                return None
+            if nonce > self._reserved_until:
+                self._write_mark(nonce + self._reserve_ns)
+            self._last_by_key[key_id] = nonce
+            return nonce
+
+    def skip_past(self, key_id: str, nonce: int) -> None:
+        """Make every later nonce of `key_id` exceed `nonce` (used to out-rank a request whose fate is unknown)."""
+        with self._lock:
+            if nonce > self._reserved_until:
+                self._write_mark(nonce + self._reserve_ns)
+            if nonce > self._last_by_key.get(key_id, self._floor):
+                self._last_by_key[key_id] = nonce
+
+    def last_nonce(self, key_id: str) -> int | None:
+        with self._lock:
+            return self._last_by_key.get(key_id)
+
+    def _read_mark(self) -> int:
+        try:
+            text = self._path.read_text().strip()
+        except FileNotFoundError:
+            return 0
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(
+                f"{self._path}: nonce high-water mark {text[:40]!r} is not an integer. Restore it from a backup, or "
+                f"write a value above the last nonce used (e.g. the current time in ns: {time.time_ns()})"
+            ) from None
+
+    def _write_mark(self, mark: int) -> None:
+        # Written before any nonce below it is handed out; atomic replace so a crash leaves the old or new mark.
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w") as handle:
+            handle.write(f"{mark}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self._path)
+        self._reserved_until = mark
+        self.mark_writes += 1
+
+
+class NonceLane:
+    """Send permission for one key: grants nonces in FIFO order and keeps calls in flight within the nonce window.
+
+    Use: `nonce = await lane.acquire()`, sign and send with it, then `lane.release(nonce)` once the reply (or the
+    failure) is in. All clients of a key share one lane.
+    """
+
+    __slots__ = ("_nonces", "_key_id", "window", "max_in_flight", "_in_flight", "_waiters")
+
+    def __init__(self, nonces: NonceCoordinator, key_id: str, *, window: int = 0, max_in_flight: int = 64) -> None:
+        if window < 0:
+            raise ValueError(f"nonce_window must be >= 0, got {window}")
+        self._nonces = nonces
+        self._key_id = key_id
+        self.window = window
+        self.max_in_flight = 1 if window == 0 else max(1, min(max_in_flight, window + 1))
+        self._in_flight: list[int] = []  # nonces sent and unanswered, increasing (a list: small per key)
+        self._waiters: deque[asyncio.Future[int]] | None = None  # created on first contention
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def _try_grant(self) -> int | None:
+        if not self._in_flight:
+            nonce = self._nonces.next_nonce(self._key_id)
+        elif len(self._in_flight) < self.max_in_flight:
+            # Within the window of the oldest unanswered call, or wait for it to answer.
+            nonce = self._nonces.next_nonce(self._key_id, compact=True, at_most=self._in_flight[0] + self.window)
+            if nonce is None:
+                return None
+        else:
+            return None
+        self._in_flight.append(nonce)
+        return nonce
+
+    async def acquire(self) -> int:
+        if not self._waiters:
+            nonce = self._try_grant()
+            if nonce is not None:
+                return nonce
+        if self._waiters is None:
+            self._waiters = deque()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(future.result())
+            else:
+                try:
+                    self._waiters.remove(future)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self, nonce: int) -> None:
+        try:
+            self._in_flight.remove(nonce)
+        except ValueError:
+            pass
+        self._wake()
+
+    def skip_past(self, nonce: int) -> None:
+        """Later nonces on this key exceed `nonce` (see NonceCoordinator.skip_past)."""
+        self._nonces.skip_past(self._key_id, nonce)
+
+    def _wake(self) -> None:
+        while self._waiters:
+            if self._waiters[0].done():  # cancelled while queued
+                self._waiters.popleft()
+                continue
+            nonce = self._try_grant()
+            if nonce is None:
+                return
+            self._waiters.popleft().set_result(nonce)

@@ -1,0 +1,150 @@
+"""Rate scheduling: a call waits for budget instead of earning `EAPI:Rate limit exceeded`.
+
+Three kinds of budget, all `nija.kraken.limits.DecayingCounter`s on the event loop's monotonic clock:
+  - the REST counter of each API key, sized by the key's tier (Starter 15 at 0.33/s ...), charged `rest_cost`;
+  - the trading counter of each (key, pair), charged `trading_cost` for add/cancel (cancel by order age);
+  - one public pacer per process (Kraken limits public calls per IP), about 1 call/s by default.
+
+A call is charged when it leaves, not when it starts waiting: the server counts arrivals, and a call that queued
+behind others on the same key leaves later than it asked. `safety_margin` keeps our counter a little below the
+maximum so network jitter (a later call arriving relatively earlier) cannot push the server's counter over; on
+Starter 0.1 of a call is 0.3 s, paid once per burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from nija.kraken.limits import DecayingCounter, Tier, rest_cost, trading_cost
+
+__all__ = ["RateScheduler", "KeyBudget", "Pacer"]
+
+
+class Pacer:
+    """A DecayingCounter that callers wait on in FIFO order."""
+
+    __slots__ = ("counter", "_lock", "_clock", "_margin", "waited_s")
+
+    def __init__(self, max_level: float, decay_per_s: float, clock: Callable[[], float], margin: float = 0.0) -> None:
+        if decay_per_s <= 0:
+            raise ValueError(f"rate counter decay must be positive, got {decay_per_s}")
+        self.counter = DecayingCounter(max_level, decay_per_s)
+        self._lock: asyncio.Lock | None = None  # created on first contention: most keys never wait
+        self._clock = clock
+        self._margin = margin
+        self.waited_s = 0.0  # total time callers spent waiting here (for logs, tests and benchmarks)
+
+    def _wait_s(self, cost: float) -> float:
+        # margin: act as if the counter were already `margin` fuller than we think
+        return self.counter.wait_s(cost + self._margin, self._clock()) if cost else 0.0
+
+    async def take(self, cost: float) -> float:
+        """Wait until `cost` fits, then charge it. Returns the seconds waited."""
+        if cost <= 0:
+            return 0.0
+        if (self._lock is None or not self._lock.locked()) and self._wait_s(cost) <= 0:
+            self.counter.add(cost, self._clock())
+            return 0.0
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        start = self._clock()
+        async with self._lock:
+            while (wait_s := self._wait_s(cost)) > 0:
+                await asyncio.sleep(wait_s)
+            self.counter.add(cost, self._clock())
+        waited = self._clock() - start
+        self.waited_s += waited
+        return waited
+
+    def fill(self) -> None:
+        """The server said we are over the limit (another client on this key, or a lost reply): assume full."""
+        now = self._clock()
+        level = self.counter.level(now)
+        self.counter.add(max(0.0, self.counter.max_level - level), now)
+
+
+class KeyBudget:
+    """One API key's REST counter and its per-pair trading counters, plus the order ages cancels are priced by."""
+
+    __slots__ = ("tier", "rest", "_trading", "_order_placed", "_clock", "_margin")
+
+    def __init__(self, tier: Tier, clock: Callable[[], float], margin: float) -> None:
+        self.tier = tier
+        self.rest = Pacer(tier.rest_max, tier.rest_decay_per_s, clock, margin)
+        self._trading: dict[str, Pacer] | None = None
+        self._order_placed: dict[str, tuple[str, float]] | None = None  # txid or cl_ord_id → (pair, placed at)
+        self._clock = clock
+        self._margin = margin
+
+    def trading(self, pair: str) -> Pacer:
+        if self._trading is None:
+            self._trading = {}
+        pacer = self._trading.get(pair)
+        if pacer is None:
+            pacer = self._trading[pair] = Pacer(
+                self.tier.trading_max, self.tier.trading_decay_per_s, self._clock, self._margin
+            )
+        return pacer
+
+    async def take_rest(self, method: str) -> float:
+        return await self.rest.take(rest_cost(method))
+
+    async def take_add(self, pair: str) -> float:
+        return await self.trading(pair).take(trading_cost("add"))
+
+    def remember_order(self, order_ids: list[str], pair: str) -> None:
+        """Note when an order was placed so its cancel can be charged at Kraken's age-dependent price."""
+        if self._order_placed is None:
+            self._order_placed = {}
+        now = self._clock()
+        # Cancels after 300 s cost nothing, so older entries are useless; prune as we go.
+        if len(self._order_placed) > 256:
+            self._order_placed = {k: v for k, v in self._order_placed.items() if now - v[1] < 300}
+        for order_id in order_ids:
+            self._order_placed[order_id] = (pair, now)
+
+    async def take_cancel(self, order_id: str | None) -> float:
+        """Charge a cancel when we know the order's pair and age; unknown orders (placed elsewhere) are not charged
+        because CancelOrder names no pair."""
+        placed = (self._order_placed or {}).get(order_id) if order_id else None
+        if placed is None:
+            return 0.0
+        pair, placed_at = placed
+        return await self.trading(pair).take(trading_cost("cancel", self._clock() - placed_at))
+
+
+class RateScheduler:
+    """Every key's budget and the public pacer, shared by all clients of a KrakenContext."""
+
+    def __init__(
+        self,
+        *,
+        public_rate_per_s: float = 1.0,
+        public_burst: float = 1.0,
+        safety_margin: float = 0.1,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if public_rate_per_s <= 0:
+            raise ValueError(f"public_rate_per_s must be positive, got {public_rate_per_s}")
+        self._clock = clock or time.monotonic  # the same clock asyncio's loop uses
+        self._margin = safety_margin
+        self._keys: dict[str, KeyBudget] = {}
+        self.public = Pacer(public_burst, public_rate_per_s, self._clock)
+
+    def budget(self, key_id: str, tier: Tier) -> KeyBudget:
+        """The budget of a key; every client of the key must declare the same tier."""
+        budget = self._keys.get(key_id)
+        if budget is None:
+            budget = self._keys[key_id] = KeyBudget(tier, self._clock, self._margin)
+        elif budget.tier != tier:
+            raise ValueError(
+                f"API key {key_id} is already used with tier {budget.tier.name!r}; a second client asked for "
+                f"{tier.name!r}. Give every client of one key the same tier"
+            )
+        return budget
+
+    async def take_public(self) -> float:
+        return await self.public.take(1)
+
