@@ -1,0 +1,580 @@
+"""The copy engine: every master fill mirrored on every follower at once — sized right, never twice, never lost.
+
+Path of one signal (DESIGN.md):
+  1. `submit` stores the signal (durable) and puts it on the queue; a signal stored before is not copied again.
+  2. The consumer inserts one intent per follower, each with its client order id fixed, in one transaction.
+  3. Each follower gets its own task. Tasks of one follower on one pair are chained so they keep signal order;
+     everything else runs at once, bounded by one global semaphore. Sizing happens inside the task, against the
+     follower's in-memory portfolio, so no balance call sits on the path and a sell sees the buy before it.
+  4. Each outcome is logged (`copy_result`) and stored; when every follower is settled, `copy_summary` is logged
+     with the latency from the master fill to the last follower acknowledgement.
+Reconciliation (`resume`/`reconcile`): intents left unfinished by a crash or an unsettled failure are looked up on
+the exchange by client order id, then recorded as found or sized and sent — never sent twice.
+
+One follower's error, slowness or rate limit never delays another: each has its own task, its own timeout, and
+the only shared resource is the semaphore, held just for the order call itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+from nija.accounts import FollowerConfig
+from nija.kraken.errors import (
+    AmbiguousOrderError,
+    InvalidNonceError,
+    KrakenError,
+    RateLimitedError,
+)
+from nija.logs import get_logger
+from nija.settings import CopyTradingMode
+from nija.store import IntentRow, Store
+from nija.trading.positions import Portfolio, PriceBook, refresh_interval_s, utc_day
+from nija.trading.signals import Signal, cl_ord_id_for
+from nija.trading.sizing import FollowerBook, FollowerLimits, OrderPlan, PairRules, Skip, size_copy
+
+__all__ = [
+    "CopyEngine",
+    "FollowerAccount",
+    "OrderGateway",
+    "Placed",
+    "Fill",
+    "CopyResult",
+    "CopySummary",
+    "pair_rules",
+]
+
+log = get_logger("nija.copy")
+ZERO = Decimal(0)
+
+
+# --- what the engine needs from one account ------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """An order's execution as the exchange reports it."""
+
+    order_id: str
+    status: str  # pending | open | closed | canceled | expired
+    executed_base: Decimal
+    cost_usd: Decimal
+    fee_usd: Decimal
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("closed", "canceled", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """An acknowledged order; `fill` is set when the reply already told how it executed."""
+
+    order_id: str
+    fill: Fill | None = None
+    recovered: bool = False  # the reply was lost and the order found by its client order id
+
+
+class OrderGateway(Protocol):
+    """One account's order and balance calls (nija.trading.kraken_gateway.KrakenGateway talks to Kraken)."""
+
+    async def place(self, plan: OrderPlan, cl_ord_id: str) -> Placed: ...
+
+    async def find(self, cl_ord_id: str) -> Fill | None:
+        """The order carrying `cl_ord_id`, or None when the exchange proves it does not exist."""
+
+    async def fill_of(self, order_id: str) -> Fill | None: ...
+
+    async def available_balances(self) -> Mapping[str, Decimal]:
+        """Spendable amount per common asset name (USD, BTC, ...)."""
+
+
+@dataclass(slots=True)
+class FollowerAccount:
+    config: FollowerConfig
+    gateway: OrderGateway
+    portfolio: Portfolio = field(default_factory=Portfolio)
+    in_flight: int = 0  # copy tasks running for this follower (a balance refresh waits for 0)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def copies(self) -> bool:
+        return self.config.enabled and self.config.copy_from_master
+
+
+# --- results ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    """One follower's outcome for one signal. status: succeeded | skipped | failed | unsettled."""
+
+    signal_id: str
+    name: str
+    pair: str
+    side: str
+    status: str
+    volume_base: Decimal | None = None
+    notional_usd: Decimal | None = None
+    order_id: str | None = None
+    reason: str | None = None
+    acked_at_s: float | None = None  # when the exchange answered the order call (success or rejection)
+
+
+@dataclass(frozen=True, slots=True)
+class CopySummary:
+    signal_id: str
+    succeeded: int
+    skipped: int
+    failed: int
+    unsettled: int
+    followers: int
+    latency_ms: float | None
+    results: tuple[CopyResult, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({"succeeded": self.succeeded, "skipped": self.skipped, "failed": self.failed,
+                           "unsettled": self.unsettled, "followers": self.followers, "latency_ms": self.latency_ms})
+
+
+_STORE_STATUS = {"succeeded": "done", "skipped": "skipped", "failed": "failed", "unsettled": "unknown"}
+_RESULT_STATUS = {"done": "succeeded", "skipped": "skipped", "failed": "failed", "unknown": "unsettled"}
+
+
+def pair_rules(info) -> PairRules:
+    """PairRules from a nija.kraken.pairs.PairInfo: orders go out under the altname, holdings use common names."""
+    base_common = info.base_common or info.base
+    names = {info.key, info.altname, info.wsname, base_common, info.base, f"{base_common}/{info.quote_common}",
+             f"{base_common}{info.quote_common}"}
+    return PairRules(pair=info.altname, base=base_common, lot_decimals=info.lot_decimals, ordermin=info.ordermin,
+                     costmin=info.costmin, tick_size=info.tick_size,
+                     symbols=frozenset(name.upper() for name in names if name))
+
+
+class _Unsettled(Exception):
+    """The order's fate is unknown (timeout, lost reply not settled by lookup): reconcile later by cl_ord_id."""
+
+
+# --- the engine ------------------------------------------------------------------------------------------------------
+
+class CopyEngine:
+    """Consumes `queue` (signals) and mirrors each on every copying follower.
+
+    `pairs` resolves a signal's pair name to its AssetPairs entry (a nija.kraken.pairs.Pairs or any mapping with
+    `.get(name)` returning a PairInfo). `price_source`, if given, returns USD prices per common asset name and is
+    read on the refresh schedule to value follower holdings.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        pairs,
+        followers: Iterable[FollowerAccount],
+        *,
+        mode: CopyTradingMode = CopyTradingMode.MASTER_FOLLOW,
+        concurrency: int = 500,
+        taker_fee_rate: Decimal = Decimal("0.004"),
+        order_timeout_s: float = 10.0,
+        refresh_s: float | None = None,
+        price_source: Callable[[], Awaitable[Mapping[str, Decimal]]] | None = None,
+        queue: asyncio.Queue | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.pairs = pairs
+        self.followers: dict[str, FollowerAccount] = {f.name: f for f in followers}
+        self.mode = mode
+        self.taker_fee_rate = taker_fee_rate
+        self.order_timeout_s = order_timeout_s
+        self.refresh_s = refresh_s
+        self.price_source = price_source
+        self.prices = PriceBook()
+        self.queue: asyncio.Queue[Signal] = queue if queue is not None else asyncio.Queue()
+        self.clock = clock
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._tails: dict[tuple[str, str], asyncio.Task] = {}  # last copy task per (follower, pair)
+        self._in_flight: dict[str, asyncio.Task] = {}  # signal id → its summary task
+        self._rules: dict[str, PairRules] = {}
+        self._last_master_equity: Decimal | None = None
+        self._background: list[asyncio.Task] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.summaries: list[CopySummary] = []  # most recent last; trimmed to keep memory flat
+        self._summary_waiters: dict[str, asyncio.Future] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------------------------
+
+    async def start(self, *, refresh_first: bool = True) -> None:
+        """Read every follower's balances, resume unfinished work, then consume the queue and refresh on schedule."""
+        if refresh_first:
+            await self.refresh_all()
+        await self.resume()
+        loop = asyncio.get_running_loop()
+        self._background.append(loop.create_task(self._consume(), name="copy-consumer"))
+        self._background.append(loop.create_task(self._refresh_loop(), name="copy-refresh"))
+
+    async def stop(self, *, grace_s: float = 10.0) -> None:
+        """Stop taking signals, let follower tasks in flight finish (up to `grace_s`), flush the store."""
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        pending = list(self._in_flight.values())
+        if pending:
+            await asyncio.wait(pending, timeout=grace_s)
+        await self.store.flush()
+
+    async def __aenter__(self) -> CopyEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def submit(self, signal: Signal) -> bool:
+        """Store the signal, then queue it. False (nothing queued) when it was stored before."""
+        if not await self.store.save_signal(signal):
+            log.info("signal_already_seen", signal_id=signal.signal_id)
+            return False
+        self.queue.put_nowait(signal)
+        return True
+
+    async def copy(self, signal: Signal) -> CopySummary | None:
+        """Store and copy one signal now, bypassing the queue; returns its summary (None if seen before)."""
+        if not await self.store.save_signal(signal):
+            return None
+        waiter = self._waiter(signal.signal_id)
+        await self._dispatch(signal)
+        return await waiter
+
+    async def summary_of(self, signal_id: str) -> CopySummary:
+        """Wait for a signal's summary (submitted through the queue)."""
+        for summary in reversed(self.summaries):
+            if summary.signal_id == signal_id:
+                return summary
+        return await self._waiter(signal_id)
+
+    async def wait_idle(self) -> None:
+        """Until the queue is empty and every signal taken from it is settled."""
+        while True:
+            await self.queue.join()
+            if self._in_flight:
+                await asyncio.wait(list(self._in_flight.values()))
+                continue
+            if self.queue.empty():
+                return
+
+    def _waiter(self, signal_id: str) -> asyncio.Future:
+        future = self._summary_waiters.get(signal_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._summary_waiters[signal_id] = future
+        return future
+
+    async def _consume(self) -> None:
+        while True:
+            signal = await self.queue.get()
+            try:
+                await self._dispatch(signal)
+            except Exception:
+                log.exception("copy_dispatch_failed", signal_id=signal.signal_id)
+            finally:
+                self.queue.task_done()
+
+    # --- fan-out ---------------------------------------------------------------------------------------------------
+
+    async def _dispatch(self, signal: Signal, existing: Sequence[IntentRow] | None = None) -> None:
+        """Store the intents of `signal` and start one task per follower. Returns once every task is started."""
+        if signal.signal_id in self._in_flight:
+            return
+        if existing is None and await self.store.signal_status(signal.signal_id) == "done":
+            log.info("signal_already_copied", signal_id=signal.signal_id)
+            return
+        self._last_master_equity = signal.master_equity_usd
+        if self.mode is not CopyTradingMode.MASTER_FOLLOW:
+            summary = CopySummary(signal.signal_id, 0, 0, 0, 0, 0, None)
+            await self.store.finish_signal(signal.signal_id, summary.to_json())
+            log.info("copy_summary", signal_id=signal.signal_id, succeeded=0, skipped=0, failed=0, followers=0,
+                     latency_ms=None, mode=self.mode.value)
+            self._publish(summary)
+            return
+
+        try:
+            rules = self._rules_for(signal.pair)
+        except Exception as exc:  # an unknown pair: every follower fails with the reason, nothing is sent
+            rules, rules_error = None, f"pair {signal.pair!r} unknown: {exc}"
+        else:
+            rules_error = None
+            self.prices.set(rules.base, signal.avg_price_usd)
+
+        prior: list[CopyResult] = []
+        work: list[tuple[FollowerAccount, str, bool]] = []  # (account, cl_ord_id, may already exist)
+        if existing:
+            for row in existing:
+                account = self.followers.get(row.follower)
+                if row.finished:
+                    prior.append(CopyResult(signal.signal_id, row.follower, row.pair, row.side,
+                                            _RESULT_STATUS[row.status], row.volume_base, row.notional_usd,
+                                            row.order_id, row.reason))
+                elif account is None:
+                    prior.append(CopyResult(signal.signal_id, row.follower, row.pair, row.side, "unsettled",
+                                            reason="follower no longer configured: its intent stays unfinished"))
+                else:
+                    work.append((account, row.cl_ord_id, True))
+        else:
+            targets = [account for account in self.followers.values() if account.copies]
+            work = [(account, cl_ord_id_for(signal.signal_id, account.name), False) for account in targets]
+            pair_name = rules.pair if rules else signal.pair
+            # Invariant 6: every intent is durable before any of its orders leaves.
+            await self.store.add_intents(
+                IntentRow(signal.signal_id, account.name, cl, pair_name, signal.side) for account, cl, _ in work
+            )
+
+        loop = asyncio.get_running_loop()
+        tasks = []
+        for account, cl_ord_id, may_exist in work:
+            key = (account.name, rules.pair if rules else signal.pair)
+            previous = self._tails.get(key)
+            task = loop.create_task(self._copy_one(signal, account, rules, rules_error, cl_ord_id, may_exist, previous))
+            self._tails[key] = task
+            task.add_done_callback(lambda t, key=key: self._tails.pop(key) if self._tails.get(key) is t else None)
+            tasks.append(task)
+        self._in_flight[signal.signal_id] = loop.create_task(self._summarise(signal, tasks, prior))
+
+    async def _summarise(self, signal: Signal, tasks: list[asyncio.Task], prior: list[CopyResult]) -> None:
+        try:
+            results = prior + [await task for task in tasks]
+            acks = [r.acked_at_s for r in results if r.acked_at_s is not None]
+            latency_ms = round((max(acks) - signal.filled_at_s) * 1000, 1) if acks else None
+            counts = {status: sum(1 for r in results if r.status == status)
+                      for status in ("succeeded", "skipped", "failed", "unsettled")}
+            summary = CopySummary(signal.signal_id, counts["succeeded"], counts["skipped"],
+                                  counts["failed"] + counts["unsettled"], counts["unsettled"], len(results),
+                                  latency_ms, tuple(results))
+            log.info("copy_summary", signal_id=signal.signal_id, succeeded=summary.succeeded,
+                     skipped=summary.skipped, failed=summary.failed, unsettled=summary.unsettled,
+                     followers=summary.followers, latency_ms=latency_ms, pair=signal.pair, side=signal.side)
+            await self.store.flush()
+            if not summary.unsettled:  # a signal with unsettled intents stays open for reconciliation
+                await self.store.finish_signal(signal.signal_id, summary.to_json())
+            self._publish(summary)
+        finally:
+            self._in_flight.pop(signal.signal_id, None)
+
+    def _publish(self, summary: CopySummary) -> None:
+        self.summaries.append(summary)
+        del self.summaries[:-100]
+        future = self._summary_waiters.pop(summary.signal_id, None)
+        if future is not None and not future.done():
+            future.set_result(summary)
+
+    def _rules_for(self, pair: str) -> PairRules:
+        rules = self._rules.get(pair)
+        if rules is None:
+            rules = self._rules[pair] = pair_rules(self.pairs.get(pair))
+        return rules
+
+    # --- one follower ----------------------------------------------------------------------------------------------
+
+    async def _copy_one(self, signal: Signal, account: FollowerAccount, rules: PairRules | None,
+                        rules_error: str | None, cl_ord_id: str, may_exist: bool,
+                        previous: asyncio.Task | None) -> CopyResult:
+        if previous is not None and not previous.done():
+            await asyncio.wait((previous,))  # keep signal order per follower and pair; its outcome does not matter
+        account.in_flight += 1
+        base = dict(signal_id=signal.signal_id, name=account.name, pair=rules.pair if rules else signal.pair,
+                    side=signal.side)
+        try:
+            if rules is None:
+                result = CopyResult(**base, status="failed", reason=rules_error)
+            else:
+                result = await self._settle(signal, account, rules, cl_ord_id, may_exist, base)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not take the other followers down
+            log.exception("copy_task_crashed", name=account.name, signal_id=signal.signal_id)
+            result = CopyResult(**base, status="unsettled", reason=f"internal error: {exc.__class__.__name__}")
+        finally:
+            account.in_flight -= 1
+        self.store.record_result(cl_ord_id, _STORE_STATUS[result.status], volume_base=result.volume_base,
+                                 notional_usd=result.notional_usd, order_id=result.order_id, reason=result.reason)
+        log.info("copy_result", name=result.name, pair=result.pair, side=result.side, status=result.status,
+                 volume=None if result.volume_base is None else str(result.volume_base),
+                 notional=None if result.notional_usd is None else str(result.notional_usd),
+                 order_id=result.order_id, reason=result.reason, signal_id=signal.signal_id)
+        return result
+
+    async def _settle(self, signal: Signal, account: FollowerAccount, rules: PairRules, cl_ord_id: str,
+                      may_exist: bool, base: dict) -> CopyResult:
+        gateway = account.gateway
+        if may_exist:
+            # Resumed intent: the order may already be on the exchange. Look first, send only if proven absent.
+            try:
+                async with self._semaphore:
+                    async with asyncio.timeout(self.order_timeout_s):
+                        found = await gateway.find(cl_ord_id)
+            except (KrakenError, TimeoutError) as exc:
+                return CopyResult(**base, status="unsettled", reason=f"lookup failed: {_describe(exc)}")
+            if found is not None:
+                self._apply(account, rules, signal.side, found)
+                return CopyResult(**base, status="succeeded", volume_base=found.executed_base or None,
+                                  notional_usd=found.cost_usd or None, order_id=found.order_id,
+                                  reason="reconciled: found by client order id", acked_at_s=self.clock())
+
+        plan = size_copy(signal, FollowerLimits.of(account.config), self._book(account, rules), rules,
+                         taker_fee_rate=self.taker_fee_rate)
+        if isinstance(plan, Skip):
+            return CopyResult(**base, status="skipped", reason=str(plan))
+        try:
+            placed = await self._place(gateway, plan, cl_ord_id)
+        except _Unsettled as exc:
+            return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
+                              notional_usd=plan.notional_usd, reason=str(exc))
+        except KrakenError as exc:
+            return CopyResult(**base, status="failed", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
+                              reason=_describe(exc), acked_at_s=self.clock())
+        acked_at_s = self.clock()
+        fill = placed.fill
+        if fill is None or not fill.done:
+            try:
+                fill = await gateway.fill_of(placed.order_id)
+            except KrakenError as exc:
+                log.warning("copy_fill_unknown", name=account.name, order_id=placed.order_id, error=_describe(exc))
+                fill = None
+        if fill is None and plan.limit_price_usd is None:
+            # A market order fills at once: book the planned volume at the master's price until the next refresh.
+            fill = Fill(placed.order_id, "closed", plan.volume_base, plan.notional_usd,
+                        plan.notional_usd * self.taker_fee_rate)
+        if fill is not None:
+            self._apply(account, rules, plan.side, fill)
+        return CopyResult(**base, status="succeeded", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
+                          order_id=placed.order_id, acked_at_s=acked_at_s,
+                          reason="recovered after a lost reply" if placed.recovered else None)
+
+    async def _place(self, gateway: OrderGateway, plan: OrderPlan, cl_ord_id: str) -> Placed:
+        """Send once; a rate-limit or nonce rejection (nothing executed) is retried with the same cl_ord_id."""
+        deadline = asyncio.get_running_loop().time() + self.order_timeout_s
+        while True:
+            try:
+                async with self._semaphore:
+                    async with asyncio.timeout_at(deadline):
+                        return await gateway.place(plan, cl_ord_id)
+            except AmbiguousOrderError as exc:
+                raise _Unsettled(f"order outcome unknown: {_describe(exc)}") from None
+            except TimeoutError:
+                raise _Unsettled(f"no answer within {self.order_timeout_s:g} s: outcome unknown") from None
+            except (RateLimitedError, InvalidNonceError) as exc:
+                wait_s = exc.retry_after_s or 0.5
+                if asyncio.get_running_loop().time() + wait_s >= deadline:
+                    raise
+                await asyncio.sleep(wait_s)  # the exchange executed nothing; wait for the counter, same id
+            except KrakenError as exc:
+                if exc.ambiguous_for_orders:
+                    raise _Unsettled(f"order outcome unknown: {_describe(exc)}") from None
+                raise
+
+    def _book(self, account: FollowerAccount, rules: PairRules) -> FollowerBook:
+        portfolio = account.portfolio
+        equity = portfolio.equity_usd(self.prices)
+        return FollowerBook(
+            equity_usd=equity,
+            free_cash_usd=portfolio.cash_usd(),
+            position_base=portfolio.held(rules.base),
+            daily_loss_reached=portfolio.daily_loss_reached(account.config.max_daily_loss, equity),
+        )
+
+    def _apply(self, account: FollowerAccount, rules: PairRules, side: str, fill: Fill) -> None:
+        account.portfolio.apply_fill(rules.base, side, fill.executed_base, fill.cost_usd, fill.fee_usd)
+
+    # --- reconciliation --------------------------------------------------------------------------------------------
+
+    async def resume(self) -> int:
+        """Finish what a previous run left open: returns how many signals were picked up again."""
+        count = 0
+        for signal in await self.store.unfinished_signals():
+            if signal.signal_id in self._in_flight:
+                continue
+            rows = await self.store.intents_for(signal.signal_id)
+            log.info("copy_resume", signal_id=signal.signal_id, intents=len(rows),
+                     unfinished=sum(1 for r in rows if not r.finished))
+            await self._dispatch(signal, existing=rows or None)
+            count += 1
+        return count
+
+    async def reconcile(self) -> list[CopySummary]:
+        """Settle every unfinished intent now (by lookup first) and wait for the outcome."""
+        await self.wait_idle()
+        before = set(self._in_flight)
+        await self.resume()
+        started = [task for sid, task in self._in_flight.items() if sid not in before]
+        ids = [sid for sid in self._in_flight if sid not in before]
+        if started:
+            await asyncio.wait(started)
+        latest = {summary.signal_id: summary for summary in self.summaries if summary.signal_id in ids}
+        return [latest[sid] for sid in ids if sid in latest]
+
+    # --- balances --------------------------------------------------------------------------------------------------
+
+    async def refresh_all(self) -> None:
+        """Read every follower's balances (and prices) at once; a failed read leaves that follower as it was."""
+        await self._refresh_prices()
+        await asyncio.gather(*(self._refresh_one(account) for account in self.followers.values() if account.copies))
+
+    async def _refresh_prices(self) -> None:
+        if self.price_source is None:
+            return
+        try:
+            for asset, price in (await self.price_source()).items():
+                self.prices.set(asset, price)
+        except KrakenError as exc:
+            log.warning("price_refresh_failed", error=_describe(exc))
+
+    async def _refresh_one(self, account: FollowerAccount) -> None:
+        if account.in_flight:
+            return  # a copy is changing this portfolio; the next round reads it
+        generation = account.portfolio.generation
+        try:
+            async with self._semaphore:
+                async with asyncio.timeout(self.order_timeout_s):
+                    balances = await account.gateway.available_balances()
+        except (KrakenError, TimeoutError) as exc:
+            log.warning("balance_refresh_failed", name=account.name, error=_describe(exc))
+            return  # unknown stays unknown; known stays as last read (never zero)
+        if account.in_flight or account.portfolio.generation != generation:
+            return  # a fill landed while we read: our numbers may predate it
+        account.portfolio.load(balances)
+        await self._mark_day(account)
+
+    async def _mark_day(self, account: FollowerAccount) -> None:
+        portfolio = account.portfolio
+        day = utc_day(self.clock())
+        if portfolio.day == day:
+            return
+        equity = portfolio.equity_usd(self.prices)
+        if equity is None:
+            return
+        portfolio.day = day
+        portfolio.day_start_equity_usd = await self.store.day_start_equity(account.name, day, equity)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            interval = self.refresh_s or refresh_interval_s(self._last_master_equity)
+            await asyncio.sleep(interval)
+            while self._in_flight:  # never compete with a fan-out for the followers' keys
+                await asyncio.wait(list(self._in_flight.values()))
+            try:
+                await self.refresh_all()
+            except Exception:
+                log.exception("balance_refresh_crashed")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or "no detail"
+    return f"{exc.__class__.__name__}: {text}"

@@ -1,0 +1,65 @@
+"""The copy engine's view of one Kraken account, on top of nija.kraken.KrakenClient.
+
+Places the sized order (market, or IOC limit for capped entries) with the intent's client order id, looks orders up
+by that id, reads fills and spendable balances. The client already never places an AddOrder twice; this module only
+translates between its models and the engine's small types.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from nija.kraken.client import KrakenClient
+from nija.kraken.models import Order
+from nija.kraken.pairs import Pairs, split_balance_suffix
+from nija.trading.copy import Fill, Placed
+from nija.trading.sizing import OrderPlan
+
+__all__ = ["KrakenGateway", "fill_from_order"]
+
+
+def fill_from_order(order: Order) -> Fill:
+    return Fill(order_id=order.txid, status=order.status, executed_base=order.vol_exec, cost_usd=order.cost,
+                fee_usd=order.fee)
+
+
+class KrakenGateway:
+    """OrderGateway for one follower's KrakenClient. `pairs` maps balance keys to common asset names."""
+
+    __slots__ = ("client", "pairs")
+
+    def __init__(self, client: KrakenClient, pairs: Pairs) -> None:
+        self.client = client
+        self.pairs = pairs
+
+    def __repr__(self) -> str:
+        return f"<KrakenGateway {self.client!r}>"
+
+    async def place(self, plan: OrderPlan, cl_ord_id: str) -> Placed:
+        if plan.limit_price_usd is None:
+            result = await self.client.add_order(plan.pair, plan.side, plan.volume_base, cl_ord_id=cl_ord_id)
+        else:
+            result = await self.client.add_order(plan.pair, plan.side, plan.volume_base, ordertype="limit",
+                                                 price=plan.limit_price_usd, timeinforce="IOC", cl_ord_id=cl_ord_id)
+        order_id = result.order_id
+        if order_id is None:
+            raise ValueError(f"AddOrder for {cl_ord_id} returned no order id")
+        fill = fill_from_order(result.order) if result.order is not None else None
+        return Placed(order_id=order_id, fill=fill, recovered=result.recovered)
+
+    async def find(self, cl_ord_id: str) -> Fill | None:
+        order = await self.client.find_order(cl_ord_id)
+        return None if order is None else fill_from_order(order)
+
+    async def fill_of(self, order_id: str) -> Fill | None:
+        order = (await self.client.query_orders(order_id)).get(order_id)
+        return None if order is None else fill_from_order(order)
+
+    async def available_balances(self) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for key, entry in (await self.client.balance_ex()).by_asset.items():
+            if split_balance_suffix(key)[1] is not None:
+                continue  # earn/staking sub-balances cannot be sold or spent as they are
+            asset = self.pairs.asset_name(key)
+            totals[asset] = totals.get(asset, Decimal(0)) + entry.available
+        return totals

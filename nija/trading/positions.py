@@ -1,0 +1,109 @@
+"""What each follower holds, kept in memory so no balance call sits between a signal and its orders.
+
+A `Portfolio` is loaded from the follower's balances, updated from each copied fill, and replaced by a fresh read on
+the rate profile's schedule. A `PriceBook` (shared by every follower) values holdings in USD from master fills and
+a periodic Ticker read. Unknown stays unknown (DESIGN invariant 7): a portfolio never read has no equity, not zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+
+__all__ = ["PriceBook", "Portfolio", "refresh_interval_s", "utc_day", "CASH_ASSET"]
+
+ZERO = Decimal(0)
+CASH_ASSET = "USD"
+
+# APEX v7.1 rate profiles: (equity below, balance refresh seconds); the last row has no upper bound.
+_PROFILES = ((Decimal(100), 60.0), (Decimal(1000), 10.0), (None, 5.0))
+
+
+def refresh_interval_s(master_equity_usd: Decimal | None) -> float:
+    """Balance refresh interval of the master's rate profile: LOW_CAPITAL 60 s, STANDARD 10 s, AGGRESSIVE 5 s."""
+    if master_equity_usd is None:
+        return _PROFILES[0][1]
+    for below, seconds in _PROFILES:
+        if below is None or master_equity_usd < below:
+            return seconds
+    return _PROFILES[-1][1]
+
+
+def utc_day(now_s: float) -> str:
+    return datetime.fromtimestamp(now_s, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+@dataclass(slots=True)
+class PriceBook:
+    """Last known USD price per asset (common names: BTC, ETH, ...)."""
+
+    usd_by_asset: dict[str, Decimal] = field(default_factory=dict)
+
+    def set(self, asset: str, price_usd: Decimal) -> None:
+        if price_usd > ZERO:
+            self.usd_by_asset[asset] = price_usd
+
+    def get(self, asset: str) -> Decimal | None:
+        if asset == CASH_ASSET:
+            return Decimal(1)
+        return self.usd_by_asset.get(asset)
+
+
+@dataclass(slots=True)
+class Portfolio:
+    """One follower's holdings (available amounts, common asset names) and its daily-loss bookkeeping."""
+
+    holdings: dict[str, Decimal] | None = None  # None until the first successful balance read
+    generation: int = 0  # bumped on every local change; a refresh started before a change is discarded
+    day: str | None = None
+    day_start_equity_usd: Decimal | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.holdings is not None
+
+    def load(self, available_by_asset: Mapping[str, Decimal]) -> None:
+        """Replace holdings with a fresh balance read (available amounts per common asset name)."""
+        self.holdings = {asset: amount for asset, amount in available_by_asset.items() if amount != ZERO}
+        self.generation += 1
+
+    def forget(self) -> None:
+        self.holdings = None
+        self.generation += 1
+
+    def cash_usd(self) -> Decimal | None:
+        return None if self.holdings is None else self.holdings.get(CASH_ASSET, ZERO)
+
+    def held(self, asset: str) -> Decimal | None:
+        return None if self.holdings is None else self.holdings.get(asset, ZERO)
+
+    def equity_usd(self, prices: PriceBook) -> Decimal | None:
+        """Cash plus every holding at its last price; holdings without a price are left out of the sum."""
+        if self.holdings is None:
+            return None
+        total = ZERO
+        for asset, amount in self.holdings.items():
+            price = prices.get(asset)
+            if price is not None:
+                total += amount * price
+        return total
+
+    def apply_fill(self, base: str, side: str, executed_base: Decimal, cost_usd: Decimal, fee_usd: Decimal) -> None:
+        """Account for one executed order: base in/out, USD out/in, fee paid in USD (Kraken's default for USD pairs)."""
+        if self.holdings is None or executed_base <= ZERO:
+            return
+        sign = Decimal(1) if side == "buy" else Decimal(-1)
+        self.holdings[base] = self.holdings.get(base, ZERO) + sign * executed_base
+        self.holdings[CASH_ASSET] = self.holdings.get(CASH_ASSET, ZERO) - sign * cost_usd - fee_usd
+        if self.holdings[base] <= ZERO:
+            self.holdings.pop(base)
+        self.generation += 1
+
+    def daily_loss_reached(self, max_daily_loss: Decimal | None, equity_usd: Decimal | None) -> bool:
+        """True once equity fell by `max_daily_loss` (a fraction) from the start of the UTC day."""
+        if max_daily_loss is None or equity_usd is None or not self.day_start_equity_usd:
+            return False
+        lost = (self.day_start_equity_usd - equity_usd) / self.day_start_equity_usd
+        return lost >= max_daily_loss

@@ -1,0 +1,195 @@
+"""The copy engine against in-memory accounts: sizing on the path, ordering, isolation, durability, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal as D
+from pathlib import Path
+
+import pytest
+
+from nija.accounts import FollowerConfig
+from nija.kraken.errors import AmbiguousOrderError, ConfigurationError, TransportError
+from nija.kraken.pairs import Pairs
+from nija.settings import CopyTradingMode
+from nija.store import IntentRow, Store
+from nija.trading.copy import CopyEngine, FollowerAccount
+from nija.trading.signals import Signal, cl_ord_id_for
+from nija.trading.sizing import OrderPlan
+
+from tests.trading.fake_gateway import FakeAccount
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "kraken" / "asset_pairs_sample.json"
+PAIRS = Pairs.from_results(json.loads(FIXTURE.read_text())["result"])
+
+
+def buy(sid="b1", volume="0.1", master_equity="10000", price="50000"):
+    return Signal(sid, "OM-" + sid, "XBTUSD", "buy", D(volume), D(price), D("20"), D(master_equity))
+
+
+def sell(sid, fraction=None, closes=False):
+    return Signal(sid, "OM-" + sid, "XBTUSD", "sell", D("0.01"), D("50000"), D("2"), D("10000"),
+                  position_fraction=None if fraction is None else D(fraction), closes_position=closes)
+
+
+def account(name, fake, **config):
+    return FollowerAccount(FollowerConfig(name=name, **config), fake)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = await Store.open(tmp_path / "nija.sqlite3")
+    yield store
+    await store.close()
+
+
+async def engine_with(store, accounts, **kwargs):
+    engine = CopyEngine(store, PAIRS, accounts, **kwargs)
+    await engine.refresh_all()
+    return engine
+
+
+async def test_buy_is_sized_per_follower_and_capped(store):
+    alice, bob, carl = FakeAccount(usd="1000"), FakeAccount(usd="3000"), FakeAccount(usd="20")
+    engine = await engine_with(store, [account("alice", alice), account("bob", bob, risk_multiplier=0.1),
+                                       account("carl", carl)])
+    summary = await engine.copy(buy())
+    by_name = {r.name: r for r in summary.results}
+    assert by_name["alice"].volume_base == D("0.002")  # 50 % of equity asked, capped at 10 % of 1000
+    assert by_name["bob"].volume_base == D("0.003")  # 3000/10000 × 5000 × 0.1 = 150 USD
+    assert by_name["carl"].status == "skipped" and "ordermin" in by_name["carl"].reason
+    assert (summary.succeeded, summary.skipped, summary.failed, summary.followers) == (2, 1, 0, 3)
+    assert alice.balances["BTC"] == D("0.002") and carl.calls == ["balance"]
+    rows = {row.follower: row for row in await store.intents_for("b1")}
+    assert rows["alice"].status == "done" and rows["alice"].order_id and rows["carl"].status == "skipped"
+    assert await store.signal_status("b1") == "done"
+
+
+async def test_sells_follow_the_buy_and_take_the_same_fraction(store):
+    alice = FakeAccount(usd="1000")
+    engine = await engine_with(store, [account("alice", alice)])
+    await engine.start(refresh_first=False)
+    for signal in (buy("b1"), sell("s1", "0.25"), sell("s2", closes=True)):
+        assert await engine.submit(signal)
+    await engine.wait_idle()
+    await engine.stop()
+    # the sell was sized after the buy filled, from the follower's own position, without a balance call
+    placed = [c.split() for c in alice.calls if c.startswith("place")]
+    assert [(side, D(volume)) for _, side, volume in placed] == [("buy", D("0.002")), ("sell", D("0.0005")),
+                                                                  ("sell", D("0.0015"))]
+    assert alice.balances["BTC"] == 0
+
+
+async def test_one_slow_follower_does_not_delay_the_others(store):
+    slow, fast = FakeAccount(), FakeAccount()
+    slow.gate = asyncio.Event()
+    engine = await engine_with(store, [account("slow", slow), account("fast", fast)])
+    copying = asyncio.create_task(engine.copy(buy()))
+    while not fast.orders:  # the fast follower completes while the slow one is still waiting
+        await asyncio.sleep(0)
+    assert not slow.orders and not copying.done()
+    slow.gate.set()
+    summary = await copying
+    assert summary.succeeded == 2
+
+
+async def test_a_rejected_key_fails_alone(store):
+    bad, good = FakeAccount(), FakeAccount()
+    bad.fail_with = ConfigurationError(["EAPI:Invalid key"], method="AddOrder")
+    engine = await engine_with(store, [account("bad", bad), account("good", good)])
+    summary = await engine.copy(buy())
+    by_name = {r.name: r for r in summary.results}
+    assert by_name["bad"].status == "failed" and "Invalid key" in by_name["bad"].reason
+    assert by_name["good"].status == "succeeded" and summary.latency_ms is not None
+
+
+async def test_disabled_and_non_copying_followers_are_not_targets(store):
+    on, off, own = FakeAccount(), FakeAccount(), FakeAccount()
+    engine = await engine_with(store, [account("on", on), account("off", off, enabled=False),
+                                       account("own", own, copy_from_master=False)])
+    summary = await engine.copy(buy())
+    assert summary.followers == 1 and not off.orders and not own.orders
+
+
+async def test_disabled_symbol_and_daily_loss(store):
+    doge_hater, loser = FakeAccount(), FakeAccount(usd="1000")
+    engine = await engine_with(store, [account("h", doge_hater, disabled_symbols=["BTC"]),
+                                       account("l", loser, max_daily_loss=0.05)])
+    engine.followers["l"].portfolio.day_start_equity_usd = D("1100")  # already down 9 % today
+    engine.followers["l"].portfolio.day = "today"
+    summary = await engine.copy(buy())
+    reasons = {r.name: r.reason for r in summary.results}
+    assert reasons["h"].startswith("disabled_symbol") and reasons["l"].startswith("daily_loss_reached")
+
+
+async def test_a_signal_is_copied_once(store):
+    alice = FakeAccount()
+    engine = await engine_with(store, [account("alice", alice)])
+    assert (await engine.copy(buy())).succeeded == 1
+    assert await engine.copy(buy()) is None
+    assert await engine.submit(buy()) is False
+    assert len(alice.orders) == 1
+
+
+async def test_independent_mode_copies_nothing(store):
+    alice = FakeAccount()
+    engine = await engine_with(store, [account("alice", alice)], mode=CopyTradingMode.INDEPENDENT)
+    summary = await engine.copy(buy())
+    assert summary.followers == 0 and not alice.orders
+
+
+async def test_unsettled_order_is_reconciled_by_lookup_not_resent(store):
+    lost, unsent = FakeAccount(), FakeAccount()
+    lost.execute_then_fail = AmbiguousOrderError("lookup failed", cl_ord_id="x")
+    unsent.fail_with = TransportError("timeout")  # the exchange never saw it
+    engine = await engine_with(store, [account("lost", lost), account("unsent", unsent)])
+    summary = await engine.copy(buy())
+    assert summary.unsettled == 2 and summary.failed == 2
+    assert await store.signal_status("b1") != "done"  # stays open until every intent is settled
+    [again] = await engine.reconcile()
+    assert again.succeeded == 2 and await store.signal_status("b1") == "done"
+    cl = cl_ord_id_for("b1", "lost")
+    assert len(lost.orders[cl]) == 1  # found by its cl_ord_id, not placed again
+    assert len(unsent.orders[cl_ord_id_for("b1", "unsent")]) == 1  # proven absent, sent once
+    assert lost.balances["BTC"] == unsent.balances["BTC"] == D("0.002")
+
+
+async def test_restart_resumes_stored_intents_without_duplicates(tmp_path):
+    path = tmp_path / "nija.sqlite3"
+    sent, not_sent = FakeAccount(), FakeAccount()
+    # A first run stored the signal and both intents, sent one order, then died.
+    store = await Store.open(path)
+    signal = buy()
+    await store.save_signal(signal)
+    await store.add_intents([IntentRow("b1", n, cl_ord_id_for("b1", n), "XBTUSD", "buy") for n in ("sent", "not_sent")])
+    await store.close()
+    # ... and the first run managed to send one order before dying
+    await sent.place(OrderPlan("XBTUSD", "buy", D("0.002"), D("100")), cl_ord_id_for("b1", "sent"))
+
+    store = await Store.open(path)
+    engine = CopyEngine(store, PAIRS, [account("sent", sent), account("not_sent", not_sent)])
+    await engine.start()
+    await engine.wait_idle()
+    await engine.stop()
+    assert len(sent.orders[cl_ord_id_for("b1", "sent")]) == 1
+    assert len(not_sent.orders[cl_ord_id_for("b1", "not_sent")]) == 1
+    assert await store.signal_status("b1") == "done" and await store.unfinished_intents() == []
+    await store.close()
+
+
+async def test_copy_log_lines(store, capsys):
+    from nija.logs import configure
+    configure("INFO", json_lines=True)
+    alice, carl = FakeAccount(), FakeAccount(usd="5")
+    engine = await engine_with(store, [account("alice", alice), account("carl", carl)])
+    await engine.copy(buy())
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    results = {line["name"]: line for line in lines if line["event"] == "copy_result"}
+    assert results["alice"]["order_id"] and results["alice"]["volume"] == "0.00200000"
+    assert results["alice"]["notional"] and results["alice"]["pair"] == "XBTUSD" and results["alice"]["side"] == "buy"
+    assert results["carl"]["reason"].startswith("below_")
+    [summary] = [line for line in lines if line["event"] == "copy_summary"]
+    assert (summary["signal_id"], summary["succeeded"], summary["skipped"], summary["failed"], summary["followers"]) \
+        == ("b1", 1, 1, 0, 2)
+    assert summary["latency_ms"] >= 0
