@@ -28,6 +28,7 @@ from typing import Protocol
 from nija.accounts import FollowerConfig
 from nija.kraken.errors import (
     AmbiguousOrderError,
+    ConfigurationError,
     InvalidNonceError,
     KrakenError,
     RateLimitedError,
@@ -100,6 +101,8 @@ class FollowerAccount:
     gateway: OrderGateway
     portfolio: Portfolio = field(default_factory=Portfolio)
     in_flight: int = 0  # copy tasks running for this follower (a balance refresh waits for 0)
+    #: why the account cannot trade (its key was rejected); set by a balance read, cleared by the next good one
+    unusable: str | None = None
 
     @property
     def name(self) -> str:
@@ -428,6 +431,9 @@ class CopyEngine:
                                   notional_usd=found.cost_usd or None, order_id=found.order_id,
                                   reason="reconciled: found by client order id", acked_at_s=self.clock())
 
+        if account.unusable and not account.portfolio.known:
+            # The exchange refused this account's key: report that, rather than "balance unknown".
+            return CopyResult(**base, status="failed", reason=f"account unusable: {account.unusable}")
         plan = size_copy(signal, FollowerLimits.of(account.config), self._book(account, rules), rules,
                          taker_fee_rate=self.taker_fee_rate)
         if isinstance(plan, Skip):
@@ -546,7 +552,10 @@ class CopyEngine:
                     balances = await account.gateway.available_balances()
         except (KrakenError, TimeoutError) as exc:
             log.warning("balance_refresh_failed", name=account.name, error=_describe(exc))
+            if isinstance(exc, ConfigurationError):
+                account.unusable = _describe(exc)
             return  # unknown stays unknown; known stays as last read (never zero)
+        account.unusable = None
         if account.in_flight or account.portfolio.generation != generation:
             return  # a fill landed while we read: our numbers may predate it
         account.portfolio.load(balances)

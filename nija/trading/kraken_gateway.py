@@ -63,3 +63,33 @@ class KrakenGateway:
             asset = self.pairs.asset_name(key)
             totals[asset] = totals.get(asset, Decimal(0)) + entry.available
         return totals
+
+
+def follower_accounts(followers, pairs: Pairs, *, base_url: str, tier: str = "starter", context=None,
+                      timeout_s: float = 10.0) -> list:
+    """A FollowerAccount with its own KrakenClient for each loaded follower; all clients share one context."""
+    from nija.trading.copy import FollowerAccount
+
+    accounts = []
+    for follower in followers:
+        client = KrakenClient(follower.api_key, follower.api_secret, base_url=base_url, tier=tier, context=context,
+                              timeout_s=timeout_s, name=follower.name)
+        accounts.append(FollowerAccount(follower.config, KrakenGateway(client, pairs)))
+    return accounts
+
+
+def ticker_price_source(client: KrakenClient, pairs: Pairs):
+    """An engine price source: one Ticker call for every pair, last price of each asset's USD pair."""
+
+    async def read() -> dict[str, Decimal]:
+        prices: dict[str, Decimal] = {}
+        for key, ticker in (await client.ticker()).items():
+            try:
+                info = pairs.get(key)
+            except KeyError:
+                continue
+            if info.quote_common == "USD":
+                prices[info.base_common] = ticker.last
+        return prices
+
+    return read

@@ -1,0 +1,113 @@
+"""The issue's "done means" on the embedded exchange over real HTTP: proportional buys with the cap, ladder exits
+as fractions of each follower's own position, a too-small follower skipped, a rejected key failing alone, and
+faults that never leave a follower with the wrong position or two orders for one client order id."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+
+from nija.exchange import Exchange, Fault
+from nija.trading.signals import cl_ord_id_for
+from nija.trading.sizing import round_volume_down
+
+from tests.trading.live import make_rig
+
+
+@pytest.fixture
+async def served():
+    exchange = Exchange(seed=7, speed=0)
+    async with exchange.serve(host="127.0.0.1", port=0, latency_ms=0) as server:
+        yield exchange, server.url
+
+
+async def test_master_buy_then_ladder_exits_are_mirrored(served, tmp_path):
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {
+        "alice": {"usd": "1000"},  # 10 % cap: 100 USD
+        "bob": {"usd": "3000", "risk_multiplier": 0.1},  # proportional: 3000/10000 × 5000 × 0.1 = 150 USD
+        "carl": {"usd": "4"},  # 10 % of 4 USD is below XBTUSD's minimum order
+        "dora": {"usd": "1000", "bad_key": True},  # the exchange rejects this key
+    })
+    try:
+        signal = await rig.master_trade("buy", D("0.1"))
+        summary = await rig.engine.copy(signal)
+        by_name = {r.name: r for r in summary.results}
+        equity_ratio = signal.notional_usd / signal.master_equity_usd
+        assert equity_ratio > D("0.45")  # the master bet about half its equity: the 10 % cap binds for alice
+        assert rig.held("alice") == D("0.002") and by_name["alice"].status == "succeeded"
+        bob_expected = round_volume_down(signal.notional_usd * D(3000) / signal.master_equity_usd * D("0.1")
+                                         / signal.avg_price_usd, 8)
+        assert rig.held("bob") == bob_expected
+        assert by_name["carl"].status == "skipped" and by_name["carl"].reason.startswith("below_ordermin")
+        assert rig.orders_per_cl_ord_id("carl") == {}
+        assert by_name["dora"].status == "failed" and "Invalid key" in by_name["dora"].reason
+        assert (summary.succeeded, summary.skipped, summary.failed) == (2, 1, 1)
+
+        # Profit-taking ladder: 10 %, 15 %, 25 % of the initial volume, then the rest.
+        expected = {"alice": rig.held("alice"), "bob": rig.held("bob")}
+        for step, volume in enumerate((D("0.01"), D("0.015"), D("0.025"), D("0.05"))):
+            exchange.set_price("XBTUSD", D("50600") + 250 * step)
+            exit_signal = await rig.master_trade("sell", volume, reason="PROFIT_TAKING")
+            await rig.engine.copy(exit_signal)
+            for name in expected:
+                if exit_signal.closes_position:
+                    expected[name] = D(0)
+                else:
+                    expected[name] -= round_volume_down(exit_signal.sell_fraction * expected[name], 8)
+                assert rig.held(name) == expected[name], (step, name)
+        assert exit_signal.closes_position and rig.held("alice") == rig.held("bob") == 0
+        for name in ("alice", "bob"):
+            assert all(count == 1 for count in rig.orders_per_cl_ord_id(name).values())
+    finally:
+        await rig.close()
+
+
+@pytest.mark.parametrize("fault", [
+    Fault(kind="drop_response_after_execute", method="AddOrder"),
+    Fault(kind="http_502", method="AddOrder"),
+    Fault(kind="http_502", method="AddOrder", execute=True),
+    Fault(kind="internal_error", method="AddOrder", execute=True),
+    Fault(kind="service_unavailable", method="AddOrder", next_n=2),
+    Fault(kind="timeout", method="AddOrder", delay_s=1.0),
+    Fault(kind="timeout", method="AddOrder", delay_s=1.0, execute=False),
+], ids=lambda f: f"{f.kind}{'-executed' if f.execute else ''}{'-x' + str(f.next_n) if f.next_n != 1 else ''}")
+async def test_faults_never_duplicate_or_lose_an_order(served, tmp_path, fault):
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}, "bob": {"usd": "1000"}},
+                         client_timeout_s=0.5)
+    try:
+        fault.account = "alice"
+        exchange.inject(fault)
+        signal = await rig.master_trade("buy", D("0.1"))
+        summary = await rig.engine.copy(signal)
+        if summary.unsettled:  # the client could not settle it: reconciliation by cl_ord_id does
+            await rig.engine.reconcile()
+        for name in ("alice", "bob"):
+            assert rig.held(name) == D("0.002"), name
+            assert rig.orders_per_cl_ord_id(name) == {cl_ord_id_for(signal.signal_id, name): 1}
+        assert await rig.store.unfinished_intents() == []
+    finally:
+        await rig.close()
+
+
+async def test_restart_after_a_lost_reply_settles_by_lookup(served, tmp_path):
+    """A crash between sending and recording: the next run finds the order by cl_ord_id and sends nothing."""
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
+    signal = await rig.master_trade("buy", D("0.1"))
+    # Simulate the first run: signal and intent stored, order sent, then the process died before the result.
+    await rig.store.save_signal(signal)
+    from nija.store import IntentRow
+    cl = cl_ord_id_for(signal.signal_id, "alice")
+    await rig.store.add_intents([IntentRow(signal.signal_id, "alice", cl, "XBTUSD", "buy")])
+    client = rig.engine.followers["alice"].gateway.client
+    await client.add_order("XBTUSD", "buy", D("0.002"), cl_ord_id=cl)
+    await rig.engine.resume()
+    await rig.engine.wait_idle()
+    try:
+        assert rig.orders_per_cl_ord_id("alice") == {cl: 1}
+        assert rig.held("alice") == D("0.002") and await rig.store.signal_status(signal.signal_id) == "done"
+    finally:
+        await rig.close()
