@@ -1,0 +1,305 @@
+"""Narrow client tests against a scripted HTTP server on 127.0.0.1: signing, error mapping, retries, order lookup,
+secrets. (aioresponses does not work with the installed aiohttp 3.14, and a real socket is closer to the truth.)"""
+
+import asyncio
+import json
+from decimal import Decimal
+from urllib.parse import parse_qs
+
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from nija.kraken import errors
+from nija.kraken.auth import decode_secret, sign
+from nija.kraken.client import KrakenClient, derive_cl_ord_id
+from nija.kraken.limits import Tier
+from nija.kraken.errors import (
+    AmbiguousOrderError,
+    ConfigurationError,
+    InsufficientFundsError,
+    TransportError,
+    UnknownKrakenError,
+)
+
+API_KEY = "test-api-key-for-unit-tests"
+
+
+def envelope(result=None, error=()):
+    return {"error": list(error), "result": result} if not error else {"error": list(error)}
+
+
+class Raw:
+    """A non-envelope reply: any status, body and content type."""
+
+    def __init__(self, status, body, content_type="text/html"):
+        self.status, self.body, self.content_type = status, body, content_type
+
+
+DROP = "drop"  # close the connection without answering
+HANG = "hang"  # answer later than the client's timeout
+
+
+class Recorder:
+    """Records every request to one method (form fields, headers, signature check) and answers from a script;
+    the last reply repeats."""
+
+    def __init__(self, secret_b64, *replies):
+        self.secret = decode_secret(secret_b64)
+        self.replies = list(replies)
+        self.requests: list[dict] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.method == "POST":
+            fields = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+            valid = request.headers.get("API-Sign") == sign(request.path, fields["nonce"], body, self.secret)
+        else:
+            fields, valid = dict(request.query), True
+        self.requests.append({"fields": fields, "headers": dict(request.headers), "signature_valid": valid})
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if reply == DROP:
+            request.transport.abort()
+            return web.Response()
+        if reply == HANG:
+            await asyncio.sleep(0.5)
+            return web.json_response(envelope({}))
+        if isinstance(reply, Raw):
+            return web.Response(status=reply.status, text=reply.body, content_type=reply.content_type)
+        return web.json_response(reply)
+
+
+class ScriptedKraken:
+    def __init__(self):
+        self.routes: dict[str, Recorder] = {}
+
+    def on(self, method: str, recorder: Recorder) -> Recorder:
+        self.routes[method] = recorder
+        return recorder
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        recorder = self.routes.get(request.match_info["method"])
+        if recorder is None:
+            return web.json_response(envelope(error=["EGeneral:Unknown method"]))
+        return await recorder.handle(request)
+
+
+@pytest.fixture
+async def kraken():
+    scripted = ScriptedKraken()
+    app = web.Application()
+    app.router.add_route("*", "/0/{scope}/{method}", scripted.dispatch)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    scripted.url = f"http://127.0.0.1:{port}"
+    yield scripted
+    await runner.cleanup()
+
+
+@pytest.fixture
+def client(context, secret_b64, kraken):
+    return KrakenClient(API_KEY, secret_b64, base_url=kraken.url, context=context, retry_base_s=0.001, name="alice",
+                        timeout_s=0.15)
+
+
+async def test_private_call_is_signed_with_a_nanosecond_nonce(client, kraken, secret_b64):
+    recorder = Recorder(secret_b64, envelope({"ZUSD": "171288.6158", "XXBT": "0.5", "XBT.F": "0.01"}))
+    kraken.on("Balance", recorder)
+    balances = await client.balance()
+    assert balances.get("ZUSD") == Decimal("171288.6158")
+    request = recorder.requests[0]
+    assert request["signature_valid"] and request["headers"]["API-Key"] == API_KEY
+    assert int(request["fields"]["nonce"]) > 10**18  # ns since the epoch: above ms and 1e-8 s generators
+    assert request["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+async def test_params_are_encoded_as_kraken_expects(client, kraken, secret_b64):
+    recorder = Recorder(secret_b64, envelope({"descr": {"order": "buy 0.5 XBTUSD @ limit 30000.1"}, "txid": ["O1"]}))
+    kraken.on("AddOrder", recorder)
+    result = await client.add_order("XBTUSD", "buy", Decimal("0.50000000"), ordertype="limit",
+                                    price=Decimal("30000.1"), oflags=["post", "fciq"], cl_ord_id="copy-1",
+                                    validate=True)
+    fields = recorder.requests[0]["fields"]
+    assert fields["volume"] == "0.50000000" and fields["price"] == "30000.1" and fields["oflags"] == "post,fciq"
+    assert fields["validate"] == "true" and fields["cl_ord_id"] == "copy-1" and "price2" not in fields
+    assert result.validated_only and result.cl_ord_id == "copy-1"
+
+
+async def test_float_money_is_refused(client):
+    with pytest.raises(TypeError, match="Decimal"):
+        await client.add_order("XBTUSD", "buy", 0.5)
+
+
+async def test_reads_retry_and_are_re_signed_with_a_fresh_nonce(client, kraken, secret_b64):
+    recorder = Recorder(secret_b64, envelope(error=["EService:Unavailable"]),
+                        Raw(502, body="<html>Bad gateway</html>", content_type="text/html"),
+                        envelope({"ZUSD": "1.0"}))
+    kraken.on("Balance", recorder)
+    balances = await client.balance()
+    assert balances.get("ZUSD") == Decimal("1.0")
+    nonces = [int(r["fields"]["nonce"]) for r in recorder.requests]
+    signatures = {r["headers"]["API-Sign"] for r in recorder.requests}
+    assert len(nonces) == 3 and nonces == sorted(set(nonces)) and len(signatures) == 3
+    assert all(r["signature_valid"] for r in recorder.requests)
+
+
+@pytest.mark.parametrize(
+    "reply, expected, fragment",
+    [
+        (Raw(520, body="<!DOCTYPE html><title>520</title>", content_type="text/html"),
+         TransportError, "HTTP 520 (HTML page)"),
+        (Raw(200, body="<html>maintenance</html>", content_type="text/html"), TransportError,
+         "HTML page"),
+        (Raw(200, body="{not json", content_type="application/json"), TransportError, "not JSON"),
+        (DROP, TransportError, "ServerDisconnectedError"),
+        (HANG, TransportError, "TimeoutError"),
+    ],
+)
+async def test_transport_failures_become_transport_errors_after_the_retries(client, kraken, secret_b64, reply, expected,
+                                                                             fragment):
+    recorder = Recorder(secret_b64, reply)
+    kraken.on("Balance", recorder)
+    with pytest.raises(expected) as info:
+        await client.balance()
+    assert fragment in str(info.value)
+    assert len(recorder.requests) == client.read_attempts
+
+
+async def test_configuration_errors_are_not_retried(client, kraken, secret_b64):
+    recorder = Recorder(secret_b64, envelope(error=["EAPI:Invalid key"]))
+    kraken.on("Balance", recorder)
+    with pytest.raises(ConfigurationError, match="Balance: EAPI:Invalid key"):
+        await client.balance()
+    assert len(recorder.requests) == 1
+
+
+async def test_an_unknown_error_string_still_raises(client, kraken, secret_b64):
+    recorder = Recorder(secret_b64, envelope(error=["EFuture:Something new"]))
+    kraken.on("Balance", recorder)
+    with pytest.raises(UnknownKrakenError, match="EFuture:Something new"):
+        await client.balance()
+
+
+async def test_warnings_do_not_fail_a_call(client, kraken, secret_b64):
+    recorder = Recorder(secret_b64, {"error": ["WGeneral:Deprecated"], "result": {"ZUSD": "2"}})
+    kraken.on("Balance", recorder)
+    assert (await client.balance()).get("ZUSD") == Decimal("2")
+
+
+async def test_rate_limited_reads_wait_then_succeed_and_fill_the_counter(context, kraken, secret_b64, monkeypatch):
+    monkeypatch.setattr(errors, "RATE_LIMIT_WAIT_S", 0.01)
+    fast_tier = Tier("fast-test", rest_max=3, rest_decay_per_s=30.0, trading_max=10, trading_decay_per_s=10.0,
+                     max_open_orders_per_pair=10)
+    client = KrakenClient(API_KEY, secret_b64, base_url=kraken.url, context=context, tier=fast_tier)
+    recorder = Recorder(secret_b64, envelope(error=["EAPI:Rate limit exceeded"]), envelope({"ZUSD": "3"}))
+    kraken.on("Balance", recorder)
+    with capture_logs() as logs:
+        assert (await client.balance()).get("ZUSD") == Decimal("3")
+    assert [e["event"] for e in logs].count("kraken_retry") == 1 and len(recorder.requests) == 2
+    # The server said "full": our counter was filled, so the retry waited for it to decay (~1/30 s a call).
+    assert client._budget.rest.waited_s > 0
+
+
+async def test_public_calls_are_plain_gets(client, kraken, secret_b64):
+    ticker = kraken.on("Ticker", Recorder(secret_b64, envelope(
+        {"XXBTZUSD": {"a": ["1", "1", "1"], "b": ["0.9", "1", "1"], "c": ["1", "0.1"], "v": ["1", "2"],
+                      "p": ["1", "1"], "t": [1, 2], "l": ["0.5", "0.5"], "h": ["2", "2"], "o": "1"}})))
+    tickers = await client.ticker("XBTUSD")
+    assert tickers["XXBTZUSD"].bid == Decimal("0.9")
+    assert ticker.requests[0]["fields"] == {"pair": "XBTUSD"} and "API-Sign" not in ticker.requests[0]["headers"]
+
+
+ORDER = {"refid": None, "userref": 0, "cl_ord_id": "c-1", "status": "closed", "opentm": 1.0, "closetm": 2.0,
+         "descr": {"pair": "XBTUSD", "type": "buy", "ordertype": "market", "price": "0", "order": "buy 0.1 XBTUSD @ market"},
+         "vol": "0.1", "vol_exec": "0.1", "cost": "3000", "fee": "12", "price": "30000", "misc": "", "oflags": "fciq"}
+
+
+async def test_ambiguous_add_order_found_by_lookup_is_returned_not_resent(client, kraken, secret_b64):
+    add = Recorder(secret_b64, Raw(502, body="<html>502</html>", content_type="text/html"))
+    open_orders = Recorder(secret_b64, envelope({"open": {}}))
+    closed_orders = Recorder(secret_b64, envelope({"closed": {"OFOUND-1": ORDER}, "count": 1}))
+    kraken.on("AddOrder", add)
+    kraken.on("OpenOrders", open_orders)
+    kraken.on("ClosedOrders", closed_orders)
+    result = await client.add_order("XBTUSD", "buy", Decimal("0.1"), cl_ord_id="c-1")
+    assert len(add.requests) == 1
+    assert result.recovered and result.order_id == "OFOUND-1" and result.order.executed_base == Decimal("0.1")
+    assert open_orders.requests[0]["fields"]["cl_ord_id"] == "c-1"
+    assert int(open_orders.requests[0]["fields"]["nonce"]) > int(add.requests[0]["fields"]["nonce"])
+
+
+async def test_ambiguous_add_order_proven_absent_is_sent_again_with_the_same_id(client, kraken, secret_b64):
+    add = Recorder(secret_b64, HANG, envelope({"descr": {"order": "buy"}, "txid": ["ONEW-1"]}))
+    empty_open = Recorder(secret_b64, envelope({"open": {}}))
+    empty_closed = Recorder(secret_b64, envelope({"closed": {}, "count": 0}))
+    kraken.on("AddOrder", add)
+    kraken.on("OpenOrders", empty_open)
+    kraken.on("ClosedOrders", empty_closed)
+    result = await client.add_order("XBTUSD", "buy", Decimal("0.1"))
+    assert len(add.requests) == 2
+    assert add.requests[0]["fields"]["cl_ord_id"] == add.requests[1]["fields"]["cl_ord_id"] == result.cl_ord_id
+    assert result.order_id == "ONEW-1" and not result.recovered and result.attempts == 2
+
+
+async def test_add_order_whose_lookup_fails_is_ambiguous_and_not_resent(client, kraken, secret_b64):
+    add = Recorder(secret_b64, envelope(error=["EGeneral:Internal error"]))
+    failing = Recorder(secret_b64, Raw(503, body="down"))
+    kraken.on("AddOrder", add)
+    kraken.on("OpenOrders", failing)
+    with pytest.raises(AmbiguousOrderError) as info:
+        await client.add_order("XBTUSD", "buy", Decimal("0.1"), cl_ord_id="c-9")
+    assert len(add.requests) == 1 and info.value.cl_ord_id == "c-9"
+
+
+async def test_rejected_orders_are_raised_without_lookup_or_resend(client, kraken, secret_b64):
+    add = Recorder(secret_b64, envelope(error=["EOrder:Insufficient funds"]))
+    kraken.on("AddOrder", add)
+    with pytest.raises(InsufficientFundsError):
+        await client.add_order("XBTUSD", "sell", Decimal("1"))
+    assert len(add.requests) == 1
+
+
+async def test_raw_private_add_order_is_never_repeated_after_an_ambiguous_failure(client, kraken, secret_b64):
+    add = Recorder(secret_b64, Raw(504, body="gateway timeout"))
+    kraken.on("AddOrder", add)
+    with pytest.raises(TransportError):
+        await client.private("AddOrder", pair="XBTUSD", type="buy", ordertype="market", volume="1")
+    assert len(add.requests) == 1
+
+
+def test_derived_client_order_ids_are_stable_uuids():
+    a = derive_cl_ord_id("signal-42", "bob")
+    assert a == derive_cl_ord_id("signal-42", "bob") != derive_cl_ord_id("signal-42", "carol")
+    assert len(a) == 36 and a.count("-") == 4
+    assert derive_cl_ord_id() != derive_cl_ord_id()
+
+
+async def test_bad_client_order_id_is_refused_before_sending(client):
+    with pytest.raises(ValueError, match="cl_ord_id"):
+        await client.add_order("XBTUSD", "buy", Decimal("1"), cl_ord_id="x" * 19)
+
+
+async def test_secrets_never_appear_in_repr_errors_or_logs(client, kraken, secret_b64):
+    busy = kraken.on("Balance", Recorder(secret_b64, envelope(error=["EService:Busy"])))
+    with capture_logs() as logs:
+        with pytest.raises(errors.RetryableError) as info:
+            await client.balance()
+    signatures = [r["headers"]["API-Sign"] for r in busy.requests]
+    assert len(signatures) == client.read_attempts and logs
+    texts = [repr(client), str(client), str(info.value), repr(info.value), json.dumps(logs, default=str)]
+    for text in texts:
+        assert secret_b64 not in text and API_KEY not in text
+        assert not any(signature in text for signature in signatures)
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(client)
+
+
+def test_malformed_secret_is_refused_without_echoing_it():
+    with pytest.raises(ValueError) as info:
+        KrakenClient("key", "%%%not-base64%%%")
+    assert "%%%not-base64%%%" not in str(info.value)

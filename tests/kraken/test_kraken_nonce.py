@@ -1,0 +1,150 @@
+"""Nonce sequences: strictly increasing per key, persisted cheaply, above the mark after a restart."""
+
+import asyncio
+import threading
+
+import pytest
+
+from nija.kraken.nonce import MARK_FILE_NAME, NonceCoordinator, NonceLane
+
+NS = 1_000_000_000
+
+
+class SteppableClock:
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+
+def test_nonces_are_nanoseconds_and_strictly_increasing_even_when_the_clock_stands_still(tmp_path):
+    clock = SteppableClock(1_700_000_000 * NS)
+    coordinator = NonceCoordinator(tmp_path, clock_ns=clock)
+    issued = [coordinator.next_nonce("k1") for _ in range(1000)]
+    assert issued[0] == 1_700_000_000 * NS
+    assert all(b > a for a, b in zip(issued, issued[1:]))
+
+
+def test_keys_have_independent_sequences(tmp_path):
+    clock = SteppableClock(1_700_000_000 * NS)
+    coordinator = NonceCoordinator(tmp_path, clock_ns=clock)
+    assert coordinator.next_nonce("a") == coordinator.next_nonce("b")
+
+
+def test_restart_with_the_clock_stepped_back_stays_above_every_nonce_issued(tmp_path):
+    clock = SteppableClock(1_700_000_000 * NS)
+    first = NonceCoordinator(tmp_path, clock_ns=clock)
+    issued = [first.next_nonce("key") for _ in range(50)]
+    clock.now_ns += 30 * NS
+    issued.append(first.next_nonce("key"))
+    # The process dies; the machine's clock is stepped back an hour.
+    clock.now_ns -= 3600 * NS
+    second = NonceCoordinator(tmp_path, clock_ns=clock)
+    after = second.next_nonce("key")
+    assert after > max(issued)
+    assert second.next_nonce("other-key") > max(issued)
+
+
+def test_the_mark_is_written_once_per_reservation_not_per_call(tmp_path):
+    clock = SteppableClock(1_700_000_000 * NS)
+    coordinator = NonceCoordinator(tmp_path, clock_ns=clock, reserve_ns=60 * NS)
+    for step in range(10_000):
+        clock.now_ns += 1000  # 10,000 calls within 10 ms
+        coordinator.next_nonce(f"key{step % 100}")
+    assert coordinator.mark_writes == 1
+    clock.now_ns += 61 * NS
+    coordinator.next_nonce("key0")
+    assert coordinator.mark_writes == 2
+    assert int((tmp_path / MARK_FILE_NAME).read_text()) == coordinator.high_water_mark
+
+
+def test_a_corrupt_mark_file_is_refused_with_the_fix(tmp_path):
+    (tmp_path / MARK_FILE_NAME).write_text("garbage")
+    with pytest.raises(ValueError, match=MARK_FILE_NAME + ".*not an integer"):
+        NonceCoordinator(tmp_path)
+
+
+def test_skip_past_outranks_a_given_nonce(tmp_path):
+    coordinator = NonceCoordinator(tmp_path, clock_ns=SteppableClock(1000 * NS))
+    n = coordinator.next_nonce("k")
+    coordinator.skip_past("k", n + 5000)
+    assert coordinator.next_nonce("k") > n + 5000
+
+
+def test_threads_never_get_the_same_nonce(tmp_path):
+    coordinator = NonceCoordinator(tmp_path)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def work():
+        local = [coordinator.next_nonce("shared") for _ in range(2000)]
+        with lock:
+            results.extend(local)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == len(results) == 8000
+
+
+def test_shared_coordinator_per_state_dir(tmp_path):
+    assert NonceCoordinator.for_state_dir(tmp_path) is NonceCoordinator.for_state_dir(str(tmp_path))
+
+
+async def test_lane_without_window_lets_one_call_in_flight_in_fifo_order(tmp_path):
+    lane = NonceLane(NonceCoordinator(tmp_path), "k", window=0)
+    order: list[tuple[str, int]] = []
+    in_flight = 0
+    peak = 0
+
+    async def call(i: int):
+        nonlocal in_flight, peak
+        nonce = await lane.acquire()
+        in_flight += 1
+        peak = max(peak, in_flight)
+        order.append(("send", nonce))
+        await asyncio.sleep(0)
+        in_flight -= 1
+        lane.release(nonce)
+
+    await asyncio.gather(*(call(i) for i in range(50)))
+    assert peak == 1
+    nonces = [n for _, n in order]
+    assert nonces == sorted(nonces) and len(set(nonces)) == 50
+
+
+async def test_lane_with_window_keeps_in_flight_nonces_within_the_window(tmp_path):
+    window = 4
+    lane = NonceLane(NonceCoordinator(tmp_path), "k", window=window)
+    outstanding: set[int] = set()
+    peak = 0
+    send_order: list[int] = []
+
+    async def call():
+        nonlocal peak
+        nonce = await lane.acquire()
+        assert all(nonce - other <= window for other in outstanding)
+        outstanding.add(nonce)
+        send_order.append(nonce)
+        peak = max(peak, len(outstanding))
+        await asyncio.sleep(0.001)
+        outstanding.discard(nonce)
+        lane.release(nonce)
+
+    await asyncio.gather(*(call() for _ in range(40)))
+    assert 1 < peak <= window + 1
+    assert send_order == sorted(send_order)
+
+
+async def test_a_cancelled_waiter_does_not_block_the_lane(tmp_path):
+    lane = NonceLane(NonceCoordinator(tmp_path), "k")
+    first = await lane.acquire()
+    waiter = asyncio.ensure_future(lane.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    lane.release(first)
+    third = await asyncio.wait_for(lane.acquire(), 1)
+    assert third > first

@@ -1,0 +1,71 @@
+"""The rate scheduler makes calls wait for budget instead of exceeding Kraken's counters."""
+
+import asyncio
+
+from nija.kraken.limits import Tier, trading_cost
+from nija.kraken.scheduler import Pacer, RateScheduler
+
+FAST = Tier("fast-test", rest_max=3, rest_decay_per_s=50.0, trading_max=2, trading_decay_per_s=50.0,
+            max_open_orders_per_pair=10)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_burst_then_waits_on_a_manual_clock():
+    clock = FakeClock()
+    pacer = Pacer(15, 0.33, clock, margin=0.0)
+    for _ in range(15):
+        assert pacer.counter.try_add(1, clock()) is True
+    assert pacer.counter.wait_s(1, clock()) > 3.0 - 1e-6  # Starter: one call per 3.03 s after the burst
+
+
+async def test_rest_calls_beyond_the_burst_wait_and_never_exceed_the_counter():
+    scheduler = RateScheduler(safety_margin=0.1)
+    budget = scheduler.budget("k", FAST)
+    waited = [await budget.take_rest("Balance") for _ in range(8)]
+    assert waited[:2] == [0.0, 0.0]  # 3 with margin 0.1: two fit at once, the third waits a little
+    assert all(w > 0 for w in waited[3:])
+    assert budget.rest.counter.level(asyncio.get_running_loop().time()) <= FAST.rest_max
+
+
+async def test_order_calls_cost_nothing_on_the_rest_counter_and_ledgers_cost_two():
+    scheduler = RateScheduler()
+    budget = scheduler.budget("k", FAST)
+    for _ in range(20):
+        assert await budget.take_rest("AddOrder") == 0.0
+    await budget.take_rest("Ledgers")
+    assert budget.rest.counter.level(asyncio.get_running_loop().time()) > 1.5
+
+
+async def test_cancel_of_a_young_order_is_charged_its_penalty():
+    scheduler = RateScheduler(safety_margin=0.0)
+    budget = scheduler.budget("k", Tier("t", 15, 0.33, 60, 1.0, 60))
+    await budget.take_add("XBTUSD")
+    budget.remember_order(["OABC"], "XBTUSD")
+    await budget.take_cancel("OABC")
+    level = budget.trading("XBTUSD").counter.level(asyncio.get_running_loop().time())
+    assert abs(level - (1 + trading_cost("cancel", 0.0))) < 0.1
+    assert await budget.take_cancel("unknown-order") == 0.0
+
+
+async def test_public_calls_are_paced_across_callers():
+    scheduler = RateScheduler(public_rate_per_s=100.0)
+    waits = await asyncio.gather(*(scheduler.take_public() for _ in range(5)))
+    assert sorted(waits)[0] == 0.0 and sum(1 for w in waits if w > 0) == 4
+
+
+def test_a_key_keeps_one_tier():
+    scheduler = RateScheduler()
+    scheduler.budget("k", FAST)
+    try:
+        scheduler.budget("k", Tier("other", 20, 1, 180, 3.75, 225))
+    except ValueError as exc:
+        assert "same tier" in str(exc)
+    else:
+        raise AssertionError("a second tier for one key must be refused")
