@@ -1,0 +1,165 @@
+"""The client over real HTTP on 127.0.0.1 against the embedded exchange (tests/conftest.py's `exchange`).
+
+Reads run with read_attempts=1 where the point is that an error never happens: a retry must not hide it.
+"""
+
+import asyncio
+import time
+from decimal import Decimal
+
+import pytest
+
+from nija.exchange import Fault
+from nija.kraken.client import KrakenClient, KrakenContext, derive_cl_ord_id
+from nija.kraken.errors import AmbiguousOrderError
+from nija.kraken.limits import Tier
+from nija.kraken.nonce import NonceCoordinator
+
+# Roomy limits for tests about nonces and orders, so the rate counter never shapes them.
+ROOMY = Tier("roomy-test", rest_max=10_000, rest_decay_per_s=1000.0, trading_max=10_000, trading_decay_per_s=100.0,
+             max_open_orders_per_pair=1000)
+# A shortened Starter-like tier: a burst of 5 then 10 calls/s.
+SHORT = Tier("short-test", rest_max=5, rest_decay_per_s=10.0, trading_max=60, trading_decay_per_s=1.0,
+             max_open_orders_per_pair=60)
+
+# A resting limit buy far below the market, above XBTUSD's minimums (0.0001 BTC, 0.5 USD).
+VOLUME, PRICE = Decimal("0.0001"), Decimal("10000")
+
+
+def client_for(exchange, name, context, **kwargs) -> KrakenClient:
+    account = exchange.account(name)
+    return KrakenClient(account.api_key, account.api_secret, base_url=kwargs.pop("base_url"), context=context,
+                        tier=account.tier, name=name, retry_base_s=0.01, **kwargs)
+
+
+@pytest.mark.parametrize("nonce_window", [0, 1_000_000])
+async def test_200_concurrent_calls_on_one_key_with_jitter_give_zero_invalid_nonce(exchange, context, nonce_window):
+    exchange.create_account("jitter", balances={"ZUSD": Decimal("10")}, tier=ROOMY, nonce_window=nonce_window)
+    async with exchange.serve(host="127.0.0.1", port=0, latency_ms=0, jitter_ms=2) as server:
+        client = client_for(exchange, "jitter", context, base_url=server.url, read_attempts=1,
+                            nonce_window=nonce_window)
+        results = await asyncio.gather(*(client.balance() for _ in range(200)), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, Exception)]
+    assert failures == []
+    assert all(r.get("ZUSD") == Decimal("10") for r in results)
+
+
+async def test_two_clients_of_one_key_share_its_nonce_sequence(exchange, context, exchange_url):
+    exchange.create_account("shared", balances={"ZUSD": Decimal("1")}, tier=ROOMY)
+    first = client_for(exchange, "shared", context, base_url=exchange_url, read_attempts=1)
+    second = client_for(exchange, "shared", context, base_url=exchange_url, read_attempts=1)
+    results = await asyncio.gather(*(c.balance() for c in [first, second] * 25), return_exceptions=True)
+    assert [r for r in results if isinstance(r, Exception)] == []
+
+
+async def test_rate_counter_on_a_short_tier_waits_instead_of_being_rejected(exchange, context, exchange_url):
+    exchange.create_account("limited", balances={"ZUSD": Decimal("1")}, tier=SHORT)
+    client = client_for(exchange, "limited", context, base_url=exchange_url, read_attempts=1)
+    started = time.monotonic()
+    results = await asyncio.gather(*(client.balance() for _ in range(15)), return_exceptions=True)
+    elapsed_s = time.monotonic() - started
+    assert [r for r in results if isinstance(r, Exception)] == []  # no EAPI:Rate limit exceeded
+    # 5 at once, then 10 more at 10/s: the calls really waited for the counter (a floor, not a speed target).
+    assert elapsed_s >= (15 - 5) / 10.0 - 0.05
+    assert client._budget.rest.waited_s > 0.5
+
+
+async def test_order_calls_do_not_spend_the_rest_counter(exchange, context, exchange_url):
+    exchange.create_account("trader", balances={"ZUSD": Decimal("100000")}, tier=SHORT)
+    client = client_for(exchange, "trader", context, base_url=exchange_url, read_attempts=1, order_attempts=1)
+    for _ in range(8):  # more than SHORT's burst of 5, yet no waiting: AddOrder costs 0 on the REST counter
+        await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)
+    assert client._budget.rest.waited_s == 0.0
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(kind="drop_response_after_execute", method="AddOrder"),
+        Fault(kind="http_502", method="AddOrder", execute=True),
+        Fault(kind="internal_error", method="AddOrder", execute=True),
+        Fault(kind="timeout", method="AddOrder", delay_s=1.0),
+    ],
+    ids=lambda f: f"{f.kind}-executed",
+)
+async def test_ambiguous_add_order_that_executed_is_found_not_placed_twice(exchange, context, exchange_url, fault):
+    client = client_for(exchange, "alice", context, base_url=exchange_url, timeout_s=0.3)
+    exchange.inject(fault)
+    cl_ord_id = derive_cl_ord_id("signal-1", "alice")
+    result = await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE,
+                                    cl_ord_id=cl_ord_id)
+    assert result.recovered and result.order is not None and result.order.cl_ord_id == cl_ord_id
+    orders = exchange.orders_by_cl_ord_id("alice")
+    assert len(orders[cl_ord_id]) == 1
+    assert result.order_id == orders[cl_ord_id][0].txid
+
+
+@pytest.mark.parametrize("kind", ["http_502", "service_unavailable", "internal_error"])
+async def test_ambiguous_add_order_that_did_not_execute_is_sent_once_more(exchange, context, exchange_url, kind):
+    client = client_for(exchange, "bob", context, base_url=exchange_url)
+    exchange.inject(Fault(kind=kind, method="AddOrder", execute=False))
+    result = await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)
+    assert not result.recovered and result.attempts == 2
+    assert len(exchange.orders_by_cl_ord_id("bob")[result.cl_ord_id]) == 1
+
+
+async def test_add_order_stays_ambiguous_when_the_lookup_fails_too(exchange, context, exchange_url):
+    client = client_for(exchange, "alice", context, base_url=exchange_url, read_attempts=2)
+    exchange.inject(Fault(kind="drop_response_after_execute", method="AddOrder"))
+    exchange.inject(Fault(kind="http_502", method="OpenOrders", next_n=5))
+    with pytest.raises(AmbiguousOrderError):
+        await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE,
+                               cl_ord_id="lost-1")
+    assert len(exchange.orders_by_cl_ord_id("alice")["lost-1"]) == 1  # placed once, never resent
+
+
+async def test_validate_places_nothing(exchange, context, exchange_url):
+    client = client_for(exchange, "alice", context, base_url=exchange_url)
+    result = await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE,
+                                    validate=True)
+    assert result.validated_only and result.txid == []
+    assert result.cl_ord_id not in exchange.orders_by_cl_ord_id("alice")
+
+
+async def test_typed_helpers_against_the_exchange(exchange, context, exchange_url):
+    client = client_for(exchange, "alice", context, base_url=exchange_url)
+    assert (await client.balance()).get("ZUSD") == Decimal("84.58")
+    assert (await client.balance_ex()).by_asset["ZUSD"].available == Decimal("84.58")
+    assert isinstance((await client.trade_balance()).equivalent_balance, Decimal)
+    pairs = await client.pairs()
+    btc = pairs.get("BTC/USD")
+    assert btc.key == "XXBTZUSD" and (await client.pairs()) is pairs  # loaded once
+    ticker = (await client.ticker("XBTUSD"))["XXBTZUSD"]
+    assert ticker.ask >= ticker.bid > 0
+    ohlc = await client.ohlc("XBTUSD", interval=5)
+    assert ohlc.pair_key == "XXBTZUSD" and len(ohlc.candles) > 10
+    placed = await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE, fetch_order=True)
+    assert placed.order is not None and placed.order.status == "open"
+    assert placed.order_id in await client.open_orders()
+    assert (await client.query_orders(placed.order_id))[placed.order_id].cl_ord_id == placed.cl_ord_id
+    assert (await client.cancel_order(placed.order_id)).count == 1
+    closed = await client.closed_orders()
+    assert closed.closed[placed.order_id].status == "canceled"
+    switch = await client.cancel_all_orders_after(60)
+    assert switch.trigger_time > switch.current_time
+    await client.cancel_all_orders_after(0)
+
+
+async def test_restart_with_clock_stepped_back_keeps_nonces_valid(exchange, exchange_url, tmp_path):
+    exchange.create_account("restart", balances={"ZUSD": Decimal("1")}, tier=ROOMY)
+    state_dir = tmp_path / "restart-state"
+    account = exchange.account("restart")
+
+    async with KrakenContext(nonces=NonceCoordinator(state_dir), public_rate_per_s=1000) as first_run:
+        client = KrakenClient(account.api_key, account.api_secret, base_url=exchange_url, context=first_run,
+                              tier=ROOMY, read_attempts=1)
+        for _ in range(5):
+            await client.balance()
+
+    # The daemon restarts on a machine whose clock went back an hour.
+    stepped_back = NonceCoordinator(state_dir, clock_ns=lambda: time.time_ns() - 3600 * 10**9)
+    async with KrakenContext(nonces=stepped_back, public_rate_per_s=1000) as second_run:
+        client = KrakenClient(account.api_key, account.api_secret, base_url=exchange_url, context=second_run,
+                              tier=ROOMY, read_attempts=1)
+        for _ in range(5):
+            assert (await client.balance()).get("ZUSD") == Decimal("1")
