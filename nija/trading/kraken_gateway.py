@@ -66,14 +66,16 @@ class KrakenGateway:
 
 
 def follower_accounts(followers, pairs: Pairs, *, base_url: str, tier: str = "starter", context=None,
-                      timeout_s: float = 10.0) -> list:
-    """A FollowerAccount with its own KrakenClient for each loaded follower; all clients share one context."""
+                      timeout_s: float = 10.0, **client_options) -> list:
+    """A FollowerAccount with its own KrakenClient for each loaded follower; all clients share one context.
+
+    `client_options` go to every KrakenClient (e.g. retry_base_s, read_attempts)."""
     from nija.trading.copy import FollowerAccount
 
     accounts = []
     for follower in followers:
         client = KrakenClient(follower.api_key, follower.api_secret, base_url=base_url, tier=tier, context=context,
-                              timeout_s=timeout_s, name=follower.name)
+                              timeout_s=timeout_s, name=follower.name, **client_options)
         accounts.append(FollowerAccount(follower.config, KrakenGateway(client, pairs)))
     return accounts
 

@@ -36,7 +36,8 @@ async def test_master_buy_then_ladder_exits_are_mirrored(served, tmp_path):
         by_name = {r.name: r for r in summary.results}
         equity_ratio = signal.notional_usd / signal.master_equity_usd
         assert equity_ratio > D("0.45")  # the master bet about half its equity: the 10 % cap binds for alice
-        assert rig.held("alice") == D("0.002") and by_name["alice"].status == "succeeded"
+        alice_expected = round_volume_down(D("0.10") * D(1000) / signal.avg_price_usd, 8)  # the 10 % cap
+        assert rig.held("alice") == alice_expected and by_name["alice"].status == "succeeded"
         bob_expected = round_volume_down(signal.notional_usd * D(3000) / signal.master_equity_usd * D("0.1")
                                          / signal.avg_price_usd, 8)
         assert rig.held("bob") == bob_expected
@@ -82,12 +83,33 @@ async def test_faults_never_duplicate_or_lose_an_order(served, tmp_path, fault):
         exchange.inject(fault)
         signal = await rig.master_trade("buy", D("0.1"))
         summary = await rig.engine.copy(signal)
+        assert exchange.injected_counts().get(fault.kind, 0) >= 1  # the fault really hit alice's order
         if summary.unsettled:  # the client could not settle it: reconciliation by cl_ord_id does
             await rig.engine.reconcile()
+        expected = round_volume_down(D("0.10") * D(1000) / signal.avg_price_usd, 8)
         for name in ("alice", "bob"):
-            assert rig.held(name) == D("0.002"), name
+            assert rig.held(name) == expected, name
             assert rig.orders_per_cl_ord_id(name) == {cl_ord_id_for(signal.signal_id, name): 1}
         assert await rig.store.unfinished_intents() == []
+    finally:
+        await rig.close()
+
+
+async def test_order_unsettled_by_the_client_is_reconciled_by_the_engine(served, tmp_path):
+    """The reply is lost and every lookup fails too: the intent stays open, and reconciliation settles it."""
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}}, client_timeout_s=0.5)
+    try:
+        exchange.inject(Fault(kind="drop_response_after_execute", method="AddOrder", account="alice"))
+        exchange.inject(Fault(kind="service_unavailable", method="OpenOrders", account="alice", next_n=4))
+        signal = await rig.master_trade("buy", D("0.1"))
+        summary = await rig.engine.copy(signal)
+        assert summary.unsettled == 1 and await rig.store.signal_status(signal.signal_id) != "done"
+        [settled] = await rig.engine.reconcile()
+        assert settled.succeeded == 1 and await rig.store.signal_status(signal.signal_id) == "done"
+        cl = cl_ord_id_for(signal.signal_id, "alice")
+        assert rig.orders_per_cl_ord_id("alice") == {cl: 1}
+        assert rig.held("alice") == round_volume_down(D(100) / signal.avg_price_usd, 8)
     finally:
         await rig.close()
 
