@@ -41,9 +41,7 @@ from pydantic import SecretStr
 from nija.kraken.auth import decode_secret, sign
 from nija.kraken.errors import (
     AmbiguousOrderError,
-    ConfigurationError,
     InvalidNonceError,
-    KrakenAPIError,
     KrakenError,
     RateLimitedError,
     TransportError,
@@ -162,8 +160,10 @@ class KrakenContext:
             connector = aiohttp.TCPConnector(
                 limit=self._connection_limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
             )
+            # No cookie jar: Kraken's API needs none, and skipping it saves work on every request.
             self._session = aiohttp.ClientSession(
-                connector=connector, headers={"User-Agent": self._user_agent}, raise_for_status=False
+                connector=connector, headers={"User-Agent": self._user_agent}, raise_for_status=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._owns_session = True
         return self._session
@@ -181,6 +181,22 @@ class KrakenContext:
 
     def budget(self, key_id: str, tier: Tier) -> KeyBudget:
         return self.scheduler.budget(key_id, tier)
+
+    def loaded_pairs(self, base_url: str) -> Pairs | None:
+        return self._pairs.get(base_url)
+
+    async def load_pairs(self, base_url: str, load) -> Pairs:
+        """Load the pairs of `base_url` once even when many clients ask at the same moment."""
+        task = self._pairs_loading.get(base_url)
+        if task is None:
+            task = self._pairs_loading[base_url] = asyncio.ensure_future(load())
+        try:
+            pairs = await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._pairs_loading.pop(base_url, None)
+        self._pairs[base_url] = pairs
+        return pairs
 
     def retain(self) -> None:
         self._users += 1
@@ -384,8 +400,12 @@ class KrakenClient:
             try:
                 return _parse_envelope(method, status, raw)
             except RateLimitedError as exc:
-                if exc.errors and exc.errors[0].startswith("EAPI:Rate limit"):
+                # Someone else spends this key's budget (or our model drifted): take the server's word for it.
+                first = exc.errors[0] if exc.errors else ""
+                if first.startswith("EAPI:Rate limit"):
                     budget.rest.fill()
+                elif first.startswith("EOrder:Rate limit") and trading_pair is not None:
+                    budget.trading(trading_pair).fill()
                 raise
         finally:
             lane.release(nonce)
@@ -438,18 +458,10 @@ class KrakenClient:
     async def pairs(self, *, refresh: bool = False) -> Pairs:
         """Every pair and asset name of this base URL, loaded once per context (Assets + AssetPairs)."""
         context = self.context
-        if not refresh and self.base_url in context._pairs:
-            return context._pairs[self.base_url]
-        task = context._pairs_loading.get(self.base_url)
-        if task is None or refresh:
-            task = context._pairs_loading[self.base_url] = asyncio.ensure_future(self._load_pairs())
-        try:
-            pairs = await asyncio.shield(task)
-        finally:
-            if task.done():
-                context._pairs_loading.pop(self.base_url, None)
-        context._pairs[self.base_url] = pairs
-        return pairs
+        loaded = context.loaded_pairs(self.base_url)
+        if loaded is not None and not refresh:
+            return loaded
+        return await context.load_pairs(self.base_url, self._load_pairs)
 
     async def _load_pairs(self) -> Pairs:
         assets = await self.public("Assets")
@@ -561,7 +573,7 @@ class KrakenClient:
             "timeinforce": timeinforce, "expiretm": expiretm, "deadline": deadline,
             "validate": True if validate else None, **params,
         }
-        counter_pair = pair.upper()
+        counter_pair = self._pair_key(pair)
         sends = 0
         while True:
             sends += 1
@@ -609,6 +621,13 @@ class KrakenClient:
             cl_ord_id=cl_ord_id, txid=txids, description=str(descr.get("order", "")), validated_only=validate,
             order=order, attempts=sends,
         )
+
+    def _pair_key(self, pair: str) -> str:
+        """One trading counter per pair whatever it is called: the pair key when the pairs are loaded."""
+        pairs = self.context.loaded_pairs(self.base_url)
+        if pairs is not None and pair in pairs:
+            return pairs.get(pair).key
+        return pair.strip().upper()
 
     def _budget_remember(self, order_ids: list[str], pair: str) -> None:
         if self._budget is not None:
@@ -660,6 +679,3 @@ def _parse_envelope(method: str, status: int, raw: bytes) -> Any:
         raise TransportError(f"{method}: the reply has neither error nor result", status=status)
     return envelope["result"]
 
-
-# Keep these importable from the client module for callers that catch them next to the client.
-__all__ += ["KrakenAPIError", "ConfigurationError"]
