@@ -28,8 +28,8 @@ from .pairs import ASSETS, MAKER_FEES, PAIRS, TAKER_FEES, PairSpec, resolve_pair
 __all__ = ["Exchange", "Account", "Order", "Trade", "KrakenReject", "DEMO_ACCOUNTS"]
 
 #: the first NIJA's live accounts, in USD (`--demo` and the test fixtures)
-DEMO_ACCOUNTS: dict[str, Decimal] = {"master": Decimal("60.53"), "follower1": Decimal("84.58"),
-                                     "follower2": Decimal("65.87")}
+DEMO_ACCOUNTS: dict[str, Decimal] = {"master": Decimal("60.53"), "alice": Decimal("84.58"),
+                                     "bob": Decimal("65.87")}
 
 PAGE = 50
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"

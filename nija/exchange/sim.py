@@ -1,0 +1,189 @@
+"""`nija sim`: run the embedded Kraken-compatible exchange on its own.
+
+    nija sim [--host 127.0.0.1] [--port 8517] [--demo | --accounts FILE] [--speed X] [--seed N]
+             [--env-out PATH] [--state FILE] [--latency-ms MS] [--jitter-ms MS] [--fault SPEC ...]
+
+It prints each account's key and secret and the admin token; `--env-out` writes the KRAKEN_* lines NIJA reads
+(`KRAKEN_API_URL`, `KRAKEN_MASTER_API_KEY`/`_SECRET`, `KRAKEN_USER_<NAME>_API_KEY`/`_SECRET`). The account named
+`master` (else the first one) is the master; the others are followers. It binds 127.0.0.1 unless told otherwise.
+
+`nija run` in paper mode uses the same pieces in-process: `demo_exchange()`, `Exchange.serve()`, `env_lines()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+from .engine import DEMO_ACCOUNTS, Exchange
+from .faults import FAULT_KINDS, Fault
+from .state import accounts_from_file, load_state, save_state
+
+__all__ = ["main", "demo_exchange", "add_demo_accounts", "env_lines", "parse_fault", "DEFAULT_PORT"]
+
+DEFAULT_PORT = 8517
+
+
+def add_demo_accounts(ex: Exchange, *, tier: str = "starter", nonce_window: int = 0) -> None:
+    """master $60.53, alice $84.58, bob $65.87: the first NIJA's live accounts."""
+    for name, usd in DEMO_ACCOUNTS.items():
+        ex.create_account(name, {"ZUSD": usd}, tier=tier, nonce_window=nonce_window)
+
+
+def demo_exchange(seed: int = 7, speed: float = 1.0, **kwargs) -> Exchange:
+    ex = Exchange(seed=seed, speed=speed, **kwargs)
+    add_demo_accounts(ex)
+    return ex
+
+
+def master_name(ex: Exchange) -> str | None:
+    names = [a.name for a in ex.accounts()]
+    if "master" in names:
+        return "master"
+    return names[0] if names else None
+
+
+def env_lines(url: str, ex: Exchange) -> list[str]:
+    """The lines NIJA reads as is: base URL, the master's key and secret, each follower's."""
+    lines = [f"KRAKEN_API_URL={url}"]
+    master = master_name(ex)
+    for acct in ex.accounts():
+        if acct.name == master:
+            prefix = "KRAKEN_MASTER"
+        else:
+            prefix = f"KRAKEN_USER_{acct.name.upper()}"
+        lines += [f"{prefix}_API_KEY={acct.api_key}", f"{prefix}_API_SECRET={acct.api_secret}"]
+    return lines
+
+
+def parse_fault(spec: str) -> Fault:
+    """`KIND[:key=value,...]`, e.g. `service_busy:probability=0.1` or `timeout:next_n=2,method=AddOrder`."""
+    kind, _, rest = spec.partition(":")
+    kwargs: dict = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ValueError(f"fault option {part!r} needs key=value")
+        if key in ("next_n",):
+            kwargs[key] = int(value)
+        elif key in ("probability", "delay_s"):
+            kwargs[key] = float(value)
+        elif key == "execute":
+            kwargs[key] = value.lower() in ("1", "true", "yes")
+        elif key in ("account", "method"):
+            kwargs[key] = value
+        else:
+            raise ValueError(f"unknown fault option {key!r}")
+    return Fault(kind=kind.strip(), **kwargs)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nija sim", description="Run the embedded Kraken-compatible exchange.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--demo", action="store_true", help="master $60.53, alice $84.58, bob $65.87 (the default)")
+    src.add_argument("--accounts", metavar="FILE", help="accounts from a JSON file")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)")
+    p.add_argument("--seed", type=int, default=7, help="seed of the price paths (default 7)")
+    p.add_argument("--env-out", metavar="PATH", help="write KRAKEN_API_URL and the accounts' keys to PATH")
+    p.add_argument("--state", metavar="FILE", help="keep accounts, orders and trades in FILE across restarts")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every request")
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="random extra latency, uniform in [0, MS]")
+    p.add_argument("--tier", default="starter", help="tier of --demo accounts: starter|intermediate|pro")
+    p.add_argument("--nonce-window", type=int, default=0, help="nonce window of --demo accounts")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="inject a fault: KIND[:next_n=N|probability=P,account=NAME,method=M,execute=true,"
+                        f"delay_s=S]; kinds: {', '.join(FAULT_KINDS)}")
+    p.add_argument("--market-status", default="online",
+                   help="online|cancel_only|post_only|limit_only|maintenance for the whole market")
+    p.add_argument("--pair-status", action="append", default=[], metavar="PAIR=STATUS",
+                   help="one pair's status, e.g. XBTUSD=cancel_only")
+    p.add_argument("--admin-token", default=os.environ.get("NIJA_SIM_ADMIN_TOKEN"),
+                   help="token for /admin/* (default: NIJA_SIM_ADMIN_TOKEN or a random one, printed)")
+    p.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)  # tests: stop after S s
+    return p
+
+
+def build_exchange(args: argparse.Namespace) -> Exchange:
+    ex = Exchange(seed=args.seed, speed=args.speed, admin_token=args.admin_token)
+    loaded = bool(args.state) and load_state(ex, args.state)
+    if not loaded:
+        if args.accounts:
+            for spec in accounts_from_file(args.accounts):
+                ex.create_account(spec["name"], {k: Decimal(str(v)) for k, v in (spec.get("balances") or {}).items()},
+                                  tier=spec.get("tier", "starter"), nonce_window=int(spec.get("nonce_window", 0)),
+                                  permissions=spec.get("permissions", ("query", "trade")),
+                                  api_key=spec.get("api_key"), api_secret=spec.get("api_secret"))
+        else:
+            add_demo_accounts(ex, tier=args.tier, nonce_window=args.nonce_window)
+    for spec in args.fault:
+        ex.inject(parse_fault(spec))
+    ex.set_status(None, args.market_status)
+    for item in args.pair_status:
+        pair, _, status = item.partition("=")
+        ex.set_status(pair, status)
+    return ex
+
+
+async def _run(ex: Exchange, args: argparse.Namespace) -> None:
+    async with ex.serve(host=args.host, port=args.port, latency_ms=args.latency_ms,
+                        jitter_ms=args.jitter_ms) as server:
+        out = sys.stdout
+        print(f"NIJA embedded Kraken exchange on {server.url} (seed {ex.seed}, speed {ex.clock.speed:g})", file=out)
+        print(f"admin token: {ex.admin_token}  (header X-Admin-Token on {server.url}/admin/...)", file=out)
+        master = master_name(ex)
+        for acct in ex.accounts():
+            role = "master" if acct.name == master else "follower"
+            bal = ", ".join(f"{k} {v}" for k, v in acct.balances.items()) or "empty"
+            print(f"  {acct.name} ({role}, {acct.tier.name}): {bal}", file=out)
+            print(f"    api_key    {acct.api_key}", file=out)
+            print(f"    api_secret {acct.api_secret}", file=out)
+        if args.env_out:
+            path = Path(args.env_out)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(env_lines(server.url, ex)) + "\n")
+            os.chmod(path, 0o600)
+            print(f"wrote {path}", file=out)
+        out.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover
+                pass
+        deadline = loop.time() + args.duration if args.duration else None
+        while not stop.is_set():
+            wait = 5.0 if deadline is None else max(0.0, min(5.0, deadline - loop.time()))
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            if args.state:
+                save_state(ex, args.state)
+            if deadline is not None and loop.time() >= deadline:
+                break
+    if args.state:
+        save_state(ex, args.state)
+    print("stopped", file=sys.stdout, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        ex = build_exchange(args)
+    except (ValueError, OSError) as exc:
+        print(f"nija sim: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_run(ex, args))
+    except OSError as exc:
+        print(f"nija sim: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
