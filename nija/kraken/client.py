@@ -47,7 +47,7 @@ from nija.kraken.errors import (
     TransportError,
     error_from_kraken,
 )
-from nija.kraken.limits import Tier, tier_named
+from nija.kraken.limits import Tier, rest_cost, tier_named, trading_cost
 from nija.kraken.models import (
     OHLC,
     AddOrderResult,
@@ -373,12 +373,16 @@ class KrakenClient:
         assert lane is not None and budget is not None
         nonce = await lane.acquire()
         try:
-            # Charged when the call leaves (after its turn on the key came), as the server counts arrivals.
+            # Charged when the call leaves (after its turn on the key came), as the server counts arrivals;
+            # re-timed to the reply in `finally` (see nija.kraken.scheduler).
             await budget.take_rest(method)
+            trading = None
             if trading_pair is not None:
                 await budget.take_add(trading_pair)
+                trading = budget.trading(trading_pair)
             elif method == "CancelOrder":
                 await budget.take_cancel(params.get("txid") or params.get("cl_ord_id"))
+            charged_at_s = budget.rest.now()
             path = f"/0/private/{method}"
             body = "&".join(
                 f"{name}={quote_plus(value)}" for name, value in [("nonce", str(nonce)), *_encode_params(params)]
@@ -389,24 +393,28 @@ class KrakenClient:
                 "Content-Type": "application/x-www-form-urlencoded",
             }
             try:
-                async with self._http().post(
-                    self.base_url + path, data=body, headers=headers, timeout=self._timeout
-                ) as response:
-                    status, raw = response.status, await response.read()
-            except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
-                # The request may still reach the server: later nonces must out-rank it even within the window.
-                lane.skip_past(nonce + lane.window)
-                raise TransportError(f"{method}: {type(exc).__name__} talking to {self.base_url}") from None
-            try:
+                try:
+                    async with self._http().post(
+                        self.base_url + path, data=body, headers=headers, timeout=self._timeout
+                    ) as response:
+                        status, raw = response.status, await response.read()
+                except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    # The request may still reach the server: later nonces must out-rank it even within the window.
+                    lane.skip_past(nonce + lane.window)
+                    raise TransportError(f"{method}: {type(exc).__name__} talking to {self.base_url}") from None
                 return _parse_envelope(method, status, raw)
             except RateLimitedError as exc:
                 # Someone else spends this key's budget (or our model drifted): take the server's word for it.
                 first = exc.errors[0] if exc.errors else ""
                 if first.startswith("EAPI:Rate limit"):
                     budget.rest.fill()
-                elif first.startswith("EOrder:Rate limit") and trading_pair is not None:
-                    budget.trading(trading_pair).fill()
+                elif first.startswith("EOrder:Rate limit") and trading is not None:
+                    trading.fill()
                 raise
+            finally:
+                budget.rest.settle(rest_cost(method), charged_at_s)
+                if trading is not None:
+                    trading.settle(trading_cost("add"), charged_at_s)
         finally:
             lane.release(nonce)
 

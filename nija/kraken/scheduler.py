@@ -6,9 +6,11 @@ Three kinds of budget, all `nija.kraken.limits.DecayingCounter`s on the event lo
   - one public pacer per process (Kraken limits public calls per IP), about 1 call/s by default.
 
 A call is charged when it leaves, not when it starts waiting: the server counts arrivals, and a call that queued
-behind others on the same key leaves later than it asked. `safety_margin` keeps our counter a little below the
-maximum so network jitter (a later call arriving relatively earlier) cannot push the server's counter over; on
-Starter 0.1 of a call is 0.3 s, paid once per burst.
+behind others on the same key leaves later than it asked. When its reply is in, the charge is moved to that moment
+(`settle`): the server counted the call somewhere between our send and its reply, so timing it at the reply is the
+pessimistic choice — a stalled event loop or a slow network between charging and arrival can then never leave our
+counter below the server's. `safety_margin` keeps our counter a little below the maximum on top of that; on Starter
+0.1 of a call is 0.3 s, paid once per burst.
 """
 
 from __future__ import annotations
@@ -57,6 +59,18 @@ class Pacer:
         waited = self._clock() - start
         self.waited_s += waited
         return waited
+
+    def now(self) -> float:
+        return self._clock()
+
+    def settle(self, cost: float, charged_at_s: float) -> None:
+        """Re-time a charge made at `charged_at_s` to now (the reply came): take back the decay credited since."""
+        if cost <= 0:
+            return
+        now = self._clock()
+        credit = min(cost, (now - charged_at_s) * self.counter.decay_per_s)
+        if credit > 0:
+            self.counter.add(credit, now)
 
     def fill(self) -> None:
         """The server said we are over the limit (another client on this key, or a lost reply): assume full."""

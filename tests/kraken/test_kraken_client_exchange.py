@@ -64,6 +64,16 @@ async def test_rate_counter_on_a_short_tier_waits_instead_of_being_rejected(exch
     assert client._budget.rest.waited_s > 0.5
 
 
+async def test_a_call_counted_late_by_the_server_does_not_push_its_counter_over(exchange, context, exchange_url):
+    # The server counts the first call 0.3 s after we sent it (a stalled loop or a slow network look the same):
+    # a client that kept the charge at its send time would believe 3 calls more budget than the server has.
+    exchange.create_account("late", balances={"ZUSD": Decimal("1")}, tier=SHORT)
+    client = client_for(exchange, "late", context, base_url=exchange_url, read_attempts=1)
+    exchange.inject(Fault(kind="latency", method="Balance", account="late", delay_s=0.3))
+    results = await asyncio.gather(*(client.balance() for _ in range(12)), return_exceptions=True)
+    assert [r for r in results if isinstance(r, Exception)] == []
+
+
 async def test_order_calls_do_not_spend_the_rest_counter(exchange, context, exchange_url):
     exchange.create_account("trader", balances={"ZUSD": Decimal("100000")}, tier=SHORT)
     client = client_for(exchange, "trader", context, base_url=exchange_url, read_attempts=1, order_attempts=1)
