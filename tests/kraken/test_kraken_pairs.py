@@ -5,6 +5,8 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nija.kraken.pairs import (
     PairInfo,
@@ -128,3 +130,27 @@ def test_malformed_asset_pair_names_the_field():
     with pytest.raises(ValueError, match=r"AssetPairs\[BAD\]\.ordermin"):
         PairInfo.from_kraken("BAD", {"base": "A", "quote": "B", "pair_decimals": 1, "lot_decimals": 1,
                                      "ordermin": "lots"})
+
+
+_AMOUNTS = st.decimals(min_value=Decimal("0"), max_value=Decimal("1000000"), places=12, allow_nan=False,
+                       allow_infinity=False)
+
+
+@given(volume=_AMOUNTS, lot_decimals=st.integers(0, 10))
+def test_rounded_volume_never_exceeds_what_was_asked(volume, lot_decimals):
+    pair = PairInfo.from_kraken("P", {"base": "A", "quote": "ZUSD", "pair_decimals": 2, "lot_decimals": lot_decimals})
+    rounded = pair.round_volume_down(volume)
+    assert rounded <= volume
+    assert volume - rounded < Decimal(1).scaleb(-lot_decimals)
+    assert rounded.as_tuple().exponent >= -lot_decimals
+
+
+@given(price=_AMOUNTS, tick=st.sampled_from(["0.1", "0.05", "0.00001", "1", "0.25"]))
+def test_rounded_price_lies_on_the_tick_grid_within_half_a_tick(price, tick):
+    tick_size = Decimal(tick)
+    decimals = max(0, -tick_size.as_tuple().exponent)
+    pair = PairInfo.from_kraken("P", {"base": "A", "quote": "ZUSD", "pair_decimals": decimals, "lot_decimals": 8,
+                                      "tick_size": tick})
+    rounded = pair.round_price(price)
+    assert rounded % tick_size == 0
+    assert abs(rounded - price) <= tick_size / 2
