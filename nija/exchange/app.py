@@ -3,7 +3,14 @@
     GET|POST /0/public/<Method>     Time SystemStatus Assets AssetPairs Ticker OHLC Depth Spread
     POST     /0/private/<Method>    Balance BalanceEx TradeBalance OpenOrders ClosedOrders QueryOrders TradesHistory
                                     QueryTrades AddOrder AddOrderBatch CancelOrder CancelAll CancelAllOrdersAfter
-    /admin/...                      faults, counters, prices, market status, speed (header `X-Admin-Token`)
+    /admin/<what>                   token-protected (header `X-Admin-Token` or `Authorization: Bearer`):
+        faults      GET list, POST {kind, next_n|probability, account, method, execute, delay_s}, DELETE clear
+        counters    GET injected faults per kind, orders per cl_ord_id per account
+        orders      GET ?account=NAME: every order per cl_ord_id (txid, status, vol_exec)
+        price       GET ?pair=P, POST {pair, price, pin}     release  POST {pair}
+        status      POST {pair|null, status}                 speed    POST {speed}
+        latency     GET, POST {latency_ms, jitter_ms}        advance  POST {seconds}
+        accounts    GET, POST {name, balances, tier, nonce_window, permissions}   state  GET
 
 Every Kraken answer is HTTP 200 with `{"error": [...], "result": ...}`; a bug in here answers
 `EGeneral:Internal error`, never a traceback or a 500. Per-request latency is an `await asyncio.sleep` before the
@@ -281,6 +288,11 @@ class ExchangeServer:
             if what == "speed":
                 ex.set_speed(float(data["speed"]))
                 return _ok({"speed": ex.clock.speed})
+            if what == "latency":
+                if request.method != "GET":
+                    self.latency_ms = float(data.get("latency_ms", self.latency_ms))
+                    self.jitter_ms = float(data.get("jitter_ms", self.jitter_ms))
+                return _ok({"latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms})
             if what == "advance":
                 ex.advance(float(data["seconds"]))
                 return _ok({"now": ex.now()})

@@ -285,14 +285,16 @@ class Exchange:
     seed       seeds the price paths (and fault probabilities); the same seed gives the same market.
     speed      simulated seconds per real second (60 = one market minute per second; 0 freezes the market).
     maker_fee / taker_fee   fractions charged on fills (Kraken Pro's entry tier: 0.25 % / 0.40 %).
-    closed_orders_kept      closed orders (and trades) kept per account for the query calls; older ones are
-                            dropped (their txids stay in the cl_ord_id index).
+    closed_orders_kept      closed orders (and their trades) kept per account for the query calls; older ones
+                            are dropped (their txids stay in the cl_ord_id index).
+    cl_ord_ids_kept         distinct cl_ord_ids indexed per account (`orders_by_cl_ord_id`); the oldest go first.
     monotonic  the real clock used for rate counters and CancelAllOrdersAfter (tests may pass their own).
     """
 
     def __init__(self, seed: int = 7, speed: float = 1.0, *, maker_fee: Decimal | str = "0.0025",
                  taker_fee: Decimal | str = "0.0040", start_time: float | None = None,
                  pairs: dict[str, PairSpec] | None = None, closed_orders_kept: int = 20_000,
+                 cl_ord_ids_kept: int = 50_000,
                  admin_token: str | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.seed = seed
         self.mono = monotonic
@@ -301,6 +303,7 @@ class Exchange:
         self.maker_fee = Decimal(str(maker_fee))
         self.taker_fee = Decimal(str(taker_fee))
         self.closed_orders_kept = int(closed_orders_kept)
+        self.cl_ord_ids_kept = int(cl_ord_ids_kept)
         self.admin_token = admin_token or base64.urlsafe_b64encode(os.urandom(18)).decode()
         self.faults = FaultInjector(random.Random(f"nija-faults:{seed}"))
         self.system_status = "online"
@@ -310,7 +313,6 @@ class Exchange:
         self._resting: dict[str, dict[str, tuple[Account, Order]]] = {}
         self._deadman: set[str] = set()
         self._ids = random.Random(os.urandom(16))
-        self._known_ids: set[str] = set()
         self._trade_seq = 1000
         self._last_sync_s = -1
         self.methods_public: dict[str, Callable[[dict], Any]] = {
@@ -460,13 +462,10 @@ class Exchange:
 
     # ---- ids ------------------------------------------------------------------------------------------------
     def _new_id(self, prefix: str) -> str:
-        while True:
-            bits = self._ids.getrandbits(80)
-            chars = "".join(_B32[(bits >> (5 * i)) & 31] for i in range(16))
-            tid = f"{prefix}{chars[:5]}-{chars[5:10]}-{chars[10:16]}"
-            if tid not in self._known_ids:
-                self._known_ids.add(tid)
-                return tid
+        """Kraken-like ids (`OUF4EM-FRGI2-MQMWZD`): 80 random bits, so collisions are not a practical concern."""
+        bits = self._ids.getrandbits(80)
+        chars = "".join(_B32[(bits >> (5 * i)) & 31] for i in range(16))
+        return f"{prefix}{chars[:5]}-{chars[5:10]}-{chars[10:16]}"
 
     # ---- authentication -------------------------------------------------------------------------------------
     def authenticate(self, api_key: str | None, api_sign: str | None, uri_path: str, raw_body: bytes,
@@ -907,7 +906,10 @@ class Exchange:
                       o["userref"], o["cl_ord_id"], now, mono, quote_vol=o["volume"] if o["viqc"] else None)
         acct.orders[order.txid] = order
         if order.cl_ord_id is not None:
-            acct.by_cl_ord_id.setdefault(order.cl_ord_id, []).append(order.txid)
+            index = acct.by_cl_ord_id
+            index.setdefault(order.cl_ord_id, []).append(order.txid)
+            if len(index) > self.cl_ord_ids_kept:
+                del index[next(iter(index))]
         order.status = "open"
         acct.open_orders[order.txid] = order
         if fills:

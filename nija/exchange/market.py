@@ -298,25 +298,25 @@ class PairMarket:
         self.pinned_price = None
 
     # ---- order book -----------------------------------------------------------------------------------------
+    def _book_params(self, side: str) -> tuple[int, int, int, float, tuple]:
+        bid, ask = self.bid_ask_ticks()
+        mid = self.mid
+        step = max(1, int(mid * max(self.spec.spread / 2, 0.00005) / self._tick_f))
+        best, sign = (ask, 1) if side == "asks" else (bid, -1)
+        return best, sign * step, sign, self.spec.depth_usd / mid, (self.seed, self.last_s, side == "asks")
+
     def levels(self, side: str, n: int) -> list[tuple[int, float]]:
         """`n` synthetic levels on one side: (price in ticks, volume in base units), best first.
 
         side "asks" (what a buyer takes) or "bids". Deterministic for a given second.
         """
-        bid, ask = self.bid_ask_ticks()
-        mid = self.mid
-        step = max(1, int(mid * max(self.spec.spread / 2, 0.00005) / self._tick_f))
-        base_vol = self.spec.depth_usd / mid
+        best, step, _, base_vol, key = self._book_params(side)
         out = []
-        key = (self.seed, self.last_s, side == "asks")
         for i in range(n):
-            h = hash((key, i)) & 0xFFFF
-            u = 0.5 + h / 65536.0
-            vol = base_vol * (1 + 0.35 * i) * u
-            price = ask + i * step if side == "asks" else bid - i * step
+            price = best + i * step
             if price < 1:
                 break
-            out.append((price, vol))
+            out.append((price, base_vol * (1 + 0.35 * i) * (0.5 + (hash((key, i)) & 0xFFFF) / 65536.0)))
         return out
 
     def walk(self, side: str, volume: Decimal | None = None, quote: Decimal | None = None,
@@ -324,28 +324,31 @@ class PairMarket:
         """Fills against the synthetic book: [(price, volume)] taking `volume` base units or spending `quote`.
 
         side "buy" takes asks (stops above `limit`), "sell" takes bids (stops below `limit`). Volumes are rounded
-        down to the pair's lot_decimals.
+        down to the pair's lot_decimals. The book is as deep as needed (levels grow with distance from the top).
         """
         spec = self.spec
         lot_q = Decimal(1).scaleb(-spec.lot_decimals)
-        book = "asks" if side == "buy" else "bids"
+        best, step, _, base_vol, key = self._book_params("asks" if side == "buy" else "bids")
+        tick = spec.tick_size
         fills: list[tuple[Decimal, Decimal]] = []
         remaining_vol = volume
         remaining_quote = quote
-        levels = self.levels(book, 200)
-        for i, (pt, lv) in enumerate(levels):
-            price = Decimal(pt) * spec.tick_size
+        for i in range(10_000):
+            pt = best + i * step
+            if pt < 1:
+                break
+            price = pt * tick
             if limit is not None and ((side == "buy" and price > limit) or (side == "sell" and price < limit)):
                 break
+            lv = base_vol * (1 + 0.35 * i) * (0.5 + (hash((key, i)) & 0xFFFF) / 65536.0)
             avail = Decimal(repr(lv)).quantize(lot_q, rounding=ROUND_DOWN)
-            if i == len(levels) - 1:
-                avail = Decimal("1e30")  # the last level is as deep as needed
             if remaining_vol is not None:
-                take = min(avail, remaining_vol)
+                take = avail if avail < remaining_vol else remaining_vol
                 remaining_vol -= take
             else:
                 assert remaining_quote is not None
-                take = min(avail, (remaining_quote / price).quantize(lot_q, rounding=ROUND_DOWN))
+                can = (remaining_quote / price).quantize(lot_q, rounding=ROUND_DOWN)
+                take = avail if avail < can else can
                 remaining_quote -= take * price
             if take > 0:
                 fills.append((price, take))

@@ -125,7 +125,6 @@ def load_state(ex: Exchange, path: str | Path) -> bool:
         for od in d["orders"]:
             o = _order_in(od, mono)
             acct.orders[o.txid] = o
-            ex._known_ids.add(o.txid)
         acct.closed_ids.extend(t for t in d["closed_ids"] if t in acct.orders)
         for td in d["trades"]:
             t = _trade_in(td)
