@@ -26,7 +26,7 @@ from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
 from typing import Callable
 
-from .pairs import PAIRS, PairSpec
+from .pairs import PAIRS, PairSpec, resolve_pair
 
 __all__ = ["Clock", "Market", "PairMarket", "INTERVALS", "HISTORY_MINUTES"]
 
@@ -42,7 +42,7 @@ _REGIME_WEIGHTS = (0.30, 0.45, 0.25)
 _REGIME_SWITCH_P = 1 / 180          # per minute
 _TREND_PHI = 0.992                  # per-minute persistence of the trend drift
 _TREND_SHOCK = 0.022                # × sigma: innovation of the trend drift per minute
-_REVERSION = 0.0004                 # per minute, toward the reference price (log space)
+_REVERSION = 0.0015                 # per minute, toward the reference price (log space): keeps days plausible
 _PULLBACK_P = 0.03                  # per minute, when a trend is under way
 _SQRT60 = math.sqrt(60.0)
 
@@ -505,7 +505,14 @@ class Market:
         self._pairs: dict[str, PairMarket] = {}
 
     def pair(self, key: str) -> PairMarket:
+        """The pair's market, brought to now (`key` may also be an altname such as "XBTUSD")."""
         pm = self._pairs.get(key)
+        if pm is None and key not in self.specs:
+            spec = resolve_pair(key)
+            if spec is None or spec.key not in self.specs:
+                raise KeyError(key)
+            key = spec.key
+            pm = self._pairs.get(key)
         if pm is None:
             pm = PairMarket(self.specs[key], self.seed, self.clock.now())
             self._pairs[key] = pm
