@@ -31,6 +31,7 @@ from aiohttp import web
 
 from .engine import Exchange, KrakenReject
 from .faults import Fault
+from .pairs import resolve_pair
 
 __all__ = ["ExchangeServer", "build_app", "parse_body"]
 
@@ -186,7 +187,7 @@ class ExchangeServer:
                     params.update(parse_body(raw, request.headers.get("Content-Type", "")))
                 except (ValueError, UnicodeDecodeError):
                     return self._error_response(["EAPI:Bad request"])
-            fault = ex.faults.draw(None, method) if ex.faults.faults else None
+            fault = ex.faults.draw(None, method, _pair_key(params)) if ex.faults.faults else None
             if fault is not None:
                 if fault.kind == "latency":
                     await self._hold(fault.delay_s)
@@ -215,7 +216,7 @@ class ExchangeServer:
                 return self._error_response(["EAPI:Bad request"])
             acct = ex.authenticate(headers.get("API-Key"), headers.get("API-Sign"), request.path, raw,
                                    params.get("nonce"))
-            fault = ex.faults.draw(acct.name, method) if ex.faults.faults else None
+            fault = ex.faults.draw(acct.name, method, _pair_key(params)) if ex.faults.faults else None
             if fault is not None:
                 if fault.kind == "latency":
                     await self._hold(fault.delay_s)
@@ -320,6 +321,14 @@ def _orders_view(ex: Exchange, name: str) -> dict:
         out[cl] = [o if isinstance(o, str) else {"txid": o.txid, "status": o.status, "vol_exec": str(o.vol_exec)}
                    for o in orders]
     return out
+
+
+def _pair_key(params: dict) -> str | None:
+    pair = params.get("pair")
+    if not pair or not isinstance(pair, str):
+        return None
+    spec = resolve_pair(pair.split(",")[0])
+    return spec.key if spec else None
 
 
 def _ok(obj: Any) -> web.Response:

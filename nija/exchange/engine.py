@@ -53,6 +53,19 @@ def _bad(arg: str) -> KrakenReject:
     return KrakenReject(f"EGeneral:Invalid arguments:{arg}")
 
 
+def _flat(params: Any, allow: frozenset[str] = frozenset()) -> dict:
+    """Parameters as the methods expect them: a JSON body may carry lists or objects, only `allow` may."""
+    if not isinstance(params, dict):
+        raise KrakenReject("EGeneral:Invalid arguments")
+    for key, value in params.items():
+        if isinstance(value, (list, dict)) and key not in allow:
+            raise _bad(str(key))
+    return params
+
+
+_NESTED = frozenset({"orders", "txid"})
+
+
 def _is_true(value: Any) -> bool:
     return value in _TRUE
 
@@ -480,7 +493,11 @@ class Exchange:
         digest = hashlib.sha256(nonce_text.encode() + raw_body).digest()
         expected = base64.b64encode(hmac.new(acct.secret_bytes, uri_path.encode() + digest,
                                              hashlib.sha512).digest()).decode()
-        if not api_sign or not hmac.compare_digest(expected, api_sign.strip()):
+        try:
+            good = bool(api_sign) and hmac.compare_digest(expected.encode(), api_sign.strip().encode())
+        except (TypeError, UnicodeError):
+            good = False
+        if not good:
             raise KrakenReject("EAPI:Invalid signature")
         try:
             n = int(nonce_text)
@@ -504,14 +521,14 @@ class Exchange:
         if cost and not acct.rest.try_add(cost, self.mono()):
             raise KrakenReject("EAPI:Rate limit exceeded")
         self.sync()
-        return fn(acct, params or {})
+        return fn(acct, _flat(params or {}, _NESTED))
 
     def call_public(self, method: str, params: dict | None = None) -> Any:
         fn = self.methods_public.get(method)
         if fn is None:
             raise KrakenReject("EGeneral:Unknown method")
         self.sync()
-        return fn(params or {})
+        return fn(_flat(params or {}))
 
     # ---- public methods -------------------------------------------------------------------------------------
     def pub_time(self, params: dict) -> dict:
@@ -749,7 +766,7 @@ class Exchange:
         for tid in ids:
             t = acct.trades.get(tid)
             if t is None:
-                raise KrakenReject("EQuery:Invalid trade")
+                raise _bad("txid")
             out[tid] = t.to_kraken()
         return out
 
@@ -925,7 +942,7 @@ class Exchange:
         elif o.get("crosses") and o["post"]:
             self._close(acct, order, "canceled", "Post only order")
         elif order.tif == "IOC":
-            self._close(acct, order, "canceled" if order.vol_exec == 0 else "closed", "Immediate or cancel")
+            self._close(acct, order, "canceled", "Immediate or cancel")  # vol_exec > 0: partly filled
         else:
             self._rest(acct, order)
         return {"descr": {"order": descr}, "txid": [order.txid]}
@@ -940,7 +957,7 @@ class Exchange:
         for raw in orders:
             if not isinstance(raw, dict):
                 raise _bad("orders")
-            p = dict(raw)
+            p = dict(_flat(raw))
             p["pair"] = spec.key
             if validate:
                 p["validate"] = True

@@ -17,8 +17,9 @@
     post_only                     EService:Market in post_only mode (order adds)     no
     latency                       the call is delayed by `delay_s`, then runs        yes
 
-A fault matches a call when its `account` (an account name, None = everyone) and `method` (e.g. "AddOrder",
-None = every method) match; then `next_n` counts down (removed at 0) or `probability` draws from the exchange's
+A fault matches a call when its `account` (an account name, None = everyone), `method` (e.g. "AddOrder",
+None = every method) and `pair` (a pair key or altname, None = any; compared with the call's `pair` parameter)
+match; then `next_n` counts down (removed at 0) or `probability` draws from the exchange's
 seeded RNG. Faults that name no account also hit public calls. Every injection is counted per kind.
 """
 
@@ -67,6 +68,8 @@ class Fault:
     execute: bool | None = None
     #: seconds the response is held ("timeout") or delayed ("latency")
     delay_s: float = 30.0
+    #: only calls whose `pair` parameter names this pair (key or altname)
+    pair: str | None = None
     id: int = field(default_factory=lambda: next(_ids))
 
     def __post_init__(self) -> None:
@@ -80,6 +83,13 @@ class Fault:
             raise ValueError("probability must be within [0, 1]")
         if self.kind in ("cancel_only", "post_only") and self.method is None:
             self.method = "*add*"
+        if self.pair is not None:
+            from .pairs import resolve_pair
+
+            spec = resolve_pair(self.pair)
+            if spec is None:
+                raise ValueError(f"unknown pair {self.pair!r}")
+            self.pair = spec.key
 
     @property
     def executes(self) -> bool:
@@ -91,8 +101,10 @@ class Fault:
             return None
         return text.replace("{ts}", str(int(now_unix) + 2))
 
-    def matches(self, account: str | None, method: str) -> bool:
+    def matches(self, account: str | None, method: str, pair: str | None = None) -> bool:
         if self.account is not None and self.account != account:
+            return False
+        if self.pair is not None and self.pair != pair:
             return False
         if self.method is None:
             return True
@@ -127,12 +139,12 @@ class FaultInjector:
         self.faults = [f for f in self.faults if f.id != fault_id]
         return len(self.faults) != before
 
-    def draw(self, account: str | None, method: str) -> Fault | None:
-        """The fault to inject into this call, if any (counted)."""
+    def draw(self, account: str | None, method: str, pair: str | None = None) -> Fault | None:
+        """The fault to inject into this call, if any (counted). `pair` is the call's pair key, if any."""
         if not self.faults:
             return None
         for fault in self.faults:
-            if not fault.matches(account, method):
+            if not fault.matches(account, method, pair):
                 continue
             if fault.next_n is not None:
                 fault.next_n -= 1
