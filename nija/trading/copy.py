@@ -211,6 +211,8 @@ class CopyEngine:
         self._idle.set()
         self.summaries: list[CopySummary] = []  # most recent last; trimmed to keep memory flat
         self._summary_waiters: dict[str, asyncio.Future] = {}
+        # signal id → market fills booked as estimates, read back after the signal's fan-out
+        self._to_confirm: dict[str, list[tuple[FollowerAccount, PairRules, str, Fill]]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -368,7 +370,9 @@ class CopyEngine:
             if not summary.unsettled:  # a signal with unsettled intents stays open for reconciliation
                 await self.store.finish_signal(signal.signal_id, summary.to_json())
             self._publish(summary)
+            await self._confirm_fills(signal.signal_id)
         finally:
+            self._to_confirm.pop(signal.signal_id, None)
             self._in_flight.pop(signal.signal_id, None)
 
     def _publish(self, summary: CopySummary) -> None:
@@ -447,22 +451,44 @@ class CopyEngine:
             return CopyResult(**base, status="failed", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
                               reason=_describe(exc), acked_at_s=self.clock())
         acked_at_s = self.clock()
-        fill = placed.fill
-        if fill is None or not fill.done:
-            try:
-                fill = await gateway.fill_of(placed.order_id)
-            except KrakenError as exc:
-                log.warning("copy_fill_unknown", name=account.name, order_id=placed.order_id, error=_describe(exc))
-                fill = None
-        if fill is None and plan.limit_price_usd is None:
-            # A market order fills at once: book the planned volume at the master's price until the next refresh.
-            fill = Fill(placed.order_id, "closed", plan.volume_base, plan.notional_usd,
-                        plan.notional_usd * self.taker_fee_rate)
+        fill = placed.fill if placed.fill is not None and placed.fill.done else None
+        if fill is None and plan.limit_price_usd is not None:
+            # An IOC limit may fill in part or not at all: the next signal on this pair must see what it got.
+            fill = await self._read_fill(account, placed.order_id)
         if fill is not None:
             self._apply(account, rules, plan.side, fill)
+        else:
+            # A market order fills at once: book the planned volume at the master's price now, and read the real
+            # fill once every follower of this signal has its answer (that read must not slow the fan-out).
+            estimate = Fill(placed.order_id, "closed", plan.volume_base, plan.notional_usd,
+                            plan.notional_usd * self.taker_fee_rate)
+            self._apply(account, rules, plan.side, estimate)
+            self._to_confirm.setdefault(signal.signal_id, []).append((account, rules, plan.side, estimate))
         return CopyResult(**base, status="succeeded", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
                           order_id=placed.order_id, acked_at_s=acked_at_s,
                           reason="recovered after a lost reply" if placed.recovered else None)
+
+    async def _read_fill(self, account: FollowerAccount, order_id: str) -> Fill | None:
+        try:
+            async with self._semaphore:
+                async with asyncio.timeout(self.order_timeout_s):
+                    return await account.gateway.fill_of(order_id)
+        except (KrakenError, TimeoutError) as exc:
+            log.warning("copy_fill_unknown", name=account.name, order_id=order_id, error=_describe(exc))
+            return None
+
+    async def _confirm_fills(self, signal_id: str) -> None:
+        """Replace each follower's estimated market fill of this signal by the fill the exchange reports."""
+        pending = self._to_confirm.pop(signal_id, [])
+
+        async def confirm(account: FollowerAccount, rules: PairRules, side: str, estimate: Fill) -> None:
+            actual = await self._read_fill(account, estimate.order_id)
+            if actual is not None:
+                account.portfolio.correct_fill(rules.base, side, estimate.executed_base, estimate.cost_usd,
+                                               estimate.fee_usd, actual.executed_base, actual.cost_usd,
+                                               actual.fee_usd)
+
+        await asyncio.gather(*(confirm(*item) for item in pending))
 
     async def _place(self, gateway: OrderGateway, plan: OrderPlan, cl_ord_id: str) -> Placed:
         """Send once; a rate-limit or nonce rejection (nothing executed) is retried with the same cl_ord_id."""

@@ -101,6 +101,20 @@ class Portfolio:
             self.holdings.pop(base)
         self.generation += 1
 
+    def correct_fill(self, base: str, side: str, estimated_base: Decimal, estimated_cost_usd: Decimal,
+                     estimated_fee_usd: Decimal, actual_base: Decimal, actual_cost_usd: Decimal,
+                     actual_fee_usd: Decimal) -> None:
+        """Swap a fill booked as an estimate for the real one (a delta, so later fills booked meanwhile stay)."""
+        if self.holdings is None:
+            return
+        sign = Decimal(1) if side == "buy" else Decimal(-1)
+        self.holdings[base] = self.holdings.get(base, ZERO) + sign * (actual_base - estimated_base)
+        self.holdings[CASH_ASSET] = (self.holdings.get(CASH_ASSET, ZERO) - sign * (actual_cost_usd - estimated_cost_usd)
+                                     - (actual_fee_usd - estimated_fee_usd))
+        if self.holdings[base] <= ZERO:
+            self.holdings.pop(base)
+        self.generation += 1
+
     def daily_loss_reached(self, max_daily_loss: Decimal | None, equity_usd: Decimal | None) -> bool:
         """True once equity fell by `max_daily_loss` (a fraction) from the start of the UTC day."""
         if max_daily_loss is None or equity_usd is None or not self.day_start_equity_usd:

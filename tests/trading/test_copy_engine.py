@@ -178,18 +178,31 @@ async def test_restart_resumes_stored_intents_without_duplicates(tmp_path):
     await store.close()
 
 
-async def test_copy_log_lines(store, capsys):
-    from nija.logs import configure
-    configure("INFO", json_lines=True)
+class LogRecorder:
+    """Stands in for the engine's structlog logger: keeps (event, fields) pairs."""
+
+    def __init__(self):
+        self.events = []
+
+    def info(self, event, **fields):
+        self.events.append((event, fields))
+
+    warning = error = exception = info
+
+
+async def test_copy_log_lines(store, monkeypatch):
+    import nija.trading.copy as copy_module
+    recorder = LogRecorder()
+    monkeypatch.setattr(copy_module, "log", recorder)
     alice, carl = FakeAccount(), FakeAccount(usd="5")
     engine = await engine_with(store, [account("alice", alice), account("carl", carl)])
     await engine.copy(buy())
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    results = {line["name"]: line for line in lines if line["event"] == "copy_result"}
-    assert results["alice"]["order_id"] and results["alice"]["volume"] == "0.00200000"
-    assert results["alice"]["notional"] and results["alice"]["pair"] == "XBTUSD" and results["alice"]["side"] == "buy"
-    assert results["carl"]["reason"].startswith("below_")
-    [summary] = [line for line in lines if line["event"] == "copy_summary"]
+    results = {fields["name"]: fields for event, fields in recorder.events if event == "copy_result"}
+    assert results["alice"]["order_id"] and D(results["alice"]["volume"]) == D("0.002")
+    assert D(results["alice"]["notional"]) == D("100") and results["alice"]["pair"] == "XBTUSD"
+    assert results["alice"]["side"] == "buy" and results["alice"]["reason"] is None
+    assert results["carl"]["reason"].startswith("below_") and results["carl"]["order_id"] is None
+    [summary] = [fields for event, fields in recorder.events if event == "copy_summary"]
     assert (summary["signal_id"], summary["succeeded"], summary["skipped"], summary["failed"], summary["followers"]) \
         == ("b1", 1, 1, 0, 2)
     assert summary["latency_ms"] >= 0

@@ -1,0 +1,199 @@
+"""Copy fan-out benchmark: time from a master fill to the last follower acknowledgement, N followers.
+
+The embedded exchange runs in a child process on 127.0.0.1 with a fixed latency per request (default 50 ms), so the
+engine's process does only NIJA's work. For each N the engine starts (one balance read per follower), then copies
+`--signals` master fills (buy, then sells of half the position, alternating); latency is measured by the engine
+itself: from the signal's `filled_at_s` (the moment the master fill is known, i.e. when the signal is created) to
+the last follower's AddOrder acknowledgement (`copy_summary.latency_ms`). The reference is one AddOrder round trip
+of a single account measured the same way. Memory per follower is measured with tracemalloc for the largest N:
+clients, gateways, portfolios and configs after one balance read and one copied signal.
+
+    .venv/bin/python bench/copy.py                      # N = 1, 10, 100, 1000; 50 ms latency
+    .venv/bin/python bench/copy.py --n 10 100 --latency-ms 20 --signals 3
+
+Nothing here talks to anything but 127.0.0.1, and the child exchange stops by itself after `--max-runtime-s`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named copy.py: drop its own directory from the import path so `import copy` finds the standard
+# library module, not this script.
+_BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _BENCH_DIR]
+
+import argparse
+import asyncio
+import base64
+import gc
+import logging
+import multiprocessing as mp
+import statistics
+import tempfile
+import time
+import tracemalloc
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydantic import SecretStr  # noqa: E402
+
+from nija.accounts import Follower, FollowerConfig  # noqa: E402
+from nija.kraken.client import KrakenClient, KrakenContext  # noqa: E402
+from nija.logs import configure  # noqa: E402
+from nija.store import Store  # noqa: E402
+from nija.trading.copy import CopyEngine  # noqa: E402
+from nija.trading.kraken_gateway import follower_accounts  # noqa: E402
+from nija.trading.signals import Signal, signal_id_for  # noqa: E402
+
+PAIR = "XBTUSD"
+PRICE = Decimal("50000")
+
+
+def _credentials(count: int) -> list[tuple[str, str, str]]:
+    return [(f"f{i:04d}", base64.b64encode(os.urandom(42)).decode(), base64.b64encode(os.urandom(64)).decode())
+            for i in range(count)]
+
+
+def _serve(accounts, latency_ms: float, max_runtime_s: float, url_queue, stop_event) -> None:
+    """Child process: the embedded exchange with the benchmark's accounts, until told to stop (or time runs out)."""
+    from nija.exchange import Exchange
+
+    async def main() -> None:
+        exchange = Exchange(seed=7, speed=0)
+        exchange.set_price(PAIR, PRICE)
+        for name, key, secret in accounts:
+            exchange.create_account(name, {"ZUSD": "10000"}, api_key=key, api_secret=secret, tier="pro")
+        async with exchange.serve(host="127.0.0.1", port=0, latency_ms=latency_ms) as server:
+            url_queue.put(server.url)
+            deadline = time.monotonic() + max_runtime_s
+            while not stop_event.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+
+
+async def _round_trip_ms(url: str, context: KrakenContext, name_key_secret, samples: int = 7) -> float:
+    """Median wall time of one AddOrder acknowledged by the exchange, for one account."""
+    name, key, secret = name_key_secret
+    client = KrakenClient(key, secret, base_url=url, context=context, tier="pro", name=name)
+    await client.balance_ex()  # warm the connection, like the engine's first balance read does
+    times = []
+    for i in range(samples):
+        start = time.perf_counter()
+        await client.add_order(PAIR, "buy" if i % 2 == 0 else "sell", Decimal("0.0001"))
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _signal(index: int, n: int) -> Signal:
+    side = "buy" if index % 2 == 0 else "sell"
+    return Signal(
+        signal_id=signal_id_for(f"bench-{n}-{os.getpid()}-{time.time_ns()}", str(index)),
+        master_order_id=f"OBENCH-{n}-{index}", pair=PAIR, side=side, volume_base=Decimal("0.02"),
+        avg_price_usd=PRICE, fee_usd=Decimal("4"), master_equity_usd=Decimal("10000"),
+        position_fraction=Decimal("0.5") if side == "sell" else None, reason="PROFIT_TAKING" if side == "sell" else None,
+    )
+
+
+async def _run_n(url: str, creds, n: int, signals: int, state_dir: Path) -> dict:
+    context = KrakenContext(state_dir=state_dir / f"nonces-{n}")
+    probe = KrakenClient(creds[0][1], creds[0][2], base_url=url, context=context, tier="pro")
+    pairs = await probe.pairs()
+    followers = [Follower(FollowerConfig(name=name), SecretStr(key), SecretStr(secret)) for name, key, secret in creds[:n]]
+    store = await Store.open(state_dir / f"copy-{n}.sqlite3")
+    engine = CopyEngine(store, pairs, follower_accounts(followers, pairs, base_url=url, tier="pro", context=context),
+                        concurrency=2000, refresh_s=3600)
+    await engine.start()
+    latencies, errors = [], 0
+    for index in range(signals):
+        summary = await engine.copy(_signal(index, n))  # filled_at_s: now, when the fill is known
+        latencies.append(summary.latency_ms)
+        errors += summary.failed + summary.skipped
+    await engine.stop()
+    await store.close()
+    await context.close()
+    return {"n": n, "latencies_ms": latencies, "errors": errors}
+
+
+async def _memory_per_follower(url: str, creds, state_dir: Path) -> float:
+    n = len(creds)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    context = KrakenContext(state_dir=state_dir / "nonces-mem")
+    probe = KrakenClient(creds[0][1], creds[0][2], base_url=url, context=context, tier="pro")
+    pairs = await probe.pairs()
+    store = await Store.open(state_dir / "copy-mem.sqlite3")
+    followers = [Follower(FollowerConfig(name=name), SecretStr(key), SecretStr(secret)) for name, key, secret in creds]
+    engine = CopyEngine(store, pairs, follower_accounts(followers, pairs, base_url=url, tier="pro", context=context),
+                        concurrency=2000, refresh_s=3600)
+    await engine.start()
+    await engine.copy(_signal(0, n))
+    engine.summaries.clear()  # the last summaries keep every result; a daemon keeps 100 signals, not per follower
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    used = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    tracemalloc.stop()
+    await engine.stop()
+    await store.close()
+    await context.close()
+    return used / n / 1024
+
+
+async def _bench(args) -> None:
+    configure("WARNING", json_lines=True)  # copy_result lines would flood the terminal; their cost is tiny anyway
+    logging.getLogger("aiohttp").setLevel(logging.ERROR)
+    top = max(args.n)
+    creds = _credentials(top + 1)  # the extra account measures the single-order round trip
+    ctx = mp.get_context("spawn")
+    url_queue, stop_event = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_serve, args=(creds, args.latency_ms, args.max_runtime_s, url_queue, stop_event),
+                         daemon=True)
+    server.start()
+    try:
+        url = url_queue.get(timeout=120)
+        with tempfile.TemporaryDirectory() as tmp:
+            state_dir = Path(tmp)
+            rtt_context = KrakenContext(state_dir=state_dir / "nonces-rtt")
+            rtt_ms = await _round_trip_ms(url, rtt_context, creds[-1])
+            await rtt_context.close()
+            print(f"exchange latency {args.latency_ms:g} ms/request; one AddOrder round trip: {rtt_ms:.1f} ms (median)")
+            print(f"{'N':>5} {'median ms':>10} {'max ms':>8} {'× RTT':>6} {'errors':>6}  target")
+            rows = []
+            for n in args.n:
+                result = await _run_n(url, creds, n, args.signals, state_dir)
+                median = statistics.median(result["latencies_ms"])
+                worst = max(result["latencies_ms"])
+                target = f"≤ {1.3 * rtt_ms:.0f} ms (1.3 × RTT)" if n <= 100 else "≤ 500 ms"
+                ok = worst <= (1.3 * rtt_ms if n <= 100 else 500) and result["errors"] == 0
+                rows.append((n, median, worst, result["errors"], ok))
+                print(f"{n:>5} {median:>10.1f} {worst:>8.1f} {worst / rtt_ms:>6.2f} {result['errors']:>6}  {target} "
+                      f"{'met' if ok else 'MISSED'}")
+            if not args.skip_memory:
+                kib = await _memory_per_follower(url, creds[:top], state_dir)
+                print(f"memory per follower (N = {top}, after one balance read and one copy): {kib:.1f} KiB "
+                      f"(target ≤ 20 KiB) {'met' if kib <= 20 else 'MISSED'}")
+    finally:
+        stop_event.set()
+        server.join(timeout=10)
+        if server.is_alive():
+            server.terminate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 10, 100, 1000], help="follower counts")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="exchange latency per request")
+    parser.add_argument("--signals", type=int, default=5, help="signals copied per N (alternating buy/sell)")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--max-runtime-s", type=float, default=900.0, help="the child exchange stops after this")
+    asyncio.run(_bench(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,199 @@
+"""The master account's fills, whoever placed the orders, turned into signals.
+
+Each poll reads the master's open orders (partial fills) and the orders closed since the watermark; every increase
+of an order's executed volume is one fill and becomes one Signal. The signal id is derived from the order id and
+its cumulative executed volume, so a fill seen twice (a restart between emitting and saving the watermark) is the
+same signal and the copy engine's store refuses it the second time: nothing is copied twice, nothing is skipped.
+
+For a sell, the fraction of the master's position it closed needs the position *before* the fill; it is the
+balance read right after the poll plus what the fills since then sold (minus what they bought). The master's
+equity before the fill is its equivalent balance now plus the fees paid since, as a trade at market leaves equity
+unchanged but for its fee. Both reads are made only when a poll finds fills.
+
+State (watermark and per-order executed volume) lives in one small JSON file in the state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from nija.kraken import KrakenClient
+from nija.kraken.errors import KrakenError
+from nija.kraken.models import Order
+from nija.kraken.pairs import Pairs
+from nija.logs import get_logger
+from nija.trading.signals import Signal, signal_from_master_order
+
+__all__ = ["MasterFillWatcher", "Fill"]
+
+log = get_logger("nija.master_fills")
+
+#: orders closed this long before the watermark are still asked for, against clock skew between us and Kraken
+_OVERLAP_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One increase of a master order's executed volume."""
+
+    order: Order
+    volume_base: Decimal
+    cost_usd: Decimal
+    fee_usd: Decimal
+
+    @property
+    def at_s(self) -> float:
+        return self.order.closetm or self.order.opentm
+
+
+class MasterFillWatcher:
+    """Polls the master account and hands every new fill, as a Signal, to `emit` (e.g. CopyEngine.submit)."""
+
+    def __init__(
+        self,
+        client: KrakenClient,
+        pairs: Pairs,
+        emit: Callable[[Signal], Awaitable[object]],
+        *,
+        state_path: Path,
+        poll_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.pairs = pairs
+        self.emit = emit
+        self.state_path = Path(state_path)
+        self.poll_s = poll_s
+        self.clock = clock
+        self._since_s: float | None = None
+        # order id → (executed volume, cost, fee) already turned into signals
+        self._seen: dict[str, tuple[Decimal, Decimal, Decimal]] = {}
+        self._load()
+
+    # --- state -----------------------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"{self.state_path}: master fill state is unreadable ({exc}); move the file away to start watching "
+                "from now (fills made while NIJA was down are then not copied)"
+            ) from None
+        self._since_s = float(data["since_s"])
+        self._seen = {txid: tuple(Decimal(v) for v in values) for txid, values in data.get("seen", {}).items()}
+
+    def _save(self) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"since_s": self._since_s, "seen": {t: [str(v) for v in vals] for t, vals in self._seen.items()}}
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.state_path)  # atomic: a crash leaves the old file or the new one
+
+    # --- polling ---------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Poll for ever; a failed poll is logged and retried at the next tick."""
+        failing = False
+        while True:
+            try:
+                await self.poll()
+                if failing:
+                    log.warning("master_watch_recovered")
+                    failing = False
+            except KrakenError as exc:
+                failing = True
+                log.warning("master_watch_failed", error=str(exc), error_class=type(exc).__name__)
+            await asyncio.sleep(self.poll_s)
+
+    async def poll(self) -> list[Signal]:
+        """One look at the master account; returns the signals emitted."""
+        now_s = self.clock()
+        if self._since_s is None:
+            # First start ever: fills from before NIJA ran are not copied.
+            self._since_s = now_s
+            self._save()
+            log.info("master_watch_started", since_s=now_s)
+            return []
+        orders = await self._orders_since(self._since_s - _OVERLAP_S)
+        fills = sorted(self._new_fills(orders), key=lambda fill: fill.at_s)
+        signals = await self._signals_for(fills) if fills else []
+        for signal in signals:
+            await self.emit(signal)
+        for fill in fills:
+            vol, cost, fee = self._seen.get(fill.order.txid, (Decimal(0), Decimal(0), Decimal(0)))
+            self._seen[fill.order.txid] = (vol + fill.volume_base, cost + fill.cost_usd, fee + fill.fee_usd)
+        self._advance(orders, now_s)
+        if fills or orders:
+            self._save()
+        return signals
+
+    async def _orders_since(self, since_s: float) -> list[Order]:
+        orders = list((await self.client.open_orders()).values())
+        offset = 0
+        while True:
+            page = await self.client.closed_orders(start=int(since_s), closetime="close", ofs=offset or None)
+            orders += page.closed.values()
+            offset += len(page.closed)
+            if not page.closed or offset >= page.count:
+                return orders
+
+    def _new_fills(self, orders: Iterable[Order]) -> Iterable[Fill]:
+        for order in orders:
+            if order.is_done and (order.closetm or 0) < self._since_s and order.txid not in self._seen:
+                continue  # closed before the watermark: copied in an earlier run, or from before NIJA ran
+            vol, cost, fee = self._seen.get(order.txid, (Decimal(0), Decimal(0), Decimal(0)))
+            if order.vol_exec > vol:
+                yield Fill(order, order.vol_exec - vol, order.cost - cost, order.fee - fee)
+
+    def _advance(self, orders: list[Order], now_s: float) -> None:
+        open_ids = {o.txid for o in orders if not o.is_done}
+        newest_done = max((o.closetm or 0 for o in orders if o.is_done), default=0.0)
+        self._since_s = max(self._since_s or 0.0, min(newest_done, now_s))
+        # Forget done orders that fell behind the look-back window; keep every open one.
+        horizon = self._since_s - 2 * _OVERLAP_S
+        self._seen = {
+            txid: values for txid, values in self._seen.items()
+            if txid in open_ids or any(o.txid == txid and (o.closetm or now_s) >= horizon for o in orders)
+        }
+
+    async def _signals_for(self, fills: list[Fill]) -> list[Signal]:
+        balances = self.pairs.normalise_balances((await self.client.balance()).by_asset)
+        equity_now = (await self.client.trade_balance()).equivalent_balance
+        # Walk back from now: position and equity before each fill, newest first.
+        held = {asset: amount for asset, amount in balances.items()}
+        equity = equity_now
+        signals: list[Signal] = []
+        for fill in reversed(fills):
+            pair = self.pairs.get(fill.order.descr.pair)
+            side = fill.order.descr.type
+            base = pair.base_common
+            after = held.get(base, Decimal(0))
+            before = after + fill.volume_base if side == "sell" else max(Decimal(0), after - fill.volume_base)
+            held[base] = before
+            equity += fill.fee_usd
+            signals.append(signal_from_master_order(
+                fill.order.txid,
+                pair=pair.key,
+                side=side,
+                vol_exec=fill.volume_base,
+                cost_usd=fill.cost_usd,
+                fee_usd=fill.fee_usd,
+                master_equity_usd=equity,
+                position_before_base=before if side == "sell" else None,
+                reason=None,
+                filled_at_s=fill.at_s,
+                fill_ref=str(fill.order.vol_exec - sum(f.volume_base for f in fills
+                                                       if f.order.txid == fill.order.txid and f.at_s > fill.at_s)),
+            ))
+        signals.reverse()
+        return signals
