@@ -156,14 +156,14 @@ class MasterFillWatcher:
                 yield Fill(order, order.vol_exec - vol, order.cost - cost, order.fee - fee)
 
     def _advance(self, orders: list[Order], now_s: float) -> None:
-        open_ids = {o.txid for o in orders if not o.is_done}
         newest_done = max((o.closetm or 0 for o in orders if o.is_done), default=0.0)
         self._since_s = max(self._since_s or 0.0, min(newest_done, now_s))
-        # Forget done orders that fell behind the look-back window; keep every open one.
+        # Keep what the next poll can still return (open orders, and done ones inside the look-back window).
         horizon = self._since_s - 2 * _OVERLAP_S
+        listed = {o.txid: (o.closetm if o.is_done else None) for o in orders}
         self._seen = {
             txid: values for txid, values in self._seen.items()
-            if txid in open_ids or any(o.txid == txid and (o.closetm or now_s) >= horizon for o in orders)
+            if txid in listed and (listed[txid] is None or listed[txid] >= horizon)
         }
 
     async def _signals_for(self, fills: list[Fill]) -> list[Signal]:
@@ -180,6 +180,10 @@ class MasterFillWatcher:
             after = held.get(base, Decimal(0))
             before = after + fill.volume_base if side == "sell" else max(Decimal(0), after - fill.volume_base)
             held[base] = before
+            if pair.quote_common != "USD":
+                log.warning("master_fill_not_copied", order_id=fill.order.txid, pair=pair.altname,
+                            reason="only USD-quoted pairs are copied")
+                continue
             equity += fill.fee_usd
             signals.append(signal_from_master_order(
                 fill.order.txid,
@@ -192,8 +196,7 @@ class MasterFillWatcher:
                 position_before_base=before if side == "sell" else None,
                 reason=None,
                 filled_at_s=fill.at_s,
-                fill_ref=str(fill.order.vol_exec - sum(f.volume_base for f in fills
-                                                       if f.order.txid == fill.order.txid and f.at_s > fill.at_s)),
+                fill_ref=str(fill.order.vol_exec),  # one fill per order per poll: its cumulative volume
             ))
         signals.reverse()
         return signals

@@ -1,0 +1,76 @@
+"""The master-fill watcher against the embedded exchange over real HTTP: every fill becomes one signal."""
+
+import time
+from decimal import Decimal
+
+import pytest
+
+from nija.kraken.client import KrakenClient, KrakenContext
+from nija.kraken.nonce import NonceCoordinator
+from nija.trading.master_fills import MasterFillWatcher
+
+PAIR = "XBTUSD"
+
+
+@pytest.fixture
+async def master(exchange, exchange_url, tmp_path):
+    exchange.set_price(PAIR, Decimal("50000"))
+    account = exchange.create_account("whale", {"ZUSD": Decimal("10000")})
+    context = KrakenContext(nonces=NonceCoordinator(tmp_path / "nonces"), public_rate_per_s=1000.0)
+    client = KrakenClient(account.api_key, account.api_secret, base_url=exchange_url, context=context)
+    yield client
+    await context.close()
+
+
+def watcher_for(client, pairs, tmp_path, emitted, clock):
+    async def emit(signal):
+        emitted.append(signal)
+
+    return MasterFillWatcher(client, pairs, emit, state_path=tmp_path / "master_fills.json", clock=clock)
+
+
+async def test_fills_become_signals_once_with_the_fraction_closed(master, tmp_path):
+    pairs = await master.pairs()
+    emitted = []
+    now = [0.0]
+    def clock():
+        return time.time() + now[0]
+
+    # A fill from before the first start is history, not a signal.
+    await master.add_order(PAIR, "buy", Decimal("0.01"))
+    watcher = watcher_for(master, pairs, tmp_path, emitted, clock)
+    assert await watcher.poll() == []
+    now[0] += 1
+
+    equity_before = (await master.trade_balance()).equivalent_balance
+    bought = await master.add_order(PAIR, "buy", Decimal("0.04"))
+    [entry] = await watcher.poll()
+    assert entry.side == "buy" and entry.master_order_id == bought.order_id
+    assert entry.volume_base == Decimal("0.04")
+    assert entry.avg_price_usd > 0
+    # Equity before the order: what it is now plus the fee the order paid (less the half-spread crossed).
+    assert abs(entry.master_equity_usd - equity_before) < equity_before * Decimal("0.0005")
+
+    # The master now holds 0.05 BTC; selling 0.02 closes 40 % of it.
+    sold = await master.add_order(PAIR, "sell", Decimal("0.02"))
+    [exit_] = await watcher.poll()
+    assert exit_.side == "sell" and exit_.master_order_id == sold.order_id
+    assert exit_.position_fraction == Decimal("0.4") and not exit_.closes_position
+
+    # Nothing new: nothing emitted; a restarted watcher does not emit the old fills again.
+    assert await watcher.poll() == []
+    restarted = watcher_for(master, pairs, tmp_path, emitted, clock)
+    assert await restarted.poll() == []
+
+    # Selling the rest closes the position.
+    await master.add_order(PAIR, "sell", Decimal("0.03"))
+    [last] = await restarted.poll()
+    assert last.closes_position and last.sell_fraction == 1
+    assert len(emitted) == 3
+
+
+async def test_unreadable_state_file_is_named_with_the_fix(master, tmp_path):
+    (tmp_path / "master_fills.json").write_text("{not json")
+    with pytest.raises(ValueError) as info:
+        watcher_for(master, await master.pairs(), tmp_path, [], lambda: 0.0)
+    assert "master_fills.json" in str(info.value) and "move the file away" in str(info.value)
