@@ -252,10 +252,10 @@ def check_main(argv: list[str], *, environ: Mapping[str, str] | None = None, out
         settings = Settings()
     else:
         print("settings: ok", file=out)
-    print(f"  mode            {settings.copy_trading_mode.value}", file=out)
-    print(f"  api url         {settings.kraken_api_url}", file=out)
-    print(f"  master keys     {'set' if settings.has_master_keys else 'not set (paper mode)'}", file=out)
-    print(f"  state dir       {settings.state_dir}", file=out)
+    print(f"  mode             {settings.copy_trading_mode.value}", file=out)
+    print(f"  api url          {settings.kraken_api_url}", file=out)
+    print(f"  master keys      {'set' if settings.has_master_keys else 'not set (paper mode)'}", file=out)
+    print(f"  state dir        {settings.state_dir}", file=out)
     print(f"  copy concurrency {settings.copy_concurrency}", file=out)
 
     directory = Path(users_dir) if users_dir else settings.users_dir

@@ -103,6 +103,11 @@ class FollowerAccount:
     in_flight: int = 0  # copy tasks running for this follower (a balance refresh waits for 0)
     #: why the account cannot trade (its key was rejected); set by a balance read, cleared by the next good one
     unusable: str | None = None
+    limits: FollowerLimits | None = None  # the config's sizing knobs, built once
+
+    def __post_init__(self) -> None:
+        if self.limits is None:
+            self.limits = FollowerLimits.of(self.config)
 
     @property
     def name(self) -> str:
@@ -438,7 +443,7 @@ class CopyEngine:
         if account.unusable and not account.portfolio.known:
             # The exchange refused this account's key: report that, rather than "balance unknown".
             return CopyResult(**base, status="failed", reason=f"account unusable: {account.unusable}")
-        plan = size_copy(signal, FollowerLimits.of(account.config), self._book(account, rules), rules,
+        plan = size_copy(signal, account.limits, self._book(account, rules), rules,
                          taker_fee_rate=self.taker_fee_rate)
         if isinstance(plan, Skip):
             return CopyResult(**base, status="skipped", reason=str(plan))
