@@ -206,3 +206,14 @@ async def test_copy_log_lines(store, monkeypatch):
     assert (summary["signal_id"], summary["succeeded"], summary["skipped"], summary["failed"], summary["followers"]) \
         == ("b1", 1, 1, 0, 2)
     assert summary["latency_ms"] >= 0
+
+
+async def test_late_joiner_neither_buys_in_nor_sells_what_it_never_copied(store):
+    """late_join=ignore: a follower that joins while the master holds a position sits the position out."""
+    late = FakeAccount(usd="1000")
+    engine = await engine_with(store, [account("late", late)])
+    await engine.start(refresh_first=False)
+    summary = await engine.copy(sell("s1", "0.5"))
+    await engine.stop()
+    assert summary.results[0].status == "skipped" and summary.results[0].reason.startswith("no_position")
+    assert late.orders == {}

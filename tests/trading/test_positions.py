@@ -1,0 +1,36 @@
+"""Follower portfolios in memory: fills, estimate corrections, daily loss, unknown never zero, rate profiles."""
+
+from decimal import Decimal as D
+
+from nija.trading.positions import Portfolio, PriceBook, refresh_interval_s
+
+
+def test_unknown_until_read():
+    portfolio = Portfolio()
+    assert portfolio.equity_usd(PriceBook()) is None and portfolio.cash_usd() is None and portfolio.held("BTC") is None
+    portfolio.apply_fill("BTC", "buy", D("1"), D("10"), D("0"))  # ignored: nothing known to update
+    assert not portfolio.known
+
+
+def test_fills_and_a_corrected_estimate():
+    prices = PriceBook({"BTC": D("50000")})
+    portfolio = Portfolio()
+    portfolio.load({"USD": D("1000"), "BTC": D("0")})
+    portfolio.apply_fill("BTC", "buy", D("0.002"), D("100"), D("0.4"))  # estimate
+    portfolio.apply_fill("BTC", "sell", D("0.001"), D("50"), D("0.2"))  # a later fill booked meanwhile
+    portfolio.correct_fill("BTC", "buy", D("0.002"), D("100"), D("0.4"), D("0.002"), D("100.01"), D("0.41"))
+    assert portfolio.held("BTC") == D("0.001")
+    assert portfolio.cash_usd() == D("1000") - D("100.01") - D("0.41") + D("50") - D("0.2")
+    assert portfolio.equity_usd(prices) == portfolio.cash_usd() + D("50")
+
+
+def test_daily_loss():
+    portfolio = Portfolio(day_start_equity_usd=D("1000"))
+    assert not portfolio.daily_loss_reached(D("0.05"), D("951"))
+    assert portfolio.daily_loss_reached(D("0.05"), D("950"))
+    assert not portfolio.daily_loss_reached(None, D("1"))
+
+
+def test_rate_profiles():
+    assert refresh_interval_s(D("60.53")) == 60 and refresh_interval_s(D("500")) == 10
+    assert refresh_interval_s(D("1000")) == 5 and refresh_interval_s(None) == 60
