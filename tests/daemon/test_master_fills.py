@@ -6,18 +6,21 @@ from decimal import Decimal
 import pytest
 
 from nija.kraken.client import KrakenClient, KrakenContext
+from nija.kraken.limits import Tier
 from nija.kraken.nonce import NonceCoordinator
 from nija.trading.master_fills import MasterFillWatcher
 
 PAIR = "XBTUSD"
+#: a roomy tier so the test measures the watcher, not the rate counter
+FAST = Tier("fast", 1000, 1000.0, 1000, 1000.0, 100)
 
 
 @pytest.fixture
 async def master(exchange, exchange_url, tmp_path):
     exchange.set_price(PAIR, Decimal("50000"))
-    account = exchange.create_account("whale", {"ZUSD": Decimal("10000")})
+    account = exchange.create_account("whale", {"ZUSD": Decimal("10000")}, tier=FAST)
     context = KrakenContext(nonces=NonceCoordinator(tmp_path / "nonces"), public_rate_per_s=1000.0)
-    client = KrakenClient(account.api_key, account.api_secret, base_url=exchange_url, context=context)
+    client = KrakenClient(account.api_key, account.api_secret, base_url=exchange_url, context=context, tier=FAST)
     yield client
     await context.close()
 
