@@ -20,6 +20,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+from ..kraken.limits import Tier
 from .engine import DEMO_ACCOUNTS, Exchange
 from .faults import FAULT_KINDS, Fault
 from .state import accounts_from_file, load_state, save_state
@@ -110,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tier(raw: object) -> str | Tier:
+    """A tier name, or an object with Tier's fields (a custom tier, e.g. tiny numbers for fast tests)."""
+    if isinstance(raw, dict):
+        try:
+            return Tier(**{"name": "custom", **raw})
+        except TypeError as exc:
+            raise ValueError(f"bad custom tier {raw!r}: {exc}") from None
+    return str(raw)
+
+
 def build_exchange(args: argparse.Namespace) -> Exchange:
     ex = Exchange(seed=args.seed, speed=args.speed, admin_token=args.admin_token)
     loaded = bool(args.state) and load_state(ex, args.state)
@@ -117,7 +128,8 @@ def build_exchange(args: argparse.Namespace) -> Exchange:
         if args.accounts:
             for spec in accounts_from_file(args.accounts):
                 ex.create_account(spec["name"], {k: Decimal(str(v)) for k, v in (spec.get("balances") or {}).items()},
-                                  tier=spec.get("tier", "starter"), nonce_window=int(spec.get("nonce_window", 0)),
+                                  tier=_tier(spec.get("tier", "starter")),
+                                  nonce_window=int(spec.get("nonce_window", 0)),
                                   permissions=spec.get("permissions", ("query", "trade")),
                                   api_key=spec.get("api_key"), api_secret=spec.get("api_secret"))
         else:

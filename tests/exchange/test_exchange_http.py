@@ -191,3 +191,22 @@ async def test_latency_is_applied_per_request(exchange, exchange_server, alice):
     started = time.monotonic()
     await asyncio.gather(*(alice.call("Balance") for _ in range(1)))
     assert time.monotonic() - started >= 0.05
+
+
+async def test_add_order_batch_with_a_json_body(exchange, alice):
+    exchange.set_price("XBTUSD", D("50000"))
+    orders = [{"type": "buy", "ordertype": "limit", "price": "45000.0", "volume": "0.0005", "cl_ord_id": "b-1"},
+              {"type": "buy", "ordertype": "limit", "price": "44000.0", "volume": "0.0005", "cl_ord_id": "b-2"},
+              {"type": "buy", "ordertype": "limit", "price": "44000.0", "volume": "1"}]  # cannot pay
+    _, data = await alice.call("AddOrderBatch", json_body=True, pair="XBTUSD", orders=orders)
+    assert data["error"] == []
+    first, second, third = data["result"]["orders"]
+    assert first["descr"]["order"] == "buy 0.00050000 XBTUSD @ limit 45000.0" and first["txid"].startswith("O")
+    assert second["txid"] != first["txid"] and third == {"error": "EOrder:Insufficient funds"}
+    orders[2]["price"] = "44000.05"  # a malformed order rejects the whole batch before anything is placed
+    _, data = await alice.call("AddOrderBatch", json_body=True, pair="XBTUSD", orders=orders)
+    assert data["error"][0].startswith("EOrder:Invalid price")
+    _, open_ = await alice.call("OpenOrders")
+    assert len(open_["result"]["open"]) == 2
+    _, cancel = await alice.call("CancelAll")
+    assert cancel["result"] == {"count": 2}

@@ -71,7 +71,10 @@ def test_bad_accounts_file_is_a_clear_error(tmp_path, capsys):
 
 def test_nija_sim_runs_writes_env_and_keeps_state(tmp_path):
     accounts = tmp_path / "accounts.json"
-    accounts.write_text(json.dumps({"accounts": [{"name": "master", "balances": {"ZUSD": "500"}},
+    accounts.write_text(json.dumps({"accounts": [{"name": "master", "balances": {"ZUSD": "500"},
+                                                  "tier": {"rest_max": 3, "rest_decay_per_s": 0.1, "trading_max": 5,
+                                                           "trading_decay_per_s": 0.5,
+                                                           "max_open_orders_per_pair": 2}},
                                                  {"name": "carol", "balances": {"ZUSD": "70"}, "tier": "pro"}]}))
     env = tmp_path / "out.env"
     state = tmp_path / "state.json"
@@ -88,6 +91,7 @@ def test_nija_sim_runs_writes_env_and_keeps_state(tmp_path):
     assert any(line.startswith("KRAKEN_USER_CAROL_API_SECRET=") for line in lines)
     saved = json.loads(state.read_text())
     assert [a["name"] for a in saved["accounts"]] == ["master", "carol"]
+    assert saved["accounts"][0]["tier"]["rest_max"] == 3
     key = next(line.split("=", 1)[1] for line in lines if line.startswith("KRAKEN_MASTER_API_KEY="))
     assert saved["accounts"][0]["api_key"] == key
     # A restart with the same state file keeps the same keys (accounts come from the state, not the file).
