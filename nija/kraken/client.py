@@ -273,11 +273,11 @@ class KrakenClient:
         retry_base_s: float = 0.5,
         name: str | None = None,
     ) -> None:
-        self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-        self._api_secret = api_secret if isinstance(api_secret, SecretStr) else SecretStr(api_secret)
-        key_text = self._api_key.get_secret_value().strip()
+        key_text = (api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key).strip()
         if not key_text:
             raise ValueError("Kraken API key is empty: set it from Kraken's API key page")
+        self._api_key = SecretStr(key_text)  # stripped: a stray space from a .env file would fail every call
+        self._api_secret = api_secret if isinstance(api_secret, SecretStr) else SecretStr(api_secret)
         self._hmac_key = decode_secret(self._api_secret.get_secret_value().strip())
         self.key_id = _key_fingerprint(key_text)
         self.name = name
