@@ -23,12 +23,14 @@ import asyncio
 import json
 import logging
 import random
+import time
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from ..kraken.limits import DecayingCounter
 from .engine import Exchange, KrakenReject
 from .faults import Fault
 from .pairs import resolve_pair
@@ -73,11 +75,14 @@ class ExchangeServer:
     """Runs an Exchange on 127.0.0.1 (by default) until the `async with` block ends.
 
     latency_ms + uniform(0, jitter_ms) is slept per request; `timeout` faults hold a response for their delay_s but
-    are released at once when the server stops, so stopping is always prompt.
+    are released at once when the server stops, so stopping is always prompt. `public_limit=(burst, per_s)` turns
+    on a per-address limit of public calls (`EGeneral:Too many requests`). Faults apply to HTTP calls only
+    (`Exchange.call` in-process never sees them).
     """
 
     def __init__(self, exchange: Exchange, *, host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0.0,
-                 jitter_ms: float = 0.0, admin: bool = True, tick_s: float = 0.25) -> None:
+                 jitter_ms: float = 0.0, admin: bool = True, tick_s: float = 0.25,
+                 public_limit: tuple[float, float] | None = None) -> None:
         self.exchange = exchange
         self.host = host
         self.port = port
@@ -85,6 +90,10 @@ class ExchangeServer:
         self.jitter_ms = float(jitter_ms)
         self.admin_enabled = admin
         self.tick_s = tick_s
+        #: (burst, calls per second) per client address for /0/public/*, or None (no limit, the default).
+        #: Kraken publishes no number; about 1 call/s is safe, OHLC/Depth faster get `EGeneral:Too many requests`.
+        self.public_limit = public_limit
+        self._public_counters: dict[str, DecayingCounter] = {}
         self.url = ""
         self.requests = 0
         self._rng = random.Random()
@@ -180,6 +189,12 @@ class ExchangeServer:
         try:
             if self.latency_ms or self.jitter_ms:
                 await self._delay()
+            if self.public_limit is not None:
+                counter = self._public_counters.get(request.remote or "")
+                if counter is None:
+                    counter = self._public_counters[request.remote or ""] = DecayingCounter(*self.public_limit)
+                if not counter.try_add(1, time.monotonic()):
+                    return self._error_response(["EGeneral:Too many requests"])
             params: dict = dict(request.query)
             if request.method == "POST" and request.can_read_body:
                 raw = await request.read()

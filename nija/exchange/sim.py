@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state", metavar="FILE", help="keep accounts, orders and trades in FILE across restarts")
     p.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every request")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="random extra latency, uniform in [0, MS]")
+    p.add_argument("--public-limit", metavar="BURST/PER_S", default=None,
+                   help="limit public calls per client address, e.g. 5/1 (default: no limit)")
     p.add_argument("--tier", default="starter", help="tier of --demo accounts: starter|intermediate|pro")
     p.add_argument("--nonce-window", type=int, default=0, help="nonce window of --demo accounts")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
@@ -144,8 +146,12 @@ def build_exchange(args: argparse.Namespace) -> Exchange:
 
 
 async def _run(ex: Exchange, args: argparse.Namespace) -> None:
+    public_limit = None
+    if args.public_limit:
+        burst, _, rate = args.public_limit.partition("/")
+        public_limit = (float(burst), float(rate or 1))
     async with ex.serve(host=args.host, port=args.port, latency_ms=args.latency_ms,
-                        jitter_ms=args.jitter_ms) as server:
+                        jitter_ms=args.jitter_ms, public_limit=public_limit) as server:
         out = sys.stdout
         print(f"NIJA embedded Kraken exchange on {server.url} (seed {ex.seed}, speed {ex.clock.speed:g})", file=out)
         print(f"admin token: {ex.admin_token}  (header X-Admin-Token on {server.url}/admin/...)", file=out)

@@ -154,3 +154,13 @@ async def test_parallel_calls_with_jitter_lose_nonces_unless_the_key_has_a_windo
             lost = sum(1 for _, body in await burst(strict) if body["error"] == ["EAPI:Invalid nonce"])
             assert lost >= 1
             assert all(body["error"] == [] for _, body in await burst(windowed))
+
+
+async def test_optional_public_rate_limit(session):
+    ex = Exchange(seed=7, speed=0)
+    async with ex.serve(public_limit=(3, 0.5)) as server:
+        errors = []
+        for _ in range(5):
+            async with session.get(server.url + "/0/public/Time") as resp:
+                errors.append((await resp.json())["error"])
+    assert errors == [[], [], [], ["EGeneral:Too many requests"], ["EGeneral:Too many requests"]]
