@@ -23,6 +23,17 @@ def _mask_secrets(_logger, _name, event_dict):
     return event_dict
 
 
+class _StdoutLogger:
+    """Writes each line to whatever `sys.stdout` is at that moment (a test runner may swap it after set-up)."""
+
+    def msg(self, message: str) -> None:
+        stream = sys.stdout
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = failure = err = msg
+
+
 def configure(level: str | None = None, *, json_lines: bool | None = None) -> None:
     """Set up structlog once for the process. NIJA_LOG_LEVEL and NIJA_LOG_FORMAT (console|json) override."""
     level_name = (level or os.environ.get("NIJA_LOG_LEVEL", "INFO")).upper()
@@ -40,7 +51,7 @@ def configure(level: str | None = None, *, json_lines: bool | None = None) -> No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(log_level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=lambda *_args: _StdoutLogger(),
         cache_logger_on_first_use=True,
     )
 
