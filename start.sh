@@ -2,6 +2,7 @@
 # NIJA launcher: makes its own virtual environment, installs NIJA into it, then runs it.
 #   ./start.sh            run the daemon (paper mode on the embedded exchange when no keys are set)
 #   ./start.sh test [..]  run the whole test suite (extra arguments go to pytest)
+#   ./start.sh bench NAME [..]  run bench/NAME.py (client, exchange, copy) with the bench extra installed
 #   ./start.sh ARGS...    run `nija ARGS...`, e.g. ./start.sh sim --demo
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,6 +30,13 @@ fi
 if [ "${1:-}" = "test" ]; then
     shift
     exec "$VENV/bin/python" -m pytest "$@"
+fi
+if [ "${1:-}" = "bench" ]; then
+    shift
+    [ $# -ge 1 ] || { echo "usage: ./start.sh bench client|exchange|copy [ARGS...]" >&2; exit 2; }
+    name=$1
+    shift
+    exec "$VENV/bin/python" -m "bench.$name" "$@"
 fi
 if [ $# -eq 0 ]; then
     set -- run
