@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import random
+import re
 import time
 import uuid
 import weakref
@@ -37,6 +39,7 @@ from urllib.parse import quote_plus
 
 import aiohttp
 from pydantic import SecretStr
+from yarl import URL
 
 from nija.kraken.auth import decode_secret, sign
 from nija.kraken.errors import (
@@ -117,6 +120,21 @@ def _encode_params(params: dict[str, Any]) -> list[tuple[str, str]]:
     return [(name, _encode_value(value)) for name, value in params.items() if value is not None]
 
 
+# Characters quote_plus never changes: values made only of these (pairs, sides, decimals, UUIDs) skip quoting.
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _form_body(nonce: int, params: dict[str, Any]) -> bytes:
+    """The urlencoded private-call body, nonce first (what Kraken signs)."""
+    parts = [f"nonce={nonce}"]
+    for name, value in params.items():
+        if value is None:
+            continue
+        text = _encode_value(value)
+        parts.append(f"{name}={text}" if _PLAIN.fullmatch(text) else f"{name}={quote_plus(text)}")
+    return "&".join(parts).encode()
+
+
 def _key_fingerprint(api_key: str) -> str:
     """A short, stable, non-reversible label for a key in logs and errors."""
     return "k" + hashlib.sha256(api_key.encode()).hexdigest()[:10]
@@ -153,6 +171,8 @@ class KrakenContext:
         self._lanes: dict[str, NonceLane] = {}
         self._pairs: dict[str, Pairs] = {}
         self._pairs_loading: dict[str, asyncio.Task[Pairs]] = {}
+        self._urls: dict[str, URL] = {}
+        self.timeouts = RequestTimeouts()
         self._users = 0
 
     def session(self) -> aiohttp.ClientSession:
@@ -167,6 +187,13 @@ class KrakenContext:
             )
             self._owns_session = True
         return self._session
+
+    def url(self, text: str) -> URL:
+        """`text` parsed once: aiohttp takes a ready URL without parsing and quoting it again on every request."""
+        url = self._urls.get(text)
+        if url is None:
+            url = self._urls[text] = URL(text)
+        return url
 
     def lane(self, key_id: str, nonce_window: int) -> NonceLane:
         lane = self._lanes.get(key_id)
@@ -231,6 +258,9 @@ def default_context() -> KrakenContext:
 
 
 _TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
+# Private calls carry no aiohttp total timeout (it costs a timer and a context per request): RequestTimeouts below
+# enforces the same limit for them. Public calls keep aiohttp's own.
+_NO_TOTAL = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
 
 
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
@@ -238,6 +268,49 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     if timeout is None:
         timeout = _TIMEOUTS[seconds] = aiohttp.ClientTimeout(total=seconds)
     return timeout
+
+
+class RequestTimeouts:
+    """Time limits for many requests in flight with few timers.
+
+    Each request joins the slot of its deadline rounded up to `resolution_s`; one loop timer per slot cancels the
+    requests still in it, like `asyncio.timeout` does, and `leave` tells the request it was its time that ran out.
+    A fan-out of 1,000 requests then arms a handful of timers instead of 1,000. A request may run up to
+    `resolution_s` past its limit.
+    """
+
+    __slots__ = ("resolution_s", "_slots", "_expired")
+
+    def __init__(self, resolution_s: float = 0.05) -> None:
+        self.resolution_s = resolution_s
+        self._slots: dict[int, dict[asyncio.Task, int]] = {}  # slot → {task: its cancel count on entry}
+        self._expired: dict[asyncio.Task, int] = {}
+
+    def enter(self, timeout_s: float) -> tuple[int, asyncio.Task]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "a Kraken call runs inside a task"
+        slot = math.ceil((loop.time() + timeout_s) / self.resolution_s)
+        tasks = self._slots.get(slot)
+        if tasks is None:
+            tasks = self._slots[slot] = {}
+            loop.call_at(slot * self.resolution_s, self._expire, slot)
+        tasks[task] = task.cancelling()
+        return slot, task
+
+    def leave(self, slot: int, task: asyncio.Task) -> bool:
+        """Close the request's window; True when its time ran out and the cancellation was ours (now undone)."""
+        tasks = self._slots.get(slot)
+        if tasks is not None:
+            tasks.pop(task, None)
+        entered = self._expired.pop(task, None)
+        return entered is not None and task.uncancel() <= entered
+
+    def _expire(self, slot: int) -> None:
+        for task, entered in self._slots.pop(slot, {}).items():
+            if not task.done():
+                self._expired[task] = entered
+                task.cancel()
 
 
 class KrakenClient:
@@ -254,7 +327,7 @@ class KrakenClient:
 
     __slots__ = (
         "_api_key", "_api_secret", "_hmac_key", "key_id", "name", "base_url", "tier", "_session", "_context",
-        "_lane", "_budget", "_timeout", "_nonce_window", "read_attempts", "order_attempts", "retry_base_s", "__weakref__",
+        "_lane", "_budget", "_timeout", "_timeout_s", "_nonce_window", "read_attempts", "order_attempts", "retry_base_s", "__weakref__",
     )
 
     def __init__(
@@ -288,7 +361,10 @@ class KrakenClient:
         self.read_attempts = read_attempts
         self.order_attempts = order_attempts
         self.retry_base_s = retry_base_s
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self._timeout = _timeout(timeout_s)
+        self._timeout_s = timeout_s
         self._session = session
         if nonce_window < 0:
             raise ValueError(f"nonce_window must be >= 0, got {nonce_window}")
@@ -384,24 +460,31 @@ class KrakenClient:
                 await budget.take_cancel(params.get("txid") or params.get("cl_ord_id"))
             charged_at_s = budget.rest.now()
             path = f"/0/private/{method}"
-            body = "&".join(
-                f"{name}={quote_plus(value)}" for name, value in [("nonce", str(nonce)), *_encode_params(params)]
-            ).encode()
+            body = _form_body(nonce, params)
             headers = {
                 "API-Key": self._api_key.get_secret_value(),
                 "API-Sign": sign(path, nonce, body, self._hmac_key),
                 "Content-Type": "application/x-www-form-urlencoded",
             }
+            context = self._context
             try:
+                slot, task = context.timeouts.enter(self._timeout_s)
                 try:
                     async with self._http().post(
-                        self.base_url + path, data=body, headers=headers, timeout=self._timeout
+                        context.url(self.base_url + path), data=body, headers=headers, timeout=_NO_TOTAL
                     ) as response:
                         status, raw = response.status, await response.read()
+                except asyncio.CancelledError:
+                    if not context.timeouts.leave(slot, task):
+                        raise
+                    lane.skip_past(nonce + lane.window)
+                    raise TransportError(f"{method}: TimeoutError talking to {self.base_url}") from None
                 except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
                     # The request may still reach the server: later nonces must out-rank it even within the window.
                     lane.skip_past(nonce + lane.window)
                     raise TransportError(f"{method}: {type(exc).__name__} talking to {self.base_url}") from None
+                finally:
+                    context.timeouts.leave(slot, task)
                 return _parse_envelope(method, status, raw)
             except RateLimitedError as exc:
                 # Someone else spends this key's budget (or our model drifted): take the server's word for it.
