@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from nija.settings import Settings, SettingsError, load_settings
+from nija.settings import Settings, SettingsError, load_settings, secret_is_valid
 
 __all__ = [
     "FollowerConfig",
@@ -193,6 +193,10 @@ def load_followers(
         if missing:
             problems.append(ConfigProblem(file, "credentials", f"{' and '.join(missing)} not set: export "
                                                                "it in the environment or .env"))
+            continue
+        if not secret_is_valid(secret):
+            problems.append(ConfigProblem(file, "credentials", f"{secret_var} is not valid base64: copy the "
+                                                               "private key again from Kraken's API key page"))
             continue
         candidates.append(Follower(config, SecretStr(key), SecretStr(secret), path))
 

@@ -32,9 +32,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from nija.kraken.auth import decode_secret
 from nija.kraken.limits import TIERS
 
-__all__ = ["CopyTradingMode", "Settings", "SettingsError", "load_settings", "DEFAULT_API_URL"]
+__all__ = ["CopyTradingMode", "Settings", "SettingsError", "load_settings", "secret_is_valid", "DEFAULT_API_URL"]
 
 DEFAULT_API_URL = "https://api.kraken.com"
 
@@ -80,6 +81,15 @@ class Settings:
     @property
     def store_path(self) -> Path:
         return self.state_dir / "nija.sqlite3"
+
+
+def secret_is_valid(secret_b64: str) -> bool:
+    """A Kraken API secret decodes as base64 (checked at load time, so a bad one names its variable)."""
+    try:
+        decode_secret(secret_b64)
+    except ValueError:
+        return False
+    return True
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
@@ -129,7 +139,11 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
         missing = "KRAKEN_MASTER_API_SECRET" if secret is None else "KRAKEN_MASTER_API_KEY"
         problems.append(f"{missing} is not set while its pair is: set both master credentials or neither")
     elif key is not None:
-        values["master_api_key"], values["master_api_secret"] = SecretStr(key), SecretStr(secret)
+        if secret_is_valid(secret):
+            values["master_api_key"], values["master_api_secret"] = SecretStr(key), SecretStr(secret)
+        else:
+            problems.append("KRAKEN_MASTER_API_SECRET is not valid base64: copy the private key again from "
+                            "Kraken's API key page")
 
     raw = _text(env, "KRAKEN_TIER")
     if raw is not None:

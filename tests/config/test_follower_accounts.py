@@ -15,8 +15,8 @@ def write(directory, name, data):
     return path
 
 
-ENV = {"KRAKEN_USER_ALICE_API_KEY": "ka", "KRAKEN_USER_ALICE_API_SECRET": "sa-secret",
-       "KRAKEN_USER_BOB_API_KEY": "kb", "KRAKEN_USER_BOB_API_SECRET": "sb-secret"}
+ENV = {"KRAKEN_USER_ALICE_API_KEY": "ka", "KRAKEN_USER_ALICE_API_SECRET": "c2Etc2VjcmV0",
+       "KRAKEN_USER_BOB_API_KEY": "kb", "KRAKEN_USER_BOB_API_SECRET": "c2Itc2VjcmV0"}
 
 
 def test_good_files_load_with_defaults_and_credentials(tmp_path):
@@ -30,7 +30,7 @@ def test_good_files_load_with_defaults_and_credentials(tmp_path):
     assert alice.config.max_risk_per_trade == Decimal("0.10") and alice.config.late_join == "ignore"
     assert bob.config.risk_multiplier == Decimal("0.5") and bob.config.disabled_symbols == ("DOGE",)
     assert bob.config.entry_slippage == Decimal("0.005")
-    assert alice.api_secret.get_secret_value() == "sa-secret" and "sa-secret" not in repr(alice)
+    assert alice.api_secret.get_secret_value() == "c2Etc2VjcmV0" and "c2Etc2VjcmV0" not in repr(alice)
 
 
 def test_one_bad_file_is_left_out_with_one_clear_line(tmp_path):
@@ -80,3 +80,13 @@ def test_check_reports_and_exit_codes(tmp_path):
     out = io.StringIO()
     assert check_main([], environ={"COPY_TRADING_MODE": "x", "NIJA_USERS_DIR": str(tmp_path)}, out=out) == 1
     assert "COPY_TRADING_MODE" in out.getvalue()
+
+
+def test_a_secret_that_is_not_base64_leaves_only_its_follower_out(tmp_path):
+    write(tmp_path, "alice", {"name": "alice"})
+    write(tmp_path, "bob", {"name": "bob"})
+    load = load_followers(tmp_path, dict(ENV, KRAKEN_USER_ALICE_API_SECRET="not*base64*at*all"))
+    assert [f.name for f in load.followers] == ["bob"]
+    [problem] = load.problems
+    assert "alice.json: credentials: KRAKEN_USER_ALICE_API_SECRET is not valid base64" in str(problem)
+    assert "not*base64*at*all" not in str(problem)

@@ -36,3 +36,11 @@ def test_every_bad_variable_is_reported_with_its_fix():
     assert "COPY_TRADING_MODE='MIRROR'" in text and "MASTER_FOLLOW or INDEPENDENT" in text
     assert "NIJA_COPY_CONCURRENCY" in text and "KRAKEN_MASTER_API_SECRET is not set" in text
     assert "KRAKEN_API_URL" in text
+
+
+def test_a_master_secret_that_is_not_base64_is_named_without_echoing_it():
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"KRAKEN_MASTER_API_KEY": "k", "KRAKEN_MASTER_API_SECRET": "secret!with*stars"},
+                      dotenv_path=None)
+    assert "KRAKEN_MASTER_API_SECRET is not valid base64" in str(caught.value)
+    assert "secret!with*stars" not in str(caught.value)
