@@ -25,13 +25,13 @@ from decimal import Decimal
 from pathlib import Path
 
 from nija.kraken import KrakenClient
-from nija.kraken.errors import KrakenError
+from nija.kraken.errors import ConfigurationError
 from nija.kraken.models import Order
-from nija.kraken.pairs import Pairs
+from nija.kraken.pairs import Pairs, UnknownPairError
 from nija.logs import get_logger
 from nija.trading.signals import Signal, signal_from_master_order
 
-__all__ = ["MasterFillWatcher", "Fill"]
+__all__ = ["MasterFillWatcher", "MasterFill"]
 
 log = get_logger("nija.master_fills")
 
@@ -40,17 +40,14 @@ _OVERLAP_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
-class Fill:
-    """One increase of a master order's executed volume."""
+class MasterFill:
+    """One increase of a master order's executed volume, seen at `at_s` (its close time once closed)."""
 
     order: Order
     volume_base: Decimal
     cost_usd: Decimal
     fee_usd: Decimal
-
-    @property
-    def at_s(self) -> float:
-        return self.order.closetm or self.order.opentm
+    at_s: float
 
 
 class MasterFillWatcher:
@@ -65,6 +62,7 @@ class MasterFillWatcher:
         state_path: Path,
         poll_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        report: Callable[[str | None], None] = lambda problem: None,
     ) -> None:
         self.client = client
         self.pairs = pairs
@@ -72,6 +70,8 @@ class MasterFillWatcher:
         self.state_path = Path(state_path)
         self.poll_s = poll_s
         self.clock = clock
+        #: told the problem when a poll fails, None when one succeeds again (the daemon's degraded/recovered)
+        self.report = report
         self._since_s: float | None = None
         # order id → (executed volume, cost, fee) already turned into signals
         self._seen: dict[str, tuple[Decimal, Decimal, Decimal]] = {}
@@ -102,18 +102,34 @@ class MasterFillWatcher:
     # --- polling ---------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Poll for ever; a failed poll is logged and retried at the next tick."""
+        """Poll for ever. A failed poll is logged, reported and tried again at the next tick; only a configuration
+        error (the master's key rejected) ends the watch, as polling on could get the key locked out."""
         failing = False
         while True:
             try:
                 await self.poll()
                 if failing:
                     log.warning("master_watch_recovered")
+                    self.report(None)
                     failing = False
-            except KrakenError as exc:
+            except ConfigurationError:
+                raise
+            except UnknownPairError as exc:
+                # A pair listed after start-up: load the pairs again, the fill is picked up at the next poll.
+                log.warning("master_watch_failed", error=str(exc), action="reloading pairs")
+                self.pairs = await self._reload_pairs()
+            except Exception as exc:  # noqa: BLE001 — the watch must outlive any one bad poll
                 failing = True
                 log.warning("master_watch_failed", error=str(exc), error_class=type(exc).__name__)
+                self.report(f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.poll_s)
+
+    async def _reload_pairs(self) -> Pairs:
+        try:
+            return await self.client.pairs(refresh=True)
+        except Exception as exc:  # noqa: BLE001 — keep the old ones; the next poll tries again
+            log.warning("pairs_reload_failed", error=str(exc))
+            return self.pairs
 
     async def poll(self) -> list[Signal]:
         """One look at the master account; returns the signals emitted."""
@@ -125,7 +141,7 @@ class MasterFillWatcher:
             log.info("master_watch_started", since_s=now_s)
             return []
         orders = await self._orders_since(self._since_s - _OVERLAP_S)
-        fills = sorted(self._new_fills(orders), key=lambda fill: fill.at_s)
+        fills = sorted(self._new_fills(orders, now_s), key=lambda fill: fill.at_s)
         signals = await self._signals_for(fills) if fills else []
         for signal in signals:
             await self.emit(signal)
@@ -147,13 +163,15 @@ class MasterFillWatcher:
             if not page.closed or offset >= page.count:
                 return orders
 
-    def _new_fills(self, orders: Iterable[Order]) -> Iterable[Fill]:
+    def _new_fills(self, orders: Iterable[Order], now_s: float) -> Iterable[MasterFill]:
         for order in orders:
             if order.is_done and (order.closetm or 0) < self._since_s and order.txid not in self._seen:
                 continue  # closed before the watermark: copied in an earlier run, or from before NIJA ran
             vol, cost, fee = self._seen.get(order.txid, (Decimal(0), Decimal(0), Decimal(0)))
             if order.vol_exec > vol:
-                yield Fill(order, order.vol_exec - vol, order.cost - cost, order.fee - fee)
+                # A partial fill of an open order has no time of its own in OpenOrders: it was seen now.
+                at_s = order.closetm if order.is_done and order.closetm else now_s
+                yield MasterFill(order, order.vol_exec - vol, order.cost - cost, order.fee - fee, at_s)
 
     def _advance(self, orders: list[Order], now_s: float) -> None:
         newest_done = max((o.closetm or 0 for o in orders if o.is_done), default=0.0)
@@ -166,7 +184,7 @@ class MasterFillWatcher:
             if txid in listed and (listed[txid] is None or listed[txid] >= horizon)
         }
 
-    async def _signals_for(self, fills: list[Fill]) -> list[Signal]:
+    async def _signals_for(self, fills: list[MasterFill]) -> list[Signal]:
         balances = self.pairs.normalise_balances((await self.client.balance()).by_asset)
         equity_now = (await self.client.trade_balance()).equivalent_balance
         # Walk back from now: position and equity before each fill, newest first.
