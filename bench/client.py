@@ -1,7 +1,7 @@
 """Benchmark of NIJA's Kraken client, side by side with ccxt and python-kraken-sdk, against the embedded exchange.
 
-    .venv/bin/python bench/client.py run [--quick] [--out results.json]     everything but the Starter test
-    .venv/bin/python bench/client.py starter [--out results.json]           60 Balance calls on a Starter key (~2.5 min)
+    .venv/bin/python -m bench.client run [--quick] [--out results.json]     everything but the Starter test
+    .venv/bin/python -m bench.client starter [--out results.json]           60 Balance calls on a Starter key (~2.5 min)
 
 The exchange runs in a child process (`bench/client.py serve SPEC`) on 127.0.0.1 so that client CPU is measured
 alone; every server is stopped when its scenario ends. Nothing leaves the machine.
@@ -85,8 +85,9 @@ class ServerProcess:
         self.url = ""
 
     def __enter__(self) -> ServerProcess:
-        self.process = subprocess.Popen([sys.executable, __file__, "serve", self.spec_path], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.client", "serve", self.spec_path],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        cwd=Path(__file__).resolve().parents[1])
         self.url = self.process.stdout.readline().strip()
         if not self.url.startswith("http://127.0.0.1:"):
             raise RuntimeError(f"bench server did not start (said {self.url!r})")

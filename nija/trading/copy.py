@@ -6,8 +6,9 @@ Path of one signal (DESIGN.md):
   3. Each follower gets its own task. Tasks of one follower on one pair are chained so they keep signal order;
      everything else runs at once, bounded by one global semaphore. Sizing happens inside the task, against the
      follower's in-memory portfolio, so no balance call sits on the path and a sell sees the buy before it.
-  4. Each outcome is logged (`copy_result`) and stored; when every follower is settled, `copy_summary` is logged
-     with the latency from the master fill to the last follower acknowledgement.
+  4. Each outcome is stored as it comes; when every follower is settled, each outcome is logged (`copy_result`,
+     rendered only then so that no log line delays a send) and `copy_summary` with the latency from the master fill
+     to the last follower acknowledgement.
 Reconciliation (`resume`/`reconcile`): intents left unfinished by a crash or an unsettled failure are looked up on
 the exchange by client order id, then recorded as found or sized and sent — never sent twice.
 
@@ -360,7 +361,13 @@ class CopyEngine:
 
     async def _summarise(self, signal: Signal, tasks: list[asyncio.Task], prior: list[CopyResult]) -> None:
         try:
-            results = prior + [await task for task in tasks]
+            done = [await task for task in tasks]
+            for result in done:
+                log.info("copy_result", name=result.name, pair=result.pair, side=result.side, status=result.status,
+                         volume=None if result.volume_base is None else str(result.volume_base),
+                         notional=None if result.notional_usd is None else str(result.notional_usd),
+                         order_id=result.order_id, reason=result.reason, signal_id=signal.signal_id)
+            results = prior + done
             acks = [r.acked_at_s for r in results if r.acked_at_s is not None]
             latency_ms = round((max(acks) - signal.filled_at_s) * 1000, 1) if acks else None
             counts = {status: sum(1 for r in results if r.status == status)
@@ -417,11 +424,7 @@ class CopyEngine:
             account.in_flight -= 1
         self.store.record_result(cl_ord_id, _STORE_STATUS[result.status], volume_base=result.volume_base,
                                  notional_usd=result.notional_usd, order_id=result.order_id, reason=result.reason)
-        log.info("copy_result", name=result.name, pair=result.pair, side=result.side, status=result.status,
-                 volume=None if result.volume_base is None else str(result.volume_base),
-                 notional=None if result.notional_usd is None else str(result.notional_usd),
-                 order_id=result.order_id, reason=result.reason, signal_id=signal.signal_id)
-        return result
+        return result  # logged by _summarise once the whole fan-out is answered: rendering must not delay sends
 
     async def _settle(self, signal: Signal, account: FollowerAccount, rules: PairRules, cl_ord_id: str,
                       may_exist: bool, base: dict) -> CopyResult:
