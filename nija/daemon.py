@@ -7,7 +7,7 @@ It takes the lock for its master key (one daemon per set of keys), logs a balanc
 copies every master fill until SIGTERM/SIGINT, when it stops taking signals and lets the orders in flight finish
 (well inside Render's 30 s). With no master keys it runs in paper mode: the embedded exchange in-process, with a
 master and two followers funded like the first NIJA's live accounts; the exchange's URL and keys are written to
-`<state dir>/paper.env` so any Kraken client can trade the paper master.
+`<state dir>/paper/keys.env` so any Kraken client can trade the paper master.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from decimal import Decimal
 
 from pydantic import SecretStr
@@ -26,8 +27,9 @@ from pydantic import SecretStr
 from nija import logs
 from nija.accounts import Follower, FollowerConfig, load_followers
 from nija.kraken.client import KrakenClient, KrakenContext
-from nija.kraken.errors import KrakenError
+from nija.kraken.errors import ConfigurationError, KrakenError
 from nija.kraken.nonce import NonceCoordinator
+from nija.kraken.pairs import Pairs
 from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle
 from nija.settings import Settings, SettingsError, load_settings
 from nija.store import Store
@@ -40,6 +42,7 @@ __all__ = ["main", "run"]
 
 HEARTBEAT_S = 60.0
 RECONCILE_S = 60.0
+HEALTH_S = 5.0
 #: how long orders in flight may take to finish once a stop is asked for (Render waits 30 s before SIGKILL)
 STOP_GRACE_S = 20.0
 
@@ -70,38 +73,50 @@ def main(argv: list[str]) -> int:
     except AlreadyRunningError as exc:
         log.error("already_running", reason=str(exc))
         return 3
+    except StartupError as exc:
+        log.error("startup_failed", reason=str(exc))
+        return 2
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start as configured; the message names the setting and the fix."""
 
 
 async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, seed: int = 7,
               duration_s: float | None = None, stop: asyncio.Event | None = None,
               master_poll_s: float | None = None) -> int:
-    """The daemon until `stop` is set (SIGTERM/SIGINT set it) or `duration_s` passes.
+    """The daemon until `stop` is set (SIGTERM/SIGINT set it) or `duration_s` passes; returns the exit code.
 
     `master_poll_s` overrides the rate profile's order-status interval for the master-fill watcher.
     """
     log = logs.get_logger("nija.daemon")
     lifecycle = Lifecycle()
     stop = stop or _stop_event()
+    if paper:
+        # Paper trading keeps its own store and marks: it never mixes with a live account's state.
+        settings = replace(settings, state_dir=settings.state_dir / "paper")
     async with AsyncExitStack() as stack:
         if paper:
             base_url, master_key, master_secret, followers = await _paper_exchange(stack, settings, speed, seed)
+            stack.enter_context(InstanceLock(settings.state_dir, "paper"))
         else:
             base_url, master_key, master_secret = (settings.kraken_api_url, settings.master_api_key,
                                                    settings.master_api_secret)
-            followers = _configured_followers(settings, lifecycle)
-        stack.enter_context(InstanceLock(settings.state_dir, master_key.get_secret_value()))
+            stack.enter_context(InstanceLock(settings.state_dir, master_key.get_secret_value()))
+            followers = _lock_follower_keys(stack, settings, _configured_followers(settings, lifecycle), lifecycle)
 
         context = await stack.enter_async_context(
             KrakenContext(nonces=NonceCoordinator(settings.state_dir / "nonces")))
         master = KrakenClient(master_key.get_secret_value(), master_secret.get_secret_value(), base_url=base_url,
                               tier=settings.kraken_tier, context=context, name="master")
-        pairs = await master.pairs()
-        master_equity_usd = await _balance_snapshot(master, "master", lifecycle)
+        pairs, master_equity_usd = await _connect_master(master, base_url, lifecycle)
 
         store = await Store.open(settings.store_path)
         stack.push_async_callback(store.close)
+        # The engine's limit per order covers queueing for the key plus the client's own lookup after a lost
+        # reply, so one HTTP attempt gets a third of it.
         accounts = follower_accounts(followers, pairs, base_url=base_url, tier=settings.kraken_tier,
-                                     context=context, timeout_s=settings.order_timeout_s)
+                                     context=context, timeout_s=max(1.0, settings.order_timeout_s / 3))
         engine = CopyEngine(store, pairs, accounts, mode=settings.copy_trading_mode,
                             concurrency=settings.copy_concurrency, taker_fee_rate=settings.taker_fee_rate,
                             order_timeout_s=settings.order_timeout_s, refresh_s=settings.balance_refresh_s,
@@ -109,19 +124,20 @@ async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, se
         await engine.start()
         stack.push_async_callback(engine.stop, grace_s=STOP_GRACE_S)
         for account in accounts:
-            equity = account.portfolio.equity_usd(engine.prices)
             log.info("balance_snapshot", account=account.name, role="follower",
-                     cash_usd=_text(account.portfolio.cash_usd()), equity_usd=_text(equity),
+                     cash_usd=_text(account.portfolio.cash_usd()),
+                     equity_usd=_text(account.portfolio.equity_usd(engine.prices)),
                      copies=account.copies, unusable=account.unusable)
-            if account.unusable:
-                lifecycle.problem(f"follower:{account.name}", account.unusable)
 
         tasks = [asyncio.create_task(_heartbeat(lifecycle, engine), name="heartbeat"),
-                 asyncio.create_task(_reconcile_loop(engine), name="reconcile")]
+                 asyncio.create_task(_reconcile_loop(engine), name="reconcile"),
+                 asyncio.create_task(_follower_health(lifecycle, engine), name="follower-health")]
         if settings.copies:
-            watcher = MasterFillWatcher(master, pairs, engine.submit,
-                                        state_path=settings.state_dir / "master_fills.json",
-                                        poll_s=master_poll_s or profile_for(master_equity_usd).order_status_refresh_s)
+            watcher = MasterFillWatcher(
+                master, pairs, engine.submit, state_path=settings.state_dir / "master_fills.json",
+                poll_s=master_poll_s or profile_for(master_equity_usd).order_status_refresh_s,
+                report=lambda problem: (lifecycle.problem("master", problem) if problem
+                                        else lifecycle.recovered("master")))
             tasks.append(asyncio.create_task(watcher.run(), name="master-watch"))
         else:
             log.info("copying_off", mode=settings.copy_trading_mode.value)
@@ -131,17 +147,65 @@ async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, se
         gc.freeze()
         lifecycle.started()
 
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=duration_s)
-            reason = "signal"
-        except TimeoutError:
-            reason = "duration reached"
+        exit_code, reason = await _until_stopped(stop, tasks, duration_s)
         lifecycle.stopping(reason)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     lifecycle.stopped()
-    return 0
+    return exit_code
+
+
+async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task], duration_s: float | None) -> tuple[int, str]:
+    """Wait for a stop signal, the duration, or a component that ended (none should): (exit code, reason)."""
+    stopper = asyncio.create_task(stop.wait(), name="stop-signal")
+    try:
+        done, _ = await asyncio.wait([stopper, *tasks], timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not done:
+        return 0, "duration reached"
+    if stopper in done:
+        return 0, "signal"
+    task = next(iter(done))
+    exc = task.exception() if not task.cancelled() else None
+    log = logs.get_logger("nija.daemon")
+    if isinstance(exc, ConfigurationError):
+        log.error("component_failed", component=task.get_name(), error=str(exc),
+                  fix="check KRAKEN_MASTER_API_KEY / KRAKEN_MASTER_API_SECRET and the key's permissions")
+        return 2, f"{task.get_name()} failed"
+    log.error("component_failed", component=task.get_name(), error=repr(exc))
+    return 1, f"{task.get_name()} failed"
+
+
+async def _connect_master(master: KrakenClient, base_url: str, lifecycle: Lifecycle) -> tuple[Pairs, Decimal | None]:
+    """Pairs and the master's balance snapshot; a master that cannot be used at all stops the start."""
+    try:
+        pairs = await master.pairs()
+    except KrakenError as exc:
+        raise StartupError(f"cannot load Kraken's pairs from KRAKEN_API_URL={base_url} ({exc}): check the URL "
+                           "and the network") from None
+    try:
+        equity = await _balance_snapshot(master, "master", lifecycle)
+    except ConfigurationError as exc:
+        raise StartupError(f"the master's key was refused ({exc}): check KRAKEN_MASTER_API_KEY / "
+                           "KRAKEN_MASTER_API_SECRET and give the key the query and trade permissions") from None
+    return pairs, equity
+
+
+def _lock_follower_keys(stack, settings: Settings, followers: list[Follower], lifecycle: Lifecycle) -> list[Follower]:
+    """Lock each follower's key too, so two daemons (with different masters) never trade one follower's key."""
+    log = logs.get_logger("nija.daemon")
+    kept = []
+    for follower in followers:
+        try:
+            stack.enter_context(InstanceLock(settings.state_dir, follower.api_key.get_secret_value()))
+        except AlreadyRunningError as exc:
+            log.error("follower_left_out", name=follower.name, reason=str(exc))
+            lifecycle.problem(f"follower:{follower.name}", "its key is used by another NIJA daemon")
+            continue
+        kept.append(follower)
+    return kept
 
 
 def _stop_event() -> asyncio.Event:
@@ -161,7 +225,7 @@ async def _paper_exchange(stack: AsyncExitStack, settings: Settings, speed: floa
     exchange = demo_exchange(seed=seed, speed=speed)
     server = await stack.enter_async_context(exchange.serve(host="127.0.0.1", port=0))
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    env_path = settings.state_dir / "paper.env"
+    env_path = settings.state_dir / "keys.env"
     env_path.write_text("\n".join(env_lines(server.url, exchange)) + "\n")
     env_path.chmod(0o600)
     master = exchange.account(master_name(exchange))
@@ -193,6 +257,8 @@ async def _balance_snapshot(client: KrakenClient, name: str, lifecycle: Lifecycl
     try:
         balances = await client.balance()
         equity = (await client.trade_balance()).equivalent_balance
+    except ConfigurationError:
+        raise
     except KrakenError as exc:
         log.error("balance_snapshot", account=name, role=name, error=str(exc), equity_usd=None)
         lifecycle.problem(f"balance:{name}", str(exc))
@@ -210,6 +276,17 @@ async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:
         log.info("heartbeat", state=lifecycle.state.value, uptime_s=round(time.monotonic() - started),
                  followers=len(engine.followers), signals_copied=len(engine.summaries),
                  problems=sorted(lifecycle.problems) or None)
+
+
+async def _follower_health(lifecycle: Lifecycle, engine: CopyEngine) -> None:
+    """Mirror each follower's usability into the lifecycle: degraded while a key is refused, recovered after."""
+    while True:
+        for account in engine.followers.values():
+            if account.unusable:
+                lifecycle.problem(f"follower:{account.name}", account.unusable)
+            else:
+                lifecycle.recovered(f"follower:{account.name}")
+        await asyncio.sleep(HEALTH_S)
 
 
 async def _reconcile_loop(engine: CopyEngine) -> None:

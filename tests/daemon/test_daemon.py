@@ -4,7 +4,9 @@ import asyncio
 import json
 from decimal import Decimal
 
-from nija.daemon import run
+import pytest
+
+from nija.daemon import StartupError, run
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.nonce import NonceCoordinator
 from nija.settings import load_settings
@@ -89,3 +91,78 @@ async def test_a_second_daemon_on_the_same_keys_refuses_to_start(exchange, excha
     finally:
         stop.set()
         assert await asyncio.wait_for(first, 30) == 0
+
+
+async def test_paper_mode_copies_the_paper_masters_fills(tmp_path):
+    """What `./start.sh` does with no keys: the embedded exchange in-process; its keys file lets you trade."""
+    settings = load_settings({"NIJA_STATE_DIR": str(tmp_path / "state")}, dotenv_path=None)
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run(settings, paper=True, stop=stop, master_poll_s=0.1))
+    paper = tmp_path / "state" / "paper"
+    await wait_for(lambda: (paper / "master_fills.json").exists() or daemon.done())
+    keys = dict(line.split("=", 1) for line in (paper / "keys.env").read_text().split())
+    context = KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces"))
+    trader = KrakenClient(keys["KRAKEN_MASTER_API_KEY"], keys["KRAKEN_MASTER_API_SECRET"],
+                          base_url=keys["KRAKEN_API_URL"], context=context)
+    follower = KrakenClient(keys["KRAKEN_USER_ALICE_API_KEY"], keys["KRAKEN_USER_ALICE_API_SECRET"],
+                            base_url=keys["KRAKEN_API_URL"], context=context)
+    try:
+        price = (await trader.ticker("XBTUSD"))["XXBTZUSD"].last
+        volume = (Decimal("6") / price).quantize(Decimal("0.00000001"))  # ~10 % of the $60.53 master
+        await trader.add_order("XBTUSD", "buy", volume)
+
+        async def alice_btc():
+            return (await follower.balance()).get("XXBT", Decimal(0))
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while await alice_btc() == 0:
+            assert asyncio.get_running_loop().time() < deadline, "alice never copied the paper master"
+            await asyncio.sleep(0.2)
+        # alice copies ~10 % of her $84.58, rounded down to the lot.
+        assert Decimal("7") < await alice_btc() * price <= Decimal("8.5")
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(daemon, 30) == 0
+        await context.close()
+
+
+async def test_a_refused_master_key_stops_the_start_with_the_variable_to_fix(exchange, exchange_url, tmp_path):
+    master = exchange.account("master")
+    (tmp_path / "users").mkdir()
+    env = {"KRAKEN_API_URL": exchange_url, "KRAKEN_MASTER_API_KEY": "not-a-key-the-exchange-knows",
+           "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
+           "NIJA_USERS_DIR": str(tmp_path / "users")}
+    with pytest.raises(StartupError) as info:
+        await asyncio.wait_for(run(load_settings(env, dotenv_path=None)), 30)
+    assert "KRAKEN_MASTER_API_KEY" in str(info.value)
+    assert master.api_secret not in str(info.value)
+
+
+async def test_an_unreachable_url_stops_the_start_naming_it(tmp_path):
+    (tmp_path / "users").mkdir()
+    env = {"KRAKEN_API_URL": "http://127.0.0.1:9", "KRAKEN_MASTER_API_KEY": "k",
+           "KRAKEN_MASTER_API_SECRET": "c2VjcmV0", "NIJA_STATE_DIR": str(tmp_path / "state"),
+           "NIJA_USERS_DIR": str(tmp_path / "users")}
+    with pytest.raises(StartupError) as info:
+        await asyncio.wait_for(run(load_settings(env, dotenv_path=None)), 60)
+    assert "KRAKEN_API_URL=http://127.0.0.1:9" in str(info.value)
+
+
+def test_a_follower_key_held_by_another_daemon_leaves_only_that_follower_out(tmp_path):
+    from contextlib import ExitStack
+
+    from pydantic import SecretStr
+
+    from nija.accounts import Follower, FollowerConfig
+    from nija.daemon import _lock_follower_keys
+    from nija.lifecycle import InstanceLock, Lifecycle
+
+    settings = load_settings({"NIJA_STATE_DIR": str(tmp_path)}, dotenv_path=None)
+    alice = Follower(FollowerConfig(name="alice"), SecretStr("key-a"), SecretStr("c2E="))
+    bob = Follower(FollowerConfig(name="bob"), SecretStr("key-b"), SecretStr("c2I="))
+    with InstanceLock(tmp_path, "key-a"), ExitStack() as other_daemon:
+        # flock locks belong to open files: a second open of the same lock file contends like another process.
+        lifecycle = Lifecycle()
+        kept = _lock_follower_keys(other_daemon, settings, [alice, bob], lifecycle)
+        assert [f.name for f in kept] == ["bob"]
+        assert "follower:alice" in lifecycle.problems
