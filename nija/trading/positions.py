@@ -12,23 +12,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from nija.trading.profiles import profile_for
+
 __all__ = ["PriceBook", "Portfolio", "refresh_interval_s", "utc_day", "CASH_ASSET"]
 
 ZERO = Decimal(0)
 CASH_ASSET = "USD"
 
-# APEX v7.1 rate profiles: (equity below, balance refresh seconds); the last row has no upper bound.
-_PROFILES = ((Decimal(100), 60.0), (Decimal(1000), 10.0), (None, 5.0))
-
-
 def refresh_interval_s(master_equity_usd: Decimal | None) -> float:
     """Balance refresh interval of the master's rate profile: LOW_CAPITAL 60 s, STANDARD 10 s, AGGRESSIVE 5 s."""
-    if master_equity_usd is None:
-        return _PROFILES[0][1]
-    for below, seconds in _PROFILES:
-        if below is None or master_equity_usd < below:
-            return seconds
-    return _PROFILES[-1][1]
+    return profile_for(master_equity_usd).balance_refresh_s
 
 
 def utc_day(now_s: float) -> str:
@@ -80,14 +73,16 @@ class Portfolio:
         return None if self.holdings is None else self.holdings.get(asset, ZERO)
 
     def equity_usd(self, prices: PriceBook) -> Decimal | None:
-        """Cash plus every holding at its last price; holdings without a price are left out of the sum."""
+        """Cash plus every holding at its last price; unknown (None) while any holding has no price yet, since
+        leaving it out would understate the equity every entry is sized from (DESIGN invariant 7)."""
         if self.holdings is None:
             return None
         total = ZERO
         for asset, amount in self.holdings.items():
             price = prices.get(asset)
-            if price is not None:
-                total += amount * price
+            if price is None:
+                return None
+            total += amount * price
         return total
 
     def apply_fill(self, base: str, side: str, executed_base: Decimal, cost_usd: Decimal, fee_usd: Decimal) -> None:

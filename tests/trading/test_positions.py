@@ -34,3 +34,10 @@ def test_daily_loss():
 def test_rate_profiles():
     assert refresh_interval_s(D("60.53")) == 60 and refresh_interval_s(D("500")) == 10
     assert refresh_interval_s(D("1000")) == 5 and refresh_interval_s(None) == 60
+
+
+def test_equity_is_unknown_while_a_holding_has_no_price():
+    portfolio = Portfolio()
+    portfolio.load({"USD": D("100"), "SOL": D("2")})
+    assert portfolio.equity_usd(PriceBook()) is None  # not $100: the SOL is worth something
+    assert portfolio.equity_usd(PriceBook({"SOL": D("150")})) == D("400")
