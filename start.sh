@@ -12,6 +12,12 @@ VENV=.venv
 extras="test"
 [ "${1:-}" = "bench" ] && extras="test,bench"
 
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "start.sh: NIJA needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version 2>&1 | head -n 1)." >&2
+    echo "start.sh: install it, or point PYTHON at it: PYTHON=python3.11 ./start.sh" >&2
+    exit 1
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "start.sh: creating virtual environment in $VENV" >&2
     "$PYTHON" -m venv "$VENV"
@@ -19,7 +25,7 @@ fi
 
 # Reinstall only when the package definition or the wanted extras changed.
 stamp="$VENV/.nija-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
+want="$("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' pyproject.toml) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "start.sh: installing NIJA and its dependencies ($extras)" >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
