@@ -12,6 +12,7 @@ import sys
 
 import structlog
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SECRET_KEYS = ("secret", "api_sign", "password", "token", "otp")
 
 
@@ -36,10 +37,18 @@ class _StdoutLogger:
 
 def configure(level: str | None = None, *, json_lines: bool | None = None) -> None:
     """Set up structlog once for the process. NIJA_LOG_LEVEL and NIJA_LOG_FORMAT (console|json) override."""
-    level_name = (level or os.environ.get("NIJA_LOG_LEVEL", "INFO")).upper()
-    log_level = getattr(logging, level_name, logging.INFO)
+    level_name = (level or os.environ.get("NIJA_LOG_LEVEL") or "INFO").upper()
+    if level_name not in _LEVELS:
+        print(f"NIJA_LOG_LEVEL={level_name!r} is not a level: use one of {', '.join(_LEVELS)}; using INFO",
+              file=sys.stderr)
+        level_name = "INFO"
+    log_level = getattr(logging, level_name)
     if json_lines is None:
-        wanted = os.environ.get("NIJA_LOG_FORMAT", "").lower()
+        wanted = os.environ.get("NIJA_LOG_FORMAT", "").strip().lower()
+        if wanted not in ("", "json", "console"):
+            print(f"NIJA_LOG_FORMAT={wanted!r} is not a format: use json or console; choosing by terminal",
+                  file=sys.stderr)
+            wanted = ""
         json_lines = wanted == "json" or (wanted != "console" and not sys.stdout.isatty())
     renderer = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
     structlog.configure(
