@@ -68,7 +68,15 @@ def parse_body(raw: bytes, content_type: str) -> dict:
         if not isinstance(data, dict):
             raise ValueError("JSON body must be an object")
         return data
-    return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+    text = raw.decode("utf-8")
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    params = {}  # nothing to unquote (the usual body): split it directly, as parse_qsl would
+    for field in text.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            params[name] = value
+    return params
 
 
 class ExchangeServer:

@@ -477,7 +477,8 @@ class Exchange:
     def _new_id(self, prefix: str) -> str:
         """Kraken-like ids (`OUF4EM-FRGI2-MQMWZD`): 80 random bits, so collisions are not a practical concern."""
         bits = self._ids.getrandbits(80)
-        chars = "".join(_B32[(bits >> (5 * i)) & 31] for i in range(16))
+        # base32 of the 80 bits, lowest 5 bits first (what a loop over 5-bit groups gives, without the loop)
+        chars = base64.b32encode(bits.to_bytes(10, "big")).decode()[::-1]
         return f"{prefix}{chars[:5]}-{chars[5:10]}-{chars[10:16]}"
 
     # ---- authentication -------------------------------------------------------------------------------------
