@@ -7,6 +7,9 @@ It prints each account's key and secret and the admin token; `--env-out` writes 
 (`KRAKEN_API_URL`, `KRAKEN_MASTER_API_KEY`/`_SECRET`, `KRAKEN_USER_<NAME>_API_KEY`/`_SECRET`). The account named
 `master` (else the first one) is the master; the others are followers. It binds 127.0.0.1 unless told otherwise.
 
+The accounts file is validated whole up front (`accounts_file.py`); every mistake is one line naming the file,
+the account, the field and the fix, exit code 2. Only a failure to bind is reported as "cannot serve on".
+
 `nija run` in paper mode uses the same pieces in-process: `demo_exchange()`, `Exchange.serve()`, `env_lines()`.
 """
 
@@ -14,16 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
-from decimal import Decimal
 from pathlib import Path
 
-from ..kraken.limits import Tier
-from .engine import DEMO_ACCOUNTS, Exchange
+from .accounts_file import accounts_from_file
+from .engine import DEMO_ACCOUNTS, Exchange, KrakenReject
 from .faults import FAULT_KINDS, Fault
-from .state import accounts_from_file, load_state, save_state
+from .state import load_state, save_state
 
 __all__ = ["main", "demo_exchange", "add_demo_accounts", "env_lines", "parse_fault", "DEFAULT_PORT"]
 
@@ -113,27 +116,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _tier(raw: object) -> str | Tier:
-    """A tier name, or an object with Tier's fields (a custom tier, e.g. tiny numbers for fast tests)."""
-    if isinstance(raw, dict):
-        try:
-            return Tier(**{"name": "custom", **raw})
-        except TypeError as exc:
-            raise ValueError(f"bad custom tier {raw!r}: {exc}") from None
-    return str(raw)
+class CannotServe(OSError):
+    """The server could not bind its address (the only OSError reported as "cannot serve on")."""
+
+
+class CannotWrite(OSError):
+    """An output file (--env-out, --state) could not be written."""
+
+
+def _public_limit(raw: str | None) -> tuple[float, float] | None:
+    if not raw:
+        return None
+    burst, _, rate = raw.partition("/")
+    try:
+        limit = (float(burst), float(rate or 1))
+    except ValueError:
+        limit = (-1.0, -1.0)
+    if not (limit[0] > 0 and limit[1] > 0):
+        raise ValueError(f"--public-limit {raw!r}: use BURST/PER_S with positive numbers, e.g. 5/1")
+    return limit
 
 
 def build_exchange(args: argparse.Namespace) -> Exchange:
+    """The exchange the flags describe; ValueError (SimFileError for files) names what to fix."""
+    args.public_limit_parsed = _public_limit(args.public_limit)
     ex = Exchange(seed=args.seed, speed=args.speed, admin_token=args.admin_token)
     loaded = bool(args.state) and load_state(ex, args.state)
     if not loaded:
         if args.accounts:
             for spec in accounts_from_file(args.accounts):
-                ex.create_account(spec["name"], {k: Decimal(str(v)) for k, v in (spec.get("balances") or {}).items()},
-                                  tier=_tier(spec.get("tier", "starter")),
-                                  nonce_window=int(spec.get("nonce_window", 0)),
-                                  permissions=spec.get("permissions", ("query", "trade")),
-                                  api_key=spec.get("api_key"), api_secret=spec.get("api_secret"))
+                spec.create_in(ex)
         else:
             add_demo_accounts(ex, tier=args.tier, nonce_window=args.nonce_window)
     for spec in args.fault:
@@ -141,34 +153,69 @@ def build_exchange(args: argparse.Namespace) -> Exchange:
     ex.set_status(None, args.market_status)
     for item in args.pair_status:
         pair, _, status = item.partition("=")
-        ex.set_status(pair, status)
+        try:
+            ex.set_status(pair, status)
+        except KrakenReject:
+            raise ValueError(f"--pair-status {item!r}: unknown pair {pair!r}, e.g. XBTUSD=cancel_only") from None
     return ex
 
 
+class _Out:
+    """stdout that survives its reader going away (`nija sim | head`): the exchange keeps serving, silently."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def say(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            print(line, file=sys.stdout, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            # Point stdout at /dev/null so the interpreter's final flush does not complain either.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _write_env(path: Path, lines: list[str]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise CannotWrite(f"cannot write --env-out {path} ({exc.strerror or exc}): choose a writable path") \
+            from None
+
+
+def _save(ex: Exchange, path: str) -> None:
+    try:
+        save_state(ex, path)
+    except OSError as exc:
+        raise CannotWrite(f"cannot write --state {path} ({exc.strerror or exc}): choose a writable path") from None
+
+
 async def _run(ex: Exchange, args: argparse.Namespace) -> None:
-    public_limit = None
-    if args.public_limit:
-        burst, _, rate = args.public_limit.partition("/")
-        public_limit = (float(burst), float(rate or 1))
-    async with ex.serve(host=args.host, port=args.port, latency_ms=args.latency_ms,
-                        jitter_ms=args.jitter_ms, public_limit=public_limit) as server:
-        out = sys.stdout
-        print(f"NIJA embedded Kraken exchange on {server.url} (seed {ex.seed}, speed {ex.clock.speed:g})", file=out)
-        print(f"admin token: {ex.admin_token}  (header X-Admin-Token on {server.url}/admin/...)", file=out)
+    out = _Out()
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            server = await stack.enter_async_context(
+                ex.serve(host=args.host, port=args.port, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms,
+                         public_limit=args.public_limit_parsed))
+        except OSError as exc:
+            raise CannotServe(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        out.say(f"NIJA embedded Kraken exchange on {server.url} (seed {ex.seed}, speed {ex.clock.speed:g})")
+        out.say(f"admin token: {ex.admin_token}  (header X-Admin-Token on {server.url}/admin/...)")
         master = master_name(ex)
         for acct in ex.accounts():
             role = "master" if acct.name == master else "follower"
             bal = ", ".join(f"{k} {v}" for k, v in acct.balances.items()) or "empty"
-            print(f"  {acct.name} ({role}, {acct.tier.name}): {bal}", file=out)
-            print(f"    api_key    {acct.api_key}", file=out)
-            print(f"    api_secret {acct.api_secret}", file=out)
+            out.say(f"  {acct.name} ({role}, {acct.tier.name}): {bal}")
+            out.say(f"    api_key    {acct.api_key}")
+            out.say(f"    api_secret {acct.api_secret}")
         if args.env_out:
             path = Path(args.env_out)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(env_lines(server.url, ex)) + "\n")
-            os.chmod(path, 0o600)
-            print(f"wrote {path}", file=out)
-        out.flush()
+            _write_env(path, env_lines(server.url, ex))
+            out.say(f"wrote {path}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -184,24 +231,28 @@ async def _run(ex: Exchange, args: argparse.Namespace) -> None:
             except asyncio.TimeoutError:
                 pass
             if args.state:
-                save_state(ex, args.state)
+                _save(ex, args.state)
             if deadline is not None and loop.time() >= deadline:
                 break
     if args.state:
-        save_state(ex, args.state)
-    print("stopped", file=sys.stdout, flush=True)
+        _save(ex, args.state)
+    out.say("stopped")
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         ex = build_exchange(args)
-    except (ValueError, OSError) as exc:
-        print(f"nija sim: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # SimFileError: one line per problem
+        for line in str(exc).splitlines():
+            print(f"nija sim: {line}", file=sys.stderr)
         return 2
     try:
         asyncio.run(_run(ex, args))
-    except OSError as exc:
-        print(f"nija sim: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+    except CannotServe as exc:
+        print(f"nija sim: {exc}", file=sys.stderr)
         return 1
+    except CannotWrite as exc:
+        print(f"nija sim: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from decimal import Decimal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from ..kraken.limits import TIERS, Tier
-from .engine import Account, Exchange, Order, Trade
+from .accounts_file import AccountSpec, SimFileError, accounts_from_file, read_json, specs_from_items
+from .engine import Account, Exchange, KrakenReject, Order, Trade
 from .pairs import PAIRS
 
-__all__ = ["save_state", "load_state", "accounts_from_file"]
+__all__ = ["save_state", "load_state", "accounts_from_file", "SimFileError"]
 
 VERSION = 1
 
@@ -30,10 +33,10 @@ def _tier_out(tier: Tier) -> Any:
             "max_open_orders_per_pair": tier.max_open_orders_per_pair}
 
 
-def _tier_in(raw: Any) -> str | Tier:
-    if isinstance(raw, dict):
-        return Tier(**raw)
-    return str(raw or "starter")
+def _pair_in(key: Any) -> Any:
+    if key not in PAIRS:
+        raise ValueError(f"unknown pair {key!r}")
+    return PAIRS[key]
 
 
 def _order_out(o: Order) -> dict:
@@ -46,7 +49,7 @@ def _order_out(o: Order) -> dict:
 
 
 def _order_in(d: dict, mono: float) -> Order:
-    o = Order(d["txid"], PAIRS[d["pair"]], d["side"], d["ordertype"], Decimal(d["vol"]),
+    o = Order(d["txid"], _pair_in(d["pair"]), d["side"], d["ordertype"], Decimal(d["vol"]),
               None if d["limit"] is None else Decimal(d["limit"]), d["oflags"], d["tif"], d["userref"],
               d["cl_ord_id"], d["opentm"], mono, None if d.get("quote_vol") is None else Decimal(d["quote_vol"]))
     o.vol_exec, o.cost, o.fee = Decimal(d["vol_exec"]), Decimal(d["cost"]), Decimal(d["fee"])
@@ -61,7 +64,7 @@ def _trade_out(t: Trade) -> dict:
 
 
 def _trade_in(d: dict) -> Trade:
-    return Trade(d["tid"], d["ordertxid"], d["postxid"], PAIRS[d["pair"]], d["time"], d["side"], d["ordertype"],
+    return Trade(d["tid"], d["ordertxid"], d["postxid"], _pair_in(d["pair"]), d["time"], d["side"], d["ordertype"],
                  Decimal(d["price"]), Decimal(d["cost"]), Decimal(d["fee"]), Decimal(d["vol"]), d["maker"],
                  d["trade_id"])
 
@@ -104,55 +107,80 @@ def save_state(ex: Exchange, path: str | Path) -> None:
 
 
 def load_state(ex: Exchange, path: str | Path) -> bool:
-    """Restore accounts, nonces, orders and trades into a fresh Exchange. False when the file does not exist."""
+    """Restore accounts, nonces, orders and trades into a fresh Exchange. False when the file does not exist.
+
+    A damaged file raises SimFileError with one line per problem (file, account, part, fix), never a traceback.
+    """
     path = Path(path)
     if not path.exists():
         return False
-    data = json.loads(path.read_text())
+    data = read_json(path, "state file")
+    fix = "fix it, or move it away to start afresh"
+    if not isinstance(data, dict) or not isinstance(data.get("accounts"), list):
+        raise SimFileError([f'{path}: not a nija sim state file (no "accounts" list): {fix}'])
     if data.get("version") != VERSION:
-        raise ValueError(f"{path}: unknown state version {data.get('version')!r}")
-    ex._trade_seq = int(data.get("trade_seq", ex._trade_seq))
-    ex.system_status = data.get("system_status", "online")
-    ex.pair_status.update(data.get("pair_status", {}))
+        raise SimFileError([f"{path}: unknown state version {data.get('version')!r} (this NIJA writes {VERSION}): "
+                            f"{fix}"])
+    cores = [{k: d[k] for k in AccountSpec.model_fields if k in d} if isinstance(d, dict) else d
+             for d in data["accounts"]]
+    specs, problems = specs_from_items(cores, str(path))
+    if problems:
+        raise SimFileError(problems)
+
+    @contextmanager
+    def part(label: str, what: str) -> Iterator[None]:
+        """Turn a malformed part into one problem line and go on, so every problem is reported at once."""
+        try:
+            yield
+        except KeyError as exc:
+            problems.append(f"{path}: {label}{what}: missing field {exc.args[0]!r}: {fix}")
+        except InvalidOperation:
+            problems.append(f"{path}: {label}{what}: an amount is not a decimal number: {fix}")
+        except (TypeError, ValueError, ArithmeticError, AttributeError, KrakenReject) as exc:
+            problems.append(f"{path}: {label}{what}: malformed ({exc.__class__.__name__}: {exc}): {fix}")
+
+    def items(d: dict, key: str, label: str, kind: type) -> Any:
+        value = d.get(key, kind())
+        if isinstance(value, kind):
+            return value
+        problems.append(f"{path}: {label}{key}: must be a{'n object' if kind is dict else ' list'} "
+                        f"(got {type(value).__name__}): {fix}")
+        return kind()
+
+    with part("", "trade_seq"):
+        ex._trade_seq = int(data.get("trade_seq", ex._trade_seq))
+    with part("", "system_status"):
+        ex.set_status(None, data.get("system_status", "online"))
+    for pair, status in items(data, "pair_status", "", dict).items():
+        with part("", f"pair_status.{pair}"):
+            ex.set_status(pair, status)
     mono = ex.mono()
-    for d in data["accounts"]:
-        acct: Account = ex.create_account(d["name"], {}, tier=_tier_in(d["tier"]), nonce_window=d["nonce_window"],
-                                          permissions=d["permissions"], api_key=d["api_key"],
-                                          api_secret=d["api_secret"])
-        acct.balances = {k: Decimal(v) for k, v in d["balances"].items()}
-        acct.highest_nonce = int(d["highest_nonce"])
-        acct._recent_nonces = {int(n) for n in d.get("recent_nonces", ())}
-        for od in d["orders"]:
-            o = _order_in(od, mono)
-            acct.orders[o.txid] = o
-        acct.closed_ids.extend(t for t in d["closed_ids"] if t in acct.orders)
-        for td in d["trades"]:
-            t = _trade_in(td)
-            acct.trades[t.tid] = t
-        acct.by_cl_ord_id = {k: list(v) for k, v in d["by_cl_ord_id"].items()}
+    for i, (spec, d) in enumerate(zip(specs, data["accounts"])):
+        label = f"account #{i + 1} {spec.name!r}: "
+        acct: Account = spec.create_in(ex)
+        with part(label, "highest_nonce"):
+            acct.highest_nonce = int(d.get("highest_nonce", 0))
+        with part(label, "recent_nonces"):
+            acct._recent_nonces = {int(n) for n in items(d, "recent_nonces", label, list)}
+        for j, od in enumerate(items(d, "orders", label, list)):
+            with part(label, f"orders[{j}]"):
+                o = _order_in(od, mono)
+                acct.orders[o.txid] = o
+        with part(label, "closed_ids"):
+            acct.closed_ids.extend(t for t in items(d, "closed_ids", label, list) if t in acct.orders)
+        for j, td in enumerate(items(d, "trades", label, list)):
+            with part(label, f"trades[{j}]"):
+                t = _trade_in(td)
+                acct.trades[t.tid] = t
+        with part(label, "by_cl_ord_id"):
+            acct.by_cl_ord_id = {str(k): list(v) for k, v in items(d, "by_cl_ord_id", label, dict).items()}
+        if problems:
+            continue
         for o in acct.orders.values():
             if o.status == "open":
-                acct.open_orders[o.txid] = o
-                ex._rest(acct, o)
+                with part(label, f"order {o.txid}"):
+                    acct.open_orders[o.txid] = o
+                    ex._rest(acct, o)
+    if problems:
+        raise SimFileError(problems)
     return True
-
-
-def accounts_from_file(path: str | Path) -> list[dict]:
-    """Account specs from JSON: a list of {name, balances, tier?, nonce_window?, permissions?, api_key?,
-    api_secret?}, an object {"accounts": [...]}, or an object name → {balances, ...}."""
-    raw = json.loads(Path(path).read_text())
-    if isinstance(raw, dict) and "accounts" in raw:
-        raw = raw["accounts"]
-    if isinstance(raw, dict):
-        raw = [{"name": k, **(v if isinstance(v, dict) else {"balances": {"ZUSD": v}})} for k, v in raw.items()]
-    if not isinstance(raw, list):
-        raise ValueError(f"{path}: expected a list of accounts")
-    out = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict) or not item.get("name"):
-            raise ValueError(f"{path}: account #{i + 1} needs a name")
-        unknown = set(item) - {"name", "balances", "tier", "nonce_window", "permissions", "api_key", "api_secret"}
-        if unknown:
-            raise ValueError(f"{path}: account {item['name']!r} has unknown fields {sorted(unknown)}")
-        out.append(item)
-    return out

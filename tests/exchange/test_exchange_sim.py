@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from decimal import Decimal as D
 
 import pytest
@@ -66,7 +65,7 @@ def test_bad_accounts_file_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "accounts.json"
     bad.write_text(json.dumps([{"name": "x", "balance": 1}]))
     assert main(["--accounts", str(bad), "--port", "0"]) == 2
-    assert "unknown fields" in capsys.readouterr().err
+    assert "account #1 'x': balance: unknown field: remove it or fix its spelling" in capsys.readouterr().err
 
 
 def test_nija_sim_runs_writes_env_and_keeps_state(tmp_path):
@@ -81,10 +80,9 @@ def test_nija_sim_runs_writes_env_and_keeps_state(tmp_path):
     cmd = [sys.executable, "-m", "nija", "sim", "--port", "0", "--accounts", str(accounts), "--env-out", str(env),
            "--state", str(state), "--speed", "60", "--seed", "11", "--duration", "0.5",
            "--fault", "service_busy:probability=0.5"]
-    started = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # hang guard: --duration stops it
     assert out.returncode == 0, out.stderr
-    assert time.monotonic() - started < 30
+    assert out.stdout.rstrip().endswith("stopped")
     assert "speed 60" in out.stdout and "carol (follower, pro)" in out.stdout
     lines = env.read_text().splitlines()
     assert lines[0].startswith("KRAKEN_API_URL=http://127.0.0.1:")
