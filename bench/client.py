@@ -258,7 +258,10 @@ def _rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-async def bench_fan_out(sizes: list[int], latency_ms: float = 50.0, with_ccxt: bool = True) -> dict:
+async def bench_fan_out(sizes: list[int], latency_ms: float = 50.0, with_ccxt: bool = True,
+                        idle_s: float = 20.0) -> dict:
+    """Cold round (new pool), warm round, and for the largest N a round after `idle_s` without traffic (aiohttp
+    would have closed the pool after its default 15 s; NIJA's context keeps it for `KrakenContext.keepalive_s`)."""
     biggest = max(sizes)
     nija_creds = new_credentials("fan-nija-", biggest)
     ccxt_creds = new_credentials("fan-ccxt-", biggest) if with_ccxt else []
@@ -279,7 +282,10 @@ async def bench_fan_out(sizes: list[int], latency_ms: float = 50.0, with_ccxt: b
                 tracemalloc.stop()
                 client_bytes = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
                 rounds = []
-                for round_no in range(2):  # cold (new connections), then warm (pooled connections)
+                round_count = 3 if n == biggest and idle_s > 0 else 2
+                for round_no in range(round_count):  # cold (new connections), warm (pooled), after an idle spell
+                    if round_no == 2:
+                        await asyncio.sleep(idle_s)
                     started = time.perf_counter()
                     cpu0 = time.process_time()
                     replies = await asyncio.gather(
@@ -292,6 +298,8 @@ async def bench_fan_out(sizes: list[int], latency_ms: float = 50.0, with_ccxt: b
                                    "errors": len(errors), "error_kinds": sorted(set(errors))[:3]})
                 out[f"nija N={n}"] = {"cold": rounds[0], "warm": rounds[1],
                                       "client_bytes_per_account": round(client_bytes / n)}
+                if len(rounds) > 2:
+                    out[f"nija N={n}"][f"after {idle_s:g} s idle"] = rounds[2]
                 del clients
             if with_ccxt:
                 import ccxt.async_support as ccxt
@@ -354,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="CPU, same-key concurrency and fan-out scenarios")
     run.add_argument("--quick", action="store_true", help="smaller N for a smoke run")
     run.add_argument("--no-ccxt-fan-out", action="store_true")
+    run.add_argument("--idle-s", type=float, default=20.0, help="quiet spell before the last fan-out round")
     run.add_argument("--out", help="write the results as JSON here too")
     starter = sub.add_parser("starter", help="60 Balance calls on a Starter key per library (~2.5 minutes)")
     starter.add_argument("--out")
@@ -370,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": asyncio.run(bench_cpu(200 if args.quick else 2000)),
             "same_key": asyncio.run(bench_same_key(200)),
             "fan_out": asyncio.run(bench_fan_out([10, 100] if args.quick else [10, 100, 1000],
-                                                 with_ccxt=not args.no_ccxt_fan_out)),
+                                                 with_ccxt=not args.no_ccxt_fan_out, idle_s=args.idle_s)),
         }
     else:
         results = {"starter": asyncio.run(bench_starter())}

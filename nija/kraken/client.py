@@ -73,6 +73,9 @@ __all__ = ["KrakenClient", "KrakenContext", "default_context", "derive_cl_ord_id
 
 DEFAULT_BASE_URL = "https://api.kraken.com"
 USER_AGENT = "nija/0.1 (+https://github.com/nija)"
+# Longer than the slowest balance refresh (60 s) so refreshes keep the pool warm; below the 75 s after which
+# aiohttp's server (the embedded exchange) drops an idle connection, so the server's close never races a send.
+DEFAULT_KEEPALIVE_S = 70.0
 # Calls that change state: never repeated after an ambiguous failure (add_order has its own lookup-then-resend).
 _NOT_REPEATABLE = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder"})
 
@@ -145,7 +148,10 @@ class KrakenContext:
 
     `state_dir` (default NIJA_STATE_DIR or `state/`) holds the nonce high-water mark. `public_rate_per_s` paces
     public calls across all clients (Kraken limits them per IP; ~1/s is safe). `connection_limit` caps open
-    connections in the pool (0 = unlimited). The session is created on first use inside the running loop.
+    connections in the pool (0 = unlimited; the default lets a fan-out to 2,048 accounts leave at once).
+    `keepalive_s` keeps an idle pooled connection that long: above the slowest balance-refresh interval (60 s), so
+    the refreshes keep every follower's connection open and a fan-out minutes after the last one starts warm, at no
+    cost in rate budget. The session is created on first use inside the running loop.
     """
 
     def __init__(
@@ -158,6 +164,7 @@ class KrakenContext:
         public_rate_per_s: float = 1.0,
         rate_safety_margin: float = 0.1,
         connection_limit: int = 2048,
+        keepalive_s: float = DEFAULT_KEEPALIVE_S,
         user_agent: str = USER_AGENT,
     ) -> None:
         self.nonces = nonces or NonceCoordinator.for_state_dir(state_dir if state_dir is not None else default_state_dir())
@@ -167,6 +174,7 @@ class KrakenContext:
         self._session = session
         self._owns_session = session is None
         self._connection_limit = connection_limit
+        self.keepalive_s = keepalive_s
         self._user_agent = user_agent
         self._lanes: dict[str, NonceLane] = {}
         self._pairs: dict[str, Pairs] = {}
@@ -178,7 +186,7 @@ class KrakenContext:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._connection_limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
+                limit=self._connection_limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=self.keepalive_s
             )
             # No cookie jar: Kraken's API needs none, and skipping it saves work on every request.
             self._session = aiohttp.ClientSession(

@@ -1,4 +1,5 @@
-"""Private calls keep their time limit without a timer per request (nija.kraken.client.RequestTimeouts)."""
+"""The client's send path: private calls keep their time limit without a timer per request (RequestTimeouts), and
+the connection pool stays warm between balance refreshes."""
 
 import asyncio
 
@@ -68,3 +69,18 @@ async def test_cancelling_a_call_from_outside_still_cancels_it(context, secret_b
     # Its deadline passing later must not cancel anything else.
     await asyncio.sleep(0.2)
     assert asyncio.current_task().cancelling() == 0
+
+
+async def test_pooled_connections_outlive_the_slowest_balance_refresh(tmp_path):
+    """Balance refreshes keep every follower's connection open, so a fan-out after a quiet spell starts warm."""
+    from decimal import Decimal
+
+    from nija.kraken.client import KrakenContext
+    from nija.trading.positions import refresh_interval_s
+
+    slowest_refresh_s = max(refresh_interval_s(x) for x in (None, Decimal(0), Decimal(10) ** 9))
+    async with KrakenContext(state_dir=tmp_path) as context:
+        connector = context.session().connector
+        assert connector is not None
+        assert connector._keepalive_timeout > slowest_refresh_s  # noqa: SLF001 - aiohttp keeps it private
+        assert connector.limit >= 1000 and connector.limit_per_host == 0  # a 1,000-follower fan-out leaves at once
