@@ -725,6 +725,8 @@ class Exchange:
         txids = params.get("txid")
         out = {}
         if txids:
+            if isinstance(txids, list) and not all(isinstance(t, str) for t in txids):
+                raise _bad("txid")  # a JSON body may carry anything in the list
             ids = [t.strip() for t in (txids if isinstance(txids, list) else str(txids).split(",")) if t.strip()]
             if len(ids) > 50:
                 raise _bad("txid")
