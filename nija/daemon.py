@@ -38,7 +38,9 @@ from nija.trading.kraken_gateway import follower_accounts, ticker_price_source
 from nija.trading.master_fills import MasterFillWatcher
 from nija.trading.profiles import profile_for
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "StartupError"]
+
+log = logs.get_logger("nija.daemon")
 
 HEARTBEAT_S = 60.0
 RECONCILE_S = 60.0
@@ -60,7 +62,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logs.configure()
-    log = logs.get_logger("nija.daemon")
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -89,7 +90,6 @@ async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, se
 
     `master_poll_s` overrides the rate profile's order-status interval for the master-fill watcher.
     """
-    log = logs.get_logger("nija.daemon")
     lifecycle = Lifecycle()
     stop = stop or _stop_event()
     if paper:
@@ -169,7 +169,6 @@ async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task], duratio
         return 0, "signal"
     task = next(iter(done))
     exc = task.exception() if not task.cancelled() else None
-    log = logs.get_logger("nija.daemon")
     if isinstance(exc, ConfigurationError):
         log.error("component_failed", component=task.get_name(), error=str(exc),
                   fix="check KRAKEN_MASTER_API_KEY / KRAKEN_MASTER_API_SECRET and the key's permissions")
@@ -195,7 +194,6 @@ async def _connect_master(master: KrakenClient, base_url: str, lifecycle: Lifecy
 
 def _lock_follower_keys(stack, settings: Settings, followers: list[Follower], lifecycle: Lifecycle) -> list[Follower]:
     """Lock each follower's key too, so two daemons (with different masters) never trade one follower's key."""
-    log = logs.get_logger("nija.daemon")
     kept = []
     for follower in followers:
         try:
@@ -233,14 +231,13 @@ async def _paper_exchange(stack: AsyncExitStack, settings: Settings, speed: floa
         Follower(FollowerConfig(name=account.name), SecretStr(account.api_key), SecretStr(account.api_secret))
         for account in exchange.accounts() if account.name != master.name
     ]
-    logs.get_logger("nija.daemon").info(
+    log.info(
         "paper_mode", url=server.url, followers=[f.name for f in followers], keys_file=str(env_path),
         hint="no master keys set: trading on the embedded exchange; trade the paper master with the keys file")
     return server.url, SecretStr(master.api_key), SecretStr(master.api_secret), followers
 
 
 def _configured_followers(settings: Settings, lifecycle: Lifecycle) -> list[Follower]:
-    log = logs.get_logger("nija.daemon")
     loaded = load_followers(settings.users_dir, master_api_key=settings.master_api_key)
     for problem in loaded.problems:
         # One bad file leaves one follower out; every other one runs.
@@ -253,7 +250,6 @@ def _configured_followers(settings: Settings, lifecycle: Lifecycle) -> list[Foll
 
 async def _balance_snapshot(client: KrakenClient, name: str, lifecycle: Lifecycle) -> Decimal | None:
     """Log the account's USD cash and equity; unknown (None), never zero, when they cannot be read."""
-    log = logs.get_logger("nija.daemon")
     try:
         balances = await client.balance()
         equity = (await client.trade_balance()).equivalent_balance
@@ -269,7 +265,6 @@ async def _balance_snapshot(client: KrakenClient, name: str, lifecycle: Lifecycl
 
 
 async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:
-    log = logs.get_logger("nija.daemon")
     started = time.monotonic()
     while True:
         await asyncio.sleep(HEARTBEAT_S)
@@ -291,7 +286,6 @@ async def _follower_health(lifecycle: Lifecycle, engine: CopyEngine) -> None:
 
 async def _reconcile_loop(engine: CopyEngine) -> None:
     """Settle intents left unsettled (a lost reply the client could not look up) once a minute, by lookup."""
-    log = logs.get_logger("nija.daemon")
     while True:
         await asyncio.sleep(RECONCILE_S)
         try:

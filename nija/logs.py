@@ -16,6 +16,13 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SECRET_KEYS = ("secret", "api_sign", "password", "token", "otp")
 
 
+def _add_logger_name(logger, _name, event_dict):
+    name = getattr(logger, "name", None)
+    if name:
+        event_dict.setdefault("logger", name)
+    return event_dict
+
+
 def _mask_secrets(_logger, _name, event_dict):
     for key in list(event_dict):
         lowered = key.lower()
@@ -26,6 +33,11 @@ def _mask_secrets(_logger, _name, event_dict):
 
 class _StdoutLogger:
     """Writes each line to whatever `sys.stdout` is at that moment (a test runner may swap it after set-up)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
 
     def msg(self, message: str) -> None:
         stream = sys.stdout
@@ -55,15 +67,17 @@ def configure(level: str | None = None, *, json_lines: bool | None = None) -> No
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _mask_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(log_level),
-        logger_factory=lambda *_args: _StdoutLogger(),
+        logger_factory=_StdoutLogger,
         cache_logger_on_first_use=True,
     )
 
 
 def get_logger(name: str, **context):
-    return structlog.get_logger(name).bind(**context) if context else structlog.get_logger(name)
+    """A logger whose lines carry `logger=name`; lazy, so module-level loggers follow a later `configure()`."""
+    return structlog.get_logger(name, **context)
