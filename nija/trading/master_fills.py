@@ -37,6 +37,9 @@ log = get_logger("nija.master_fills")
 
 #: orders closed this long before the watermark are still asked for, against clock skew between us and Kraken
 _OVERLAP_S = 120.0
+#: an entry found later than this (NIJA was down) is not copied: the price it was sized at is gone. Exits are
+#: always copied, so no follower keeps a position the master closed.
+ENTRY_MAX_AGE_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,7 @@ class MasterFillWatcher:
             return self.pairs
 
     async def poll(self) -> list[Signal]:
-        """One look at the master account; returns the signals emitted."""
+        """One look at the master account; returns the signals of the new fills (stale entries are not emitted)."""
         now_s = self.clock()
         if self._since_s is None:
             # First start ever: fills from before NIJA ran are not copied.
@@ -144,6 +147,11 @@ class MasterFillWatcher:
         fills = sorted(self._new_fills(orders, now_s), key=lambda fill: fill.at_s)
         signals = await self._signals_for(fills) if fills else []
         for signal in signals:
+            age_s = now_s - signal.filled_at_s
+            if signal.side == "buy" and age_s > ENTRY_MAX_AGE_S:
+                log.warning("master_fill_not_copied", order_id=signal.master_order_id, pair=signal.pair,
+                            reason=f"entry filled {age_s:.0f} s ago (limit {ENTRY_MAX_AGE_S:.0f} s)")
+                continue
             await self.emit(signal)
         for fill in fills:
             vol, cost, fee = self._seen.get(fill.order.txid, (Decimal(0), Decimal(0), Decimal(0)))

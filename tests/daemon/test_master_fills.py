@@ -77,3 +77,17 @@ async def test_unreadable_state_file_is_named_with_the_fix(master, tmp_path):
     with pytest.raises(ValueError) as info:
         watcher_for(master, await master.pairs(), tmp_path, [], lambda: 0.0)
     assert "master_fills.json" in str(info.value) and "move the file away" in str(info.value)
+
+
+async def test_an_entry_found_late_is_not_copied_but_an_exit_is(master, tmp_path):
+    pairs = await master.pairs()
+    emitted = []
+    shift = [0.0]
+    watcher = watcher_for(master, pairs, tmp_path, emitted, lambda: time.time() + shift[0])
+    await watcher.poll()
+    shift[0] += 1
+    await master.add_order(PAIR, "buy", Decimal("0.02"))
+    await master.add_order(PAIR, "sell", Decimal("0.01"))
+    shift[0] += 3600  # NIJA was down for an hour
+    await watcher.poll()
+    assert [signal.side for signal in emitted] == ["sell"]
