@@ -210,6 +210,7 @@ class CopyEngine:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._tails: dict[tuple[str, str], asyncio.Task] = {}  # last copy task per (follower, pair)
         self._in_flight: dict[str, asyncio.Task] = {}  # signal id → its summary task
+        self._dispatching: set[str] = set()  # signal ids claimed by a dispatch not yet in _in_flight
         self._rules: dict[str, PairRules] = {}
         self._last_master_equity: Decimal | None = None
         self._background: list[asyncio.Task] = []
@@ -301,13 +302,32 @@ class CopyEngine:
 
     # --- fan-out ---------------------------------------------------------------------------------------------------
 
-    async def _dispatch(self, signal: Signal, existing: Sequence[IntentRow] | None = None) -> None:
-        """Store the intents of `signal` and start one task per follower. Returns once every task is started."""
-        if signal.signal_id in self._in_flight:
+    async def _dispatch(self, signal: Signal, *, resumed: bool = False) -> None:
+        """Store the intents of `signal` and start one task per follower. Returns once every task is started.
+
+        A signal is claimed before the first await: the consumer and `resume` (run every minute by the daemon)
+        may reach the same signal at once, and only one of them may fan it out.
+        """
+        signal_id = signal.signal_id
+        if signal_id in self._in_flight or signal_id in self._dispatching:
             return
-        if existing is None and await self.store.signal_status(signal.signal_id) == "done":
-            log.info("signal_already_copied", signal_id=signal.signal_id)
+        self._dispatching.add(signal_id)
+        try:
+            await self._fan_out(signal, resumed)
+        finally:
+            self._dispatching.discard(signal_id)
+
+    async def _fan_out(self, signal: Signal, resumed: bool) -> None:
+        if await self.store.signal_status(signal.signal_id) == "done":
+            if not resumed:
+                log.info("signal_already_copied", signal_id=signal.signal_id)
             return
+        # Intents stored before (by a run or a dispatch that got that far) may have orders out: they are read back
+        # and looked up by client order id, never sent blind.
+        existing = await self.store.intents_for(signal.signal_id)
+        if resumed:
+            log.info("copy_resume", signal_id=signal.signal_id, intents=len(existing),
+                     unfinished=sum(1 for r in existing if not r.finished))
         self._last_master_equity = signal.master_equity_usd
         if self.mode is not CopyTradingMode.MASTER_FOLLOW:
             summary = CopySummary(signal.signal_id, 0, 0, 0, 0, 0, None)
@@ -536,15 +556,12 @@ class CopyEngine:
     # --- reconciliation --------------------------------------------------------------------------------------------
 
     async def resume(self) -> int:
-        """Finish what a previous run left open: returns how many signals were picked up again."""
+        """Finish what a previous run (or an unsettled failure) left open: returns how many signals were taken up."""
         count = 0
         for signal in await self.store.unfinished_signals():
-            if signal.signal_id in self._in_flight:
+            if signal.signal_id in self._in_flight or signal.signal_id in self._dispatching:
                 continue
-            rows = await self.store.intents_for(signal.signal_id)
-            log.info("copy_resume", signal_id=signal.signal_id, intents=len(rows),
-                     unfinished=sum(1 for r in rows if not r.finished))
-            await self._dispatch(signal, existing=rows or None)
+            await self._dispatch(signal, resumed=True)
             count += 1
         return count
 

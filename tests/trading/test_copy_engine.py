@@ -217,3 +217,18 @@ async def test_late_joiner_neither_buys_in_nor_sells_what_it_never_copied(store)
     await engine.stop()
     assert summary.results[0].status == "skipped" and summary.results[0].reason.startswith("no_position")
     assert late.orders == {}
+
+
+async def test_reconcile_during_a_dispatch_never_sends_an_order_twice(store):
+    """The daemon reconciles every minute: a signal being dispatched at that moment is still copied once."""
+    alice, bob = FakeAccount(), FakeAccount()
+    engine = await engine_with(store, [account("alice", alice), account("bob", bob)])
+    await engine.start(refresh_first=False)
+    assert await engine.submit(buy())
+    await engine.resume()  # runs while the consumer dispatches the signal just queued
+    await engine.wait_idle()
+    await engine.stop()
+    for fake in (alice, bob):
+        assert [len(orders) for orders in fake.orders.values()] == [1]
+        assert fake.balances["BTC"] == D("0.002")
+
