@@ -12,9 +12,11 @@
 
 Retry policy is the exception class (nija.kraken.errors): reads retry transport errors and retryable Kraken
 errors with exponential backoff and jitter, re-signed with a fresh nonce each attempt; rate-limit errors wait
-`retry_after_s`; invalid nonce re-signs. AddOrder is never retried blindly: after an ambiguous failure the order
-is looked up by its `cl_ord_id` (OpenOrders, then ClosedOrders) and sent again only when proven absent, else
-`AmbiguousOrderError`.
+`retry_after_s`; invalid nonce re-signs. AddOrder is never retried blindly: every AddOrder carries Kraken's
+`deadline` (a few seconds ahead), and after an ambiguous failure the order is looked up by its `cl_ord_id`
+(OpenOrders, then ClosedOrders). Found → returned. Not found → proven absent only by a lookup made after the
+deadline (plus a margin for clock skew), because a request queued behind a busy backend can still land until then;
+only then is it sent again, else `AmbiguousOrderError`.
 
 A client holds its secret as a SecretStr and the decoded HMAC key in a slot no repr shows; no log line, exception
 or repr contains the key's secret or a signature.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from datetime import datetime, timezone
 import json
 import math
 import random
@@ -78,6 +81,11 @@ USER_AGENT = "nija/0.1 (+https://github.com/nija)"
 DEFAULT_KEEPALIVE_S = 70.0
 # Calls that change state: never repeated after an ambiguous failure (add_order has its own lookup-then-resend).
 _NOT_REPEATABLE = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder"})
+# Kraken takes an AddOrder `deadline` between now + 2 s and now + 60 s; whole seconds, rounded up, stay inside it.
+MIN_ORDER_DEADLINE_S, MAX_ORDER_DEADLINE_S = 2.0, 59.0
+DEFAULT_ORDER_DEADLINE_S = 5.0
+# How far our clock may be ahead of Kraken's: an order is declared absent only this long after its deadline.
+DEFAULT_DEADLINE_MARGIN_S = 1.0
 
 log = get_logger("nija.kraken")
 
@@ -136,6 +144,18 @@ def _form_body(nonce: int, params: dict[str, Any]) -> bytes:
         text = _encode_value(value)
         parts.append(f"{name}={text}" if _PLAIN.fullmatch(text) else f"{name}={quote_plus(text)}")
     return "&".join(parts).encode()
+
+
+def _rfc3339(unix_s: float) -> str:
+    """Whole seconds in UTC, e.g. 2026-01-02T03:04:05Z (the form Kraken's documentation shows)."""
+    return datetime.fromtimestamp(unix_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_rfc3339(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ValueError(f"add_order deadline {text!r} is not an RFC3339 time like 2026-01-02T03:04:05Z") from None
 
 
 def _key_fingerprint(api_key: str) -> str:
@@ -330,12 +350,16 @@ class KrakenClient:
     KrakenContext (default: the running loop's). `nonce_window`: the nonce window set for this key on Kraken (in
     nonce units = ns; 0 = one call in flight). `timeout_s`: per HTTP request. `read_attempts`: tries for reads.
     `order_attempts`: sends of one AddOrder when earlier ones are proven not placed. `retry_base_s`: first backoff.
-    `name`: a label for logs (e.g. the follower's name).
+    `order_deadline_s`: every AddOrder carries Kraken's `deadline` this far ahead (2-59 s); a request that reaches
+    the matching engine later is rejected, so an order not found after it is really absent.
+    `deadline_margin_s`: how much later than the deadline the proving lookup is made (our clock may run ahead of
+    Kraken's). `name`: a label for logs (e.g. the follower's name).
     """
 
     __slots__ = (
         "_api_key", "_api_secret", "_hmac_key", "key_id", "name", "base_url", "tier", "_session", "_context",
-        "_lane", "_budget", "_timeout", "_timeout_s", "_nonce_window", "read_attempts", "order_attempts", "retry_base_s", "__weakref__",
+        "_lane", "_budget", "_timeout", "_timeout_s", "_nonce_window", "read_attempts", "order_attempts", "retry_base_s",
+        "order_deadline_s", "deadline_margin_s", "_settles_at", "__weakref__",
     )
 
     def __init__(
@@ -352,6 +376,8 @@ class KrakenClient:
         read_attempts: int = 4,
         order_attempts: int = 3,
         retry_base_s: float = 0.5,
+        order_deadline_s: float = DEFAULT_ORDER_DEADLINE_S,
+        deadline_margin_s: float = DEFAULT_DEADLINE_MARGIN_S,
         name: str | None = None,
     ) -> None:
         key_text = (api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key).strip()
@@ -369,6 +395,17 @@ class KrakenClient:
         self.read_attempts = read_attempts
         self.order_attempts = order_attempts
         self.retry_base_s = retry_base_s
+        if not MIN_ORDER_DEADLINE_S <= order_deadline_s <= MAX_ORDER_DEADLINE_S:
+            raise ValueError(
+                f"order_deadline_s must be within {MIN_ORDER_DEADLINE_S:g}-{MAX_ORDER_DEADLINE_S:g} s (Kraken accepts an "
+                f"AddOrder deadline 2 to 60 s ahead), got {order_deadline_s}"
+            )
+        if deadline_margin_s < 0:
+            raise ValueError(f"deadline_margin_s must be >= 0, got {deadline_margin_s}")
+        self.order_deadline_s = order_deadline_s
+        self.deadline_margin_s = deadline_margin_s
+        # cl_ord_id → loop time after which no AddOrder this client sent with it can still be executed
+        self._settles_at: dict[str, float] = {}
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self._timeout = _timeout(timeout_s)
@@ -450,7 +487,8 @@ class KrakenClient:
             raise TransportError(f"{method}: {type(exc).__name__} talking to {self.base_url}") from None
         return _parse_envelope(method, status, raw)
 
-    async def _private_once(self, method: str, params: dict[str, Any], trading_pair: str | None = None) -> Any:
+    async def _private_once(self, method: str, params: dict[str, Any], trading_pair: str | None = None,
+                            deadline_s: float | None = None) -> Any:
         if self._context is None:
             self._bind(default_context())
         lane, budget = self._lane, self._budget
@@ -467,6 +505,10 @@ class KrakenClient:
             elif method == "CancelOrder":
                 await budget.take_cancel(params.get("txid") or params.get("cl_ord_id"))
             charged_at_s = budget.rest.now()
+            if deadline_s is not None:
+                # Stamped when the request leaves (after any wait for the key or the counters), and remembered
+                # before it leaves: until then plus a margin, a lookup that finds nothing proves nothing.
+                params = {**params, "deadline": self._stamp_deadline(params.get("cl_ord_id"), deadline_s)}
             path = f"/0/private/{method}"
             body = _form_body(nonce, params)
             headers = {
@@ -483,9 +525,11 @@ class KrakenClient:
                     ) as response:
                         status, raw = response.status, await response.read()
                 except asyncio.CancelledError:
+                    # Our own time limit or a caller's (e.g. the copy engine's asyncio.timeout): either way the
+                    # request may still reach the server, so later nonces must out-rank it even within the window.
+                    lane.skip_past(nonce + lane.window)
                     if not context.timeouts.leave(slot, task):
                         raise
-                    lane.skip_past(nonce + lane.window)
                     raise TransportError(f"{method}: TimeoutError talking to {self.base_url}") from None
                 except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
                     # The request may still reach the server: later nonces must out-rank it even within the window.
@@ -622,7 +666,10 @@ class KrakenClient:
         return CancelAllAfterResult.model_validate(await self.private("CancelAllOrdersAfter", timeout=int(timeout_s)))
 
     async def find_order(self, cl_ord_id: str) -> Order | None:
-        """The order carrying `cl_ord_id` (open first, then closed), or None when the account has none."""
+        """The order carrying `cl_ord_id` (open first, then closed), or None when the account has none *now*.
+
+        None does not prove an AddOrder this client sent is absent while it may still be executed: use
+        `find_order_settled` for that."""
         for order in (await self.open_orders(cl_ord_id=cl_ord_id)).values():
             if order.cl_ord_id == cl_ord_id:
                 return order
@@ -630,6 +677,44 @@ class KrakenClient:
             if order.cl_ord_id == cl_ord_id:
                 return order
         return None
+
+    async def find_order_settled(self, cl_ord_id: str) -> Order | None:
+        """The order carrying `cl_ord_id`, or None only when proven absent.
+
+        Looks at once; when nothing is found while an AddOrder this client sent with `cl_ord_id` could still be
+        executed (before its deadline plus the margin), waits for that moment and looks again.
+        """
+        found = await self.find_order(cl_ord_id)
+        if found is not None:
+            return found
+        settles_at = self._settles_at.get(cl_ord_id)
+        if settles_at is None:
+            return None
+        wait_s = settles_at - asyncio.get_running_loop().time()
+        if wait_s <= 0:
+            return None
+        log.info("kraken_order_lookup_deferred", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id,
+                 wait_s=round(wait_s, 3))
+        await asyncio.sleep(wait_s)
+        return await self.find_order(cl_ord_id)
+
+    def _stamp_deadline(self, cl_ord_id: str | None, deadline_s: float) -> str:
+        """Kraken's `deadline` for an AddOrder leaving now; remembers when a lookup of `cl_ord_id` proves absence."""
+        now_s = time.time()
+        deadline_unix = math.ceil(now_s + deadline_s)  # whole seconds, never less than deadline_s ahead
+        loop_now = asyncio.get_running_loop().time()
+        self._note_settle_time(cl_ord_id, loop_now + (deadline_unix - now_s) + self.deadline_margin_s)
+        return _rfc3339(deadline_unix)
+
+    def _note_settle_time(self, cl_ord_id: str | None, settles_at: float) -> None:
+        if cl_ord_id is None:
+            return
+        settles = self._settles_at
+        if len(settles) >= 256:  # drop the settled ones; a client has few orders in flight
+            now = asyncio.get_running_loop().time()
+            for key in [key for key, at in settles.items() if at <= now]:
+                del settles[key]
+        settles[cl_ord_id] = max(settles_at, settles.get(cl_ord_id, settles_at))
 
     async def add_order(
         self,
@@ -653,10 +738,12 @@ class KrakenClient:
 
         `side` buy|sell, `volume_base` in base units (Decimal), `price`/`price2` in quote units. `cl_ord_id`
         (UUID or ≤18 ASCII chars) is derived when not given; pass one derived from what the order copies so a
-        restart can find it. After a timeout, 5xx, `EService:*` or internal error the order is looked up by
-        `cl_ord_id`: found → returned with `recovered=True`; proven absent → sent again (up to `order_attempts`
-        sends); lookup impossible → `AmbiguousOrderError`. `fetch_order=True` also reads the placed order back.
-        `validate=True` asks Kraken to check the order and place nothing.
+        restart can find it. Each send carries Kraken's `deadline`, `order_deadline_s` ahead (or the `deadline`
+        given, RFC3339). After a timeout, 5xx, `EService:*` or internal error the order is looked up by
+        `cl_ord_id`: found → returned with `recovered=True`; proven absent (not found by a lookup made after the
+        deadline plus `deadline_margin_s`) → sent again (up to `order_attempts` sends); lookup impossible →
+        `AmbiguousOrderError`. `fetch_order=True` also reads the placed order back. `validate=True` asks Kraken to
+        check the order and place nothing.
         """
         if side not in ("buy", "sell"):
             raise ValueError(f"add_order side must be 'buy' or 'sell', got {side!r}")
@@ -665,6 +752,13 @@ class KrakenClient:
         if "userref" in params and params["userref"] is not None:
             raise ValueError("Kraken does not accept userref together with cl_ord_id; NIJA tags orders by cl_ord_id")
         cl_ord_id = _check_cl_ord_id(cl_ord_id) if cl_ord_id else derive_cl_ord_id()
+        deadline_s: float | None = None
+        if deadline is not None:
+            # The caller's deadline: a lookup proves absence only after it, as for ours.
+            self._note_settle_time(cl_ord_id, asyncio.get_running_loop().time()
+                                   + _parse_rfc3339(deadline) - time.time() + self.deadline_margin_s)
+        elif not validate:
+            deadline_s = self.order_deadline_s
         request = {
             "pair": pair, "type": side, "ordertype": ordertype, "volume": Decimal(volume_base), "price": price,
             "price2": price2, "cl_ord_id": cl_ord_id,
@@ -677,7 +771,8 @@ class KrakenClient:
         while True:
             sends += 1
             try:
-                result = await self._private_once("AddOrder", request, trading_pair=counter_pair)
+                result = await self._private_once("AddOrder", request, trading_pair=counter_pair,
+                                                  deadline_s=deadline_s)
                 break
             except KrakenError as exc:
                 if isinstance(exc, InvalidNonceError | RateLimitedError) or (validate and exc.retryable):
@@ -745,12 +840,13 @@ class KrakenClient:
     async def _resolve_ambiguous(self, pair: str, cl_ord_id: str, cause: KrakenError) -> Order | None:
         """After an ambiguous AddOrder: the order if it exists, None if proven absent, else AmbiguousOrderError.
 
-        The lookups carry nonces above the lost request's (even within a nonce window), so if the lookup is
-        accepted the lost AddOrder can no longer be executed later: "absent" really means absent.
+        A lost request may sit in a queue behind a busy backend and still be executed after a lookup that found
+        nothing; only its deadline ends that. So "absent" needs a lookup made after the deadline plus the margin
+        (`find_order_settled`). Nonces do not help here: the request passed its nonce check when it arrived.
         """
         log.info("kraken_order_lookup", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id, cause=type(cause).__name__)
         try:
-            return await self.find_order(cl_ord_id)
+            return await self.find_order_settled(cl_ord_id)
         except KrakenError as exc:
             raise AmbiguousOrderError(
                 f"AddOrder {pair}: the outcome is unknown ({type(cause).__name__}) and looking the order up by "

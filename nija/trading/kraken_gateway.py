@@ -48,7 +48,8 @@ class KrakenGateway:
         return Placed(order_id=order_id, fill=fill, recovered=result.recovered)
 
     async def find(self, cl_ord_id: str) -> Fill | None:
-        order = await self.client.find_order(cl_ord_id)
+        # None must mean "proven absent": an AddOrder sent with this id may land until its deadline.
+        order = await self.client.find_order_settled(cl_ord_id)
         return None if order is None else fill_from_order(order)
 
     async def fill_of(self, order_id: str) -> Fill | None:

@@ -28,6 +28,8 @@ VOLUME, PRICE = Decimal("0.0001"), Decimal("10000")
 
 def client_for(exchange, name, context, **kwargs) -> KrakenClient:
     account = exchange.account(name)
+    kwargs.setdefault("order_deadline_s", 2)  # Kraken's shortest: an order proven absent 2-3 s after a send
+    kwargs.setdefault("deadline_margin_s", 0.05)  # one clock here, the exchange's
     return KrakenClient(account.api_key, account.api_secret, base_url=kwargs.pop("base_url"), context=context,
                         tier=account.tier, name=name, retry_base_s=0.01, **kwargs)
 
@@ -104,13 +106,37 @@ async def test_ambiguous_add_order_that_executed_is_found_not_placed_twice(excha
     assert result.order_id == orders[cl_ord_id][0].txid
 
 
-@pytest.mark.parametrize("kind", ["http_502", "service_unavailable", "internal_error"])
-async def test_ambiguous_add_order_that_did_not_execute_is_sent_once_more(exchange, context, exchange_url, kind):
-    client = client_for(exchange, "bob", context, base_url=exchange_url)
-    exchange.inject(Fault(kind=kind, method="AddOrder", execute=False))
-    result = await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)
-    assert not result.recovered and result.attempts == 2
-    assert len(exchange.orders_by_cl_ord_id("bob")[result.cl_ord_id]) == 1
+async def test_ambiguous_add_order_that_did_not_execute_is_sent_once_more(exchange, context, exchange_url):
+    # One account per kind, all at once: each waits for its first send's deadline before the resend.
+    kinds = ["http_502", "service_unavailable", "internal_error"]
+    clients = []
+    for kind in kinds:
+        exchange.create_account(kind, balances={"ZUSD": Decimal("100")}, tier=ROOMY)
+        exchange.inject(Fault(kind=kind, method="AddOrder", account=kind, execute=False))
+        clients.append(client_for(exchange, kind, context, base_url=exchange_url))
+    results = await asyncio.gather(*(c.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)
+                                     for c in clients))
+    for kind, result in zip(kinds, results):
+        assert not result.recovered and result.attempts == 2, kind
+        assert len(exchange.orders_by_cl_ord_id(kind)[result.cl_ord_id]) == 1, kind
+
+
+@pytest.mark.parametrize("held_s, found", [(1.0, True), (3.5, False)], ids=["lands-before-deadline", "lands-after"])
+async def test_add_order_queued_behind_a_busy_backend_is_never_placed_twice(exchange, context, exchange_url, held_s,
+                                                                           found):
+    """The request passed its nonce check, then waits in the exchange's queue longer than the client waits for an
+    answer. A lookup right after the timeout finds nothing; a resend then would make two orders once the queued
+    one lands. With Kraken's deadline the queued one either lands before it (found) or is rejected (resent)."""
+    client = client_for(exchange, "alice", context, base_url=exchange_url, timeout_s=0.3)
+    exchange.inject(Fault(kind="latency", method="AddOrder", account="alice", delay_s=held_s))
+    cl_ord_id = derive_cl_ord_id("busy-backend", held_s)
+    started = asyncio.get_running_loop().time()
+    # A market order: it closes at once, so its cl_ord_id (unique among open orders only) is free again.
+    result = await client.add_order("XBTUSD", "buy", VOLUME, cl_ord_id=cl_ord_id)
+    assert result.recovered is found
+    # Let the queued request come out of the exchange before counting.
+    await asyncio.sleep(max(0.0, started + held_s + 0.2 - asyncio.get_running_loop().time()))
+    assert len(exchange.orders_by_cl_ord_id("alice")[cl_ord_id]) == 1
 
 
 async def test_add_order_stays_ambiguous_when_the_lookup_fails_too(exchange, context, exchange_url):
@@ -173,3 +199,31 @@ async def test_restart_with_clock_stepped_back_keeps_nonces_valid(exchange, exch
                               tier=ROOMY, read_attempts=1)
         for _ in range(5):
             assert (await client.balance()).get("ZUSD") == Decimal("1")
+
+
+async def test_orders_on_a_fast_forwarded_exchange_meet_their_deadline(context, tmp_path):
+    """Paper mode runs the market clock fast; an AddOrder deadline is real time, so orders still go through."""
+    from nija.exchange import Exchange
+
+    fast = Exchange(seed=7, speed=600)  # ten simulated minutes per real second
+    fast.create_account("paper", balances={"ZUSD": Decimal("1000")}, tier=ROOMY)
+    async with fast.serve(host="127.0.0.1", port=0) as server:
+        client = client_for(fast, "paper", context, base_url=server.url, order_attempts=1)
+        await asyncio.sleep(0.05)  # half a simulated minute passes
+        result = await client.add_order("XBTUSD", "buy", VOLUME)
+    assert not result.recovered and len(fast.orders_by_cl_ord_id("paper")[result.cl_ord_id]) == 1
+
+
+async def test_an_add_order_cancelled_by_its_caller_is_outranked_by_every_later_nonce(exchange, context, exchange_url):
+    """The copy engine gives up on an order with its own timeout: the request may still be on its way, so even with
+    a nonce window every later call on the key must carry a nonce it can no longer slip under."""
+    window = 5_000_000_000
+    exchange.create_account("windowed", balances={"ZUSD": Decimal("1000")}, tier=ROOMY, nonce_window=window)
+    client = client_for(exchange, "windowed", context, base_url=exchange_url, nonce_window=window, timeout_s=5)
+    exchange.inject(Fault(kind="latency", method="AddOrder", account="windowed", delay_s=0.5))
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)
+    sent_nonce = exchange.account("windowed").highest_nonce  # the cancelled request reached the exchange
+    assert context.nonces.last_nonce(client.key_id) >= sent_nonce + window
+    assert (await client.balance()).get("ZUSD") is not None  # the key still works

@@ -3,6 +3,9 @@ secrets. (aioresponses does not work with the installed aiohttp 3.14, and a real
 
 import asyncio
 import json
+import re
+import time
+from datetime import datetime
 from decimal import Decimal
 from urllib.parse import parse_qs
 
@@ -56,7 +59,8 @@ class Recorder:
             valid = request.headers.get("API-Sign") == sign(request.path, fields["nonce"], body, self.secret)
         else:
             fields, valid = dict(request.query), True
-        self.requests.append({"fields": fields, "headers": dict(request.headers), "signature_valid": valid})
+        self.requests.append({"fields": fields, "headers": dict(request.headers), "signature_valid": valid,
+                              "received_at": time.time()})
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         if reply == DROP:
             request.transport.abort()
@@ -102,7 +106,7 @@ async def kraken():
 @pytest.fixture
 def client(context, secret_b64, kraken):
     return KrakenClient(API_KEY, secret_b64, base_url=kraken.url, context=context, retry_base_s=0.001, name="alice",
-                        timeout_s=0.15)
+                        timeout_s=0.15, order_deadline_s=2, deadline_margin_s=0.05)
 
 
 async def test_private_call_is_signed_with_a_nanosecond_nonce(client, kraken, secret_b64):
@@ -242,6 +246,23 @@ async def test_ambiguous_add_order_proven_absent_is_sent_again_with_the_same_id(
     assert len(add.requests) == 2
     assert add.requests[0]["fields"]["cl_ord_id"] == add.requests[1]["fields"]["cl_ord_id"] == result.cl_ord_id
     assert result.order_id == "ONEW-1" and not result.recovered and result.attempts == 2
+    # The lost request could still be executed until its deadline: the lookup that proved it absent came after.
+    first_deadline = datetime.fromisoformat(add.requests[0]["fields"]["deadline"].replace("Z", "+00:00"))
+    assert len(empty_open.requests) == 2
+    assert empty_open.requests[1]["received_at"] > first_deadline.timestamp()
+    assert add.requests[1]["received_at"] > first_deadline.timestamp()
+
+
+async def test_every_add_order_carries_a_deadline_kraken_accepts(client, kraken, secret_b64):
+    add = kraken.on("AddOrder", Recorder(secret_b64, envelope({"descr": {"order": "buy"}, "txid": ["O1"]})))
+    await client.add_order("XBTUSD", "buy", Decimal("0.1"))
+    fields = add.requests[0]["fields"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["deadline"])  # RFC3339, UTC
+    ahead_s = datetime.fromisoformat(fields["deadline"].replace("Z", "+00:00")).timestamp() \
+        - add.requests[0]["received_at"]
+    assert 2 <= ahead_s <= 60  # Kraken's accepted range
+    with pytest.raises(ValueError, match="order_deadline_s"):
+        KrakenClient(API_KEY, secret_b64, base_url=kraken.url, order_deadline_s=1)
 
 
 async def test_add_order_whose_lookup_fails_is_ambiguous_and_not_resent(client, kraken, secret_b64):

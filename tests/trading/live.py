@@ -72,7 +72,7 @@ async def make_rig(exchange, url: str, tmp_path, followers: dict[str, dict], *, 
         loaded.append(Follower(FollowerConfig(name=name, **spec), SecretStr(key), SecretStr(account.api_secret)))
     store = await Store.open(tmp_path / "state" / "nija.sqlite3")
     accounts = follower_accounts(loaded, pairs, base_url=url, context=context, timeout_s=client_timeout_s,
-                                 retry_base_s=0.05)
+                                 retry_base_s=0.05, order_deadline_s=2, deadline_margin_s=0.05)
     engine = CopyEngine(store, pairs, accounts, **(engine_options or {}))
     await engine.start()
     return Rig(exchange, url, context, master, engine, store)
