@@ -11,6 +11,9 @@ Path of one signal (DESIGN.md):
      to the last follower acknowledgement.
 Reconciliation (`resume`/`reconcile`): intents left unfinished by a crash or an unsettled failure are looked up on
 the exchange by client order id, then recorded as found or sized and sent — never sent twice.
+Held signals: while an intent of a follower on a pair is unsettled, that follower's portfolio does not know what the
+order did, so the next signal on the same pair first settles it by lookup (retried with backoff) and is sized only
+from the settled position; if it stays unknown, the next signal is held (unsettled, not sent) for reconciliation.
 
 One follower's error, slowness or rate limit never delays another: each has its own task, its own timeout, and
 the only shared resource is the semaphore, held just for the order call itself.
@@ -191,6 +194,8 @@ class CopyEngine:
         concurrency: int = 500,
         taker_fee_rate: Decimal = Decimal("0.004"),
         order_timeout_s: float = 10.0,
+        settle_attempts: int = 4,
+        settle_retry_s: float = 0.5,
         refresh_s: float | None = None,
         price_source: Callable[[], Awaitable[Mapping[str, Decimal]]] | None = None,
         queue: asyncio.Queue | None = None,
@@ -202,6 +207,10 @@ class CopyEngine:
         self.mode = mode
         self.taker_fee_rate = taker_fee_rate
         self.order_timeout_s = order_timeout_s
+        if settle_attempts < 1 or settle_retry_s < 0:
+            raise ValueError("CopyEngine: settle_attempts must be >= 1 and settle_retry_s >= 0")
+        self.settle_attempts = settle_attempts
+        self.settle_retry_s = settle_retry_s
         self.refresh_s = refresh_s
         self.price_source = price_source
         self.prices = PriceBook()
@@ -212,6 +221,10 @@ class CopyEngine:
         self._in_flight: dict[str, asyncio.Task] = {}  # signal id → its summary task
         self._dispatching: set[str] = set()  # signal ids claimed by a dispatch not yet in _in_flight
         self._rules: dict[str, PairRules] = {}
+        # (follower, pair) → cl_ord_id → its signal, oldest first: intents whose order may or may not exist
+        self._unsettled: dict[tuple[str, str], dict[str, Signal]] = {}
+        # cl_ord_id → its outcome, when a later signal's hold settled it (until its own signal is reconciled)
+        self._settled_early: dict[str, CopyResult] = {}
         self._last_master_equity: Decimal | None = None
         self._background: list[asyncio.Task] = []
         self._idle = asyncio.Event()
@@ -302,20 +315,22 @@ class CopyEngine:
 
     # --- fan-out ---------------------------------------------------------------------------------------------------
 
-    async def _dispatch(self, signal: Signal, *, resumed: bool = False) -> None:
-        """Store the intents of `signal` and start one task per follower. Returns once every task is started.
+    async def _dispatch(self, signal: Signal, *, resumed: bool = False) -> asyncio.Task | None:
+        """Store the intents of `signal` and start one task per follower. Returns once every task is started,
+        with the task that summarises them (None when nothing was started).
 
         A signal is claimed before the first await: the consumer and `resume` (run every minute by the daemon)
         may reach the same signal at once, and only one of them may fan it out.
         """
         signal_id = signal.signal_id
         if signal_id in self._in_flight or signal_id in self._dispatching:
-            return
+            return None
         self._dispatching.add(signal_id)
         try:
             await self._fan_out(signal, resumed)
         finally:
             self._dispatching.discard(signal_id)
+        return self._in_flight.get(signal_id)
 
     async def _fan_out(self, signal: Signal, resumed: bool) -> None:
         if await self.store.signal_status(signal.signal_id) == "done":
@@ -351,6 +366,7 @@ class CopyEngine:
             for row in existing:
                 account = self.followers.get(row.follower)
                 if row.finished:
+                    self._settled_early.pop(row.cl_ord_id, None)
                     prior.append(CopyResult(signal.signal_id, row.follower, row.pair, row.side,
                                             _RESULT_STATUS[row.status], row.volume_base, row.notional_usd,
                                             row.order_id, row.reason))
@@ -379,7 +395,7 @@ class CopyEngine:
             tasks.append(task)
         self._in_flight[signal.signal_id] = loop.create_task(self._summarise(signal, tasks, prior))
 
-    async def _summarise(self, signal: Signal, tasks: list[asyncio.Task], prior: list[CopyResult]) -> None:
+    async def _summarise(self, signal: Signal, tasks: list[asyncio.Task], prior: list[CopyResult]) -> CopySummary:
         try:
             done = [await task for task in tasks]
             for result in done:
@@ -403,6 +419,7 @@ class CopyEngine:
                 await self.store.finish_signal(signal.signal_id, summary.to_json())
             self._publish(summary)
             await self._confirm_fills(signal.signal_id)
+            return summary
         finally:
             self._to_confirm.pop(signal.signal_id, None)
             self._in_flight.pop(signal.signal_id, None)
@@ -430,11 +447,20 @@ class CopyEngine:
         account.in_flight += 1
         base = dict(signal_id=signal.signal_id, name=account.name, pair=rules.pair if rules else signal.pair,
                     side=signal.side)
+        key = (account.name, rules.pair if rules else signal.pair)
         try:
-            if rules is None:
+            early = self._settled_early.pop(cl_ord_id, None) if may_exist else None
+            if early is not None:
+                result = early  # settled by a later signal's hold (the store may not have it yet)
+            elif rules is None:
                 result = CopyResult(**base, status="failed", reason=rules_error)
             else:
-                result = await self._settle(signal, account, rules, cl_ord_id, may_exist, base)
+                held_by = await self._settle_earlier(account, rules, key, cl_ord_id)
+                self._forget_unsettled(key, cl_ord_id)  # this task settles it now
+                if held_by is not None:
+                    result = CopyResult(**base, status="unsettled", reason=f"held: {held_by}")
+                else:
+                    result = await self._settle(signal, account, rules, cl_ord_id, may_exist, base)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not take the other followers down
@@ -442,9 +468,50 @@ class CopyEngine:
             result = CopyResult(**base, status="unsettled", reason=f"internal error: {exc.__class__.__name__}")
         finally:
             account.in_flight -= 1
+        if result.status == "unsettled":
+            self._unsettled.setdefault(key, {})[cl_ord_id] = signal
         self.store.record_result(cl_ord_id, _STORE_STATUS[result.status], volume_base=result.volume_base,
                                  notional_usd=result.notional_usd, order_id=result.order_id, reason=result.reason)
         return result  # logged by _summarise once the whole fan-out is answered: rendering must not delay sends
+
+    def _forget_unsettled(self, key: tuple[str, str], cl_ord_id: str) -> None:
+        pending = self._unsettled.get(key)
+        if pending is not None:
+            pending.pop(cl_ord_id, None)
+            if not pending:
+                del self._unsettled[key]
+
+    async def _settle_earlier(self, account: FollowerAccount, rules: PairRules, key: tuple[str, str],
+                              own_cl_ord_id: str) -> str | None:
+        """Settle this follower's unsettled intents on this pair that precede `own_cl_ord_id`, oldest first, so
+        that the position it is sized from is known.
+
+        Each is looked up by client order id (found → its fill is booked; proven absent → sized and sent as
+        reconciliation would), retried with backoff. Returns why the position is still unknown, or None.
+        """
+        while True:
+            pending = self._unsettled.get(key)
+            if not pending:
+                return None
+            cl_ord_id, earlier = next(iter(pending.items()))
+            if cl_ord_id == own_cl_ord_id:  # everything before this intent is settled
+                return None
+            base = dict(signal_id=earlier.signal_id, name=account.name, pair=rules.pair, side=earlier.side)
+            for attempt in range(self.settle_attempts):
+                if attempt:
+                    await asyncio.sleep(self.settle_retry_s * 2 ** (attempt - 1))
+                result = await self._settle(earlier, account, rules, cl_ord_id, True, base)
+                if result.status != "unsettled":
+                    break
+            if result.status == "unsettled":
+                return f"the earlier order {cl_ord_id} on {rules.pair} is still unsettled ({result.reason})"
+            self._forget_unsettled(key, cl_ord_id)
+            self._settled_early[cl_ord_id] = result
+            self.store.record_result(cl_ord_id, _STORE_STATUS[result.status], volume_base=result.volume_base,
+                                     notional_usd=result.notional_usd, order_id=result.order_id,
+                                     reason=result.reason)
+            log.info("copy_settled", name=account.name, pair=rules.pair, status=result.status,
+                     order_id=result.order_id, reason=result.reason, signal_id=earlier.signal_id)
 
     async def _settle(self, signal: Signal, account: FollowerAccount, rules: PairRules, cl_ord_id: str,
                       may_exist: bool, base: dict) -> CopyResult:
@@ -557,25 +624,24 @@ class CopyEngine:
 
     async def resume(self) -> int:
         """Finish what a previous run (or an unsettled failure) left open: returns how many signals were taken up."""
-        count = 0
+        return len(await self._resume())
+
+    async def _resume(self) -> list[asyncio.Task]:
+        started = []
         for signal in await self.store.unfinished_signals():
-            if signal.signal_id in self._in_flight or signal.signal_id in self._dispatching:
-                continue
-            await self._dispatch(signal, resumed=True)
-            count += 1
-        return count
+            task = await self._dispatch(signal, resumed=True)
+            if task is not None:
+                started.append(task)
+        return started
 
     async def reconcile(self) -> list[CopySummary]:
         """Settle every unfinished intent now (by lookup first) and wait for the outcome."""
         await self.wait_idle()
-        before = set(self._in_flight)
-        await self.resume()
-        started = [task for sid, task in self._in_flight.items() if sid not in before]
-        ids = [sid for sid in self._in_flight if sid not in before]
-        if started:
-            await asyncio.wait(started)
-        latest = {summary.signal_id: summary for summary in self.summaries if summary.signal_id in ids}
-        return [latest[sid] for sid in ids if sid in latest]
+        started = await self._resume()
+        if not started:
+            return []
+        await asyncio.wait(started)
+        return [task.result() for task in started if not task.cancelled() and task.exception() is None]
 
     # --- balances --------------------------------------------------------------------------------------------------
 

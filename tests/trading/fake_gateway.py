@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+from nija.kraken.errors import TransportError
 from nija.trading.copy import Fill, Placed
 
 
@@ -17,6 +18,7 @@ class FakeAccount:
         self.fail_with: Exception | None = None  # raised by the next place()
         self.execute_then_fail: Exception | None = None  # order executes, then this is raised (lost reply)
         self.gate: asyncio.Event | None = None  # place() waits for it
+        self.failing_finds = 0  # that many find() calls raise (the lookup fails too)
         self.calls: list[str] = []
 
     async def place(self, plan, cl_ord_id):
@@ -41,6 +43,9 @@ class FakeAccount:
 
     async def find(self, cl_ord_id):
         self.calls.append("find")
+        if self.failing_finds:
+            self.failing_finds -= 1
+            raise TransportError("lookup failed")
         found = self.orders.get(cl_ord_id)
         return found[0] if found else None
 

@@ -232,3 +232,34 @@ async def test_reconcile_during_a_dispatch_never_sends_an_order_twice(store):
         assert [len(orders) for orders in fake.orders.values()] == [1]
         assert fake.balances["BTC"] == D("0.002")
 
+
+
+async def test_a_sell_after_an_unsettled_buy_is_sized_from_the_settled_buy(store):
+    """The buy's reply is lost and its lookup fails: the sell that follows must not see "no position" and skip,
+    leaving the follower holding what the master sold. It waits for the buy to be settled by lookup first."""
+    alice = FakeAccount(usd="1000")
+    alice.execute_then_fail = AmbiguousOrderError("lookup failed", cl_ord_id="x")
+    engine = await engine_with(store, [account("alice", alice)], settle_retry_s=0.001)
+    assert (await engine.copy(buy())).unsettled == 1
+    alice.failing_finds = 2  # the lookup keeps failing a little longer: retried with backoff
+    sold = await engine.copy(sell("s1", closes=True))
+    assert sold.succeeded == 1 and sold.results[0].volume_base == D("0.002")
+    assert alice.balances["BTC"] == 0
+    assert len(alice.orders[cl_ord_id_for("b1", "alice")]) == 1  # the buy was found, not sent again
+    [buy_summary] = await engine.reconcile()  # the buy's signal is closed with the outcome found
+    assert buy_summary.signal_id == "b1" and buy_summary.succeeded == 1
+    assert await store.signal_status("b1") == "done" and alice.balances["BTC"] == 0
+
+
+async def test_a_signal_behind_an_intent_that_stays_unsettled_is_held_not_misjudged(store):
+    alice = FakeAccount(usd="1000")
+    alice.execute_then_fail = AmbiguousOrderError("lookup failed", cl_ord_id="x")
+    engine = await engine_with(store, [account("alice", alice)], settle_retry_s=0.001, settle_attempts=2)
+    await engine.copy(buy())
+    alice.failing_finds = 2  # every lookup of the held sell fails
+    held = await engine.copy(sell("s1", closes=True))
+    assert held.unsettled == 1 and "held" in held.results[0].reason
+    assert [c for c in alice.calls if c.startswith("place sell")] == []  # not sized against a stale position
+    settled = await engine.reconcile()  # the exchange answers again: the buy is found, then the sell is sent
+    assert sorted(s.signal_id for s in settled) == ["b1", "s1"] and all(s.succeeded == 1 for s in settled)
+    assert alice.balances["BTC"] == 0 and len(alice.orders[cl_ord_id_for("b1", "alice")]) == 1
