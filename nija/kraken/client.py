@@ -67,7 +67,7 @@ from nija.kraken.models import (
     TradeBalance,
     orders_from_mapping,
 )
-from nija.kraken.nonce import NonceCoordinator, NonceLane, default_state_dir
+from nija.kraken.nonce import NonceCoordinator, NonceLane
 from nija.kraken.pairs import PairInfo, Pairs
 from nija.kraken.scheduler import KeyBudget, RateScheduler
 from nija.logs import get_logger
@@ -166,7 +166,7 @@ def _key_fingerprint(api_key: str) -> str:
 class KrakenContext:
     """What all clients share: one HTTP session, one nonce coordinator, one rate scheduler, the loaded pairs.
 
-    `state_dir` (default NIJA_STATE_DIR or `state/`) holds the nonce high-water mark. `public_rate_per_s` paces
+    `state_dir` (default NIJA_STATE_DIR or `state/`) holds the nonce high-water mark, in `<state_dir>/nonces/`. `public_rate_per_s` paces
     public calls across all clients (Kraken limits them per IP; ~1/s is safe). `connection_limit` caps open
     connections in the pool (0 = unlimited; the default lets a fan-out to 2,048 accounts leave at once).
     `keepalive_s` keeps an idle pooled connection that long: above the slowest balance-refresh interval (60 s), so
@@ -187,7 +187,7 @@ class KrakenContext:
         keepalive_s: float = DEFAULT_KEEPALIVE_S,
         user_agent: str = USER_AGENT,
     ) -> None:
-        self.nonces = nonces or NonceCoordinator.for_state_dir(state_dir if state_dir is not None else default_state_dir())
+        self.nonces = nonces or NonceCoordinator.for_state_dir(state_dir)
         self.scheduler = scheduler or RateScheduler(
             public_rate_per_s=public_rate_per_s, safety_margin=rate_safety_margin
         )
@@ -538,6 +538,11 @@ class KrakenClient:
                 finally:
                     context.timeouts.leave(slot, task)
                 return _parse_envelope(method, status, raw)
+            except InvalidNonceError:
+                # last + 1 cannot beat a nonce an earlier run (with a lost mark) used ahead of the clock: re-sign
+                # from a reservation past the clock instead.
+                lane.jump_ahead()
+                raise
             except RateLimitedError as exc:
                 # Someone else spends this key's budget (or our model drifted): take the server's word for it.
                 first = exc.errors[0] if exc.errors else ""

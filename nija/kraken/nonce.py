@@ -3,11 +3,16 @@
 Scale: nanoseconds since the epoch (~1.7e18). That is above every common library's scale (ccxt and krakenex use
 milliseconds, python-kraken-sdk 1e-8 s), so a key used before by another tool keeps working with NIJA.
 
-Persistence, cheaply: the coordinator *reserves* nonces ahead (`reserve_ns`, a minute by default) and writes only the
-end of the reservation to `<state_dir>/nonce_high_water`. A nonce is issued only below a mark already on disk, so
-after a restart — even with the clock stepped back — every key starts above every nonce ever issued. One mark serves
-every key (it bounds all of them), so fan-out to a thousand accounts still costs one small write a minute, not one
-per call or per key.
+Persistence, cheaply: the coordinator *reserves* nonces ahead (`reserve_ns`, 5 s by default) and writes only the
+end of the reservation to `<NIJA state dir>/nonces/nonce_high_water`. A nonce is issued only below a mark already on
+disk, so after a restart — even with the clock stepped back — every key starts above every nonce ever issued. One
+mark serves every key (it bounds all of them), so fan-out to a thousand accounts still costs one small write per
+reservation (at most one every 5 s), not one per call or per key.
+
+The reservation is kept short because a restart starts from the mark: nonces then run ahead of the clock by up to
+the reservation, and if the state dir is ever lost every key would see `EAPI:Invalid nonce` until the clock caught
+up. On `EAPI:Invalid nonce` the client moves the key's sequence a reservation ahead of the clock (`jump_ahead`),
+which gets past what an earlier run used without waiting.
 
 Send order: `NonceLane` makes private calls on one key leave in nonce order. With nonce window 0 only one call is in
 flight at a time, because the server checks nonces in arrival order and two requests in flight can overtake each
@@ -26,10 +31,11 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["NonceCoordinator", "NonceLane", "default_state_dir", "MARK_FILE_NAME"]
+__all__ = ["NonceCoordinator", "NonceLane", "default_state_dir", "nonce_dir", "MARK_FILE_NAME", "NONCE_SUBDIR"]
 
 MARK_FILE_NAME = "nonce_high_water"
-DEFAULT_RESERVE_NS = 60 * 1_000_000_000
+NONCE_SUBDIR = "nonces"
+DEFAULT_RESERVE_NS = 5 * 1_000_000_000
 
 
 def default_state_dir() -> Path:
@@ -37,8 +43,17 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("NIJA_STATE_DIR") or "state")
 
 
+def nonce_dir(state_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the nonce mark of a NIJA state dir lives: `<state_dir>/nonces/` (default state dir when None)."""
+    return Path(state_dir if state_dir is not None else default_state_dir()) / NONCE_SUBDIR
+
+
 class NonceCoordinator:
-    """Issues nonces per key id. Thread-safe; shared by every client in the process through `for_state_dir`."""
+    """Issues nonces per key id. Thread-safe; shared by every client in the process through `for_state_dir`.
+
+    `NonceCoordinator(directory)` keeps its mark in `directory` itself; `for_state_dir(state_dir)` is the one for a
+    NIJA state dir (mark in `<state_dir>/nonces/`), which the daemon and `default_context()` both use.
+    """
 
     _shared: dict[Path, NonceCoordinator] = {}
     _shared_lock = threading.Lock()
@@ -63,12 +78,15 @@ class NonceCoordinator:
 
     @classmethod
     def for_state_dir(cls, state_dir: str | os.PathLike[str] | None = None) -> NonceCoordinator:
-        """The process-wide coordinator for a state directory (created on first use)."""
-        path = Path(state_dir if state_dir is not None else default_state_dir()).resolve()
+        """The process-wide coordinator of a NIJA state dir (created on first use), mark in `<state_dir>/nonces/`.
+
+        A mark left at `<state_dir>/nonce_high_water` by earlier versions still bounds the nonces from below."""
+        path = nonce_dir(state_dir).resolve()
         with cls._shared_lock:
             coordinator = cls._shared.get(path)
             if coordinator is None:
                 coordinator = cls._shared[path] = cls(path)
+                coordinator._raise_floor(_read_mark_file(path.parent / MARK_FILE_NAME))
             return coordinator
 
     @property
@@ -95,6 +113,19 @@ class NonceCoordinator:
             self._last_by_key[key_id] = nonce
             return nonce
 
+    @property
+    def reserve_ns(self) -> int:
+        return self._reserve_ns
+
+    def jump_ahead(self, key_id: str) -> int:
+        """After `EAPI:Invalid nonce`: move `key_id`'s sequence a reservation ahead of the clock (or of its last
+        nonce, if that is later), past what an earlier run with a lost mark may have used. Returns the new last."""
+        with self._lock:
+            last = self._last_by_key.get(key_id, self._floor)
+            target = max(last, self._clock_ns()) + self._reserve_ns
+        self.skip_past(key_id, target)
+        return target
+
     def skip_past(self, key_id: str, nonce: int) -> None:
         """Make every later nonce of `key_id` exceed `nonce` (used to out-rank a request whose fate is unknown)."""
         with self._lock:
@@ -108,17 +139,13 @@ class NonceCoordinator:
             return self._last_by_key.get(key_id)
 
     def _read_mark(self) -> int:
-        try:
-            text = self._path.read_text().strip()
-        except FileNotFoundError:
-            return 0
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(
-                f"{self._path}: nonce high-water mark {text[:40]!r} is not an integer. Restore it from a backup, or "
-                f"write a value above the last nonce used (e.g. the current time in ns: {time.time_ns()})"
-            ) from None
+        return _read_mark_file(self._path)
+
+    def _raise_floor(self, floor: int) -> None:
+        with self._lock:
+            if floor > self._floor:
+                self._floor = floor
+                self._reserved_until = max(self._reserved_until, floor)
 
     def _write_mark(self, mark: int) -> None:
         # Written before any nonce below it is handed out; atomic replace so a crash leaves the old or new mark.
@@ -131,6 +158,20 @@ class NonceCoordinator:
         os.replace(tmp, self._path)
         self._reserved_until = mark
         self.mark_writes += 1
+
+
+def _read_mark_file(path: Path) -> int:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"{path}: nonce high-water mark {text[:40]!r} is not an integer. Restore it from a backup, or "
+            f"write a value above the last nonce used (e.g. the current time in ns: {time.time_ns()})"
+        ) from None
 
 
 class NonceLane:
@@ -200,6 +241,10 @@ class NonceLane:
     def skip_past(self, nonce: int) -> None:
         """Later nonces on this key exceed `nonce` (see NonceCoordinator.skip_past)."""
         self._nonces.skip_past(self._key_id, nonce)
+
+    def jump_ahead(self) -> None:
+        """After `EAPI:Invalid nonce` (see NonceCoordinator.jump_ahead)."""
+        self._nonces.jump_ahead(self._key_id)
 
     def _wake(self) -> None:
         while self._waiters:

@@ -227,3 +227,20 @@ async def test_an_add_order_cancelled_by_its_caller_is_outranked_by_every_later_
     sent_nonce = exchange.account("windowed").highest_nonce  # the cancelled request reached the exchange
     assert context.nonces.last_nonce(client.key_id) >= sent_nonce + window
     assert (await client.balance()).get("ZUSD") is not None  # the key still works
+
+
+async def test_a_key_whose_nonce_state_was_lost_recovers_on_its_next_retry(exchange, exchange_url, tmp_path):
+    """An earlier run's nonces ran a few seconds ahead of the clock, then its state dir was lost: the first call
+    gets EAPI:Invalid nonce, and the re-signed call must get past it (last + 1 never would)."""
+    exchange.create_account("lost", balances={"ZUSD": Decimal("1")}, tier=ROOMY)
+    account = exchange.account("lost")
+    ahead = NonceCoordinator(tmp_path / "old-state", clock_ns=lambda: time.time_ns() + 4 * 10**9)
+    async with KrakenContext(nonces=ahead, public_rate_per_s=1000) as earlier_run:
+        client = KrakenClient(account.api_key, account.api_secret, base_url=exchange_url, context=earlier_run,
+                              tier=ROOMY, read_attempts=1)
+        await client.balance()
+    async with KrakenContext(nonces=NonceCoordinator(tmp_path / "new-state"), public_rate_per_s=1000) as now:
+        client = KrakenClient(account.api_key, account.api_secret, base_url=exchange_url, context=now,
+                              tier=ROOMY, read_attempts=2, retry_base_s=0.01)
+        assert (await client.balance()).get("ZUSD") == Decimal("1")
+        assert (await client.balance()).get("ZUSD") == Decimal("1")  # and stays valid

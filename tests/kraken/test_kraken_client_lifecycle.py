@@ -18,7 +18,8 @@ async def test_clients_without_a_context_share_the_loops_default_one(exchange, e
         session = first.context.session()
         assert session is second.context.session()
     assert session.closed  # the last client out closed the shared session
-    assert (tmp_path / "default-state" / "nonce_high_water").exists()
+    # The same place the daemon keeps its mark: <state dir>/nonces/
+    assert (tmp_path / "default-state" / "nonces" / "nonce_high_water").exists()
 
 
 async def test_clients_of_one_key_share_lane_and_budget(exchange, tmp_path):

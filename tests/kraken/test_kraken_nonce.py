@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from nija.kraken.nonce import MARK_FILE_NAME, NonceCoordinator, NonceLane
+from nija.kraken.nonce import MARK_FILE_NAME, NonceCoordinator, NonceLane, nonce_dir
 
 NS = 1_000_000_000
 
@@ -92,6 +92,43 @@ def test_threads_never_get_the_same_nonce(tmp_path):
 
 def test_shared_coordinator_per_state_dir(tmp_path):
     assert NonceCoordinator.for_state_dir(tmp_path) is NonceCoordinator.for_state_dir(str(tmp_path))
+
+
+def test_one_place_for_the_mark_of_a_state_dir_and_the_old_place_still_counts(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    old_mark = 2_000_000_000 * NS  # left at <state>/nonce_high_water by an earlier version
+    (state / MARK_FILE_NAME).write_text(f"{old_mark}\n")
+    coordinator = NonceCoordinator.for_state_dir(state)
+    assert coordinator.mark_path == nonce_dir(state) / MARK_FILE_NAME == state / "nonces" / MARK_FILE_NAME
+    assert coordinator.next_nonce("key") > old_mark
+    assert int(coordinator.mark_path.read_text()) > old_mark
+
+
+def test_nonces_run_ahead_of_the_clock_by_seconds_not_a_minute_even_after_quick_restarts(tmp_path):
+    clock = SteppableClock(1_700_000_000 * NS)
+    for _restart in range(3):  # three restarts within the same second
+        coordinator = NonceCoordinator(tmp_path, clock_ns=clock)
+        coordinator.next_nonce("key")
+    lead_s = (coordinator.next_nonce("key") - clock.now_ns) / NS
+    assert lead_s <= 3 * 5 + 1  # one reservation (5 s) per restart at most
+    assert (coordinator.high_water_mark - clock.now_ns) / NS <= 4 * 5 + 1
+
+
+def test_jump_ahead_gets_past_what_a_run_with_a_lost_state_dir_used(tmp_path):
+    clock = SteppableClock(1_700_000_000 * NS)
+    earlier_run = NonceCoordinator(tmp_path / "lost", clock_ns=clock)
+    for _ in range(3):
+        earlier_run.next_nonce("key")
+        earlier_run = NonceCoordinator(tmp_path / "lost", clock_ns=clock)  # quick restarts ran it ahead
+    used = earlier_run.next_nonce("key")
+    fresh = NonceCoordinator(tmp_path / "new", clock_ns=clock)  # the state dir is gone
+    assert fresh.next_nonce("key") < used  # Kraken would say EAPI:Invalid nonce, and last + 1 stays below
+    jumps = 0
+    while fresh.next_nonce("key") <= used:
+        fresh.jump_ahead("key")
+        jumps += 1
+    assert 1 <= jumps <= 4 and fresh.high_water_mark >= fresh.last_nonce("key")
 
 
 async def test_lane_without_window_lets_one_call_in_flight_in_fifo_order(tmp_path):
