@@ -230,6 +230,8 @@ class CopyEngine:
         self._idle = asyncio.Event()
         self._idle.set()
         self.summaries: list[CopySummary] = []  # most recent last; trimmed to keep memory flat
+        #: signals fanned out to the followers since start (each once, however often it is reconciled)
+        self.signals_copied = 0
         self._summary_waiters: dict[str, asyncio.Future] = {}
         # signal id → market fills booked as estimates, read back after the signal's fan-out
         self._to_confirm: dict[str, list[tuple[FollowerAccount, PairRules, str, Fill]]] = {}
@@ -393,6 +395,8 @@ class CopyEngine:
             self._tails[key] = task
             task.add_done_callback(lambda t, key=key: self._tails.pop(key) if self._tails.get(key) is t else None)
             tasks.append(task)
+        if not resumed:
+            self.signals_copied += 1
         self._in_flight[signal.signal_id] = loop.create_task(self._summarise(signal, tasks, prior))
 
     async def _summarise(self, signal: Signal, tasks: list[asyncio.Task], prior: list[CopyResult]) -> CopySummary:

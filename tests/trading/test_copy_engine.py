@@ -263,3 +263,14 @@ async def test_a_signal_behind_an_intent_that_stays_unsettled_is_held_not_misjud
     settled = await engine.reconcile()  # the exchange answers again: the buy is found, then the sell is sent
     assert sorted(s.signal_id for s in settled) == ["b1", "s1"] and all(s.succeeded == 1 for s in settled)
     assert alice.balances["BTC"] == 0 and len(alice.orders[cl_ord_id_for("b1", "alice")]) == 1
+
+
+async def test_signals_copied_counts_every_signal_once_beyond_the_kept_summaries(store):
+    alice = FakeAccount(usd="100000")
+    engine = await engine_with(store, [account("alice", alice)])
+    for n in range(105):
+        await engine.copy(buy(f"b{n}", volume="0.001"))
+    alice.execute_then_fail = AmbiguousOrderError("lookup failed", cl_ord_id="x")
+    assert (await engine.copy(buy("lost", volume="0.001"))).unsettled == 1
+    await engine.reconcile()  # settling a signal again does not count it twice
+    assert engine.signals_copied == 106 and len(engine.summaries) == 100
