@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS intents (
     updated_at   REAL NOT NULL,
     PRIMARY KEY (signal_id, follower)
 );
-CREATE INDEX IF NOT EXISTS intents_unfinished ON intents(status) WHERE status IN ('pending', 'unknown');
+DROP INDEX IF EXISTS intents_unfinished;
 CREATE TABLE IF NOT EXISTS day_marks (
     follower         TEXT NOT NULL,
     day              TEXT NOT NULL,
@@ -220,13 +220,6 @@ class Store:
         async with self._db.execute(
             "SELECT signal_id, follower, cl_ord_id, pair, side, status, volume_base, notional_usd, order_id, reason"
             " FROM intents WHERE signal_id = ? ORDER BY rowid", (signal_id,)
-        ) as cursor:
-            return [_row(values) for values in await cursor.fetchall()]
-
-    async def unfinished_intents(self) -> list[IntentRow]:
-        async with self._db.execute(
-            "SELECT signal_id, follower, cl_ord_id, pair, side, status, volume_base, notional_usd, order_id, reason"
-            " FROM intents WHERE status IN ('pending', 'unknown') ORDER BY rowid"
         ) as cursor:
             return [_row(values) for values in await cursor.fetchall()]
 

@@ -157,18 +157,23 @@ class PairInfo:
 
         `price` None (a market order without a reference price) skips the cost check.
         """
+        shortfall = self.minimum_shortfall(volume_base, price)
+        return None if shortfall is None else shortfall[1]
+
+    def minimum_shortfall(self, volume_base: Decimal, price: Decimal | None) -> tuple[str, str] | None:
+        """Which minimum an order misses ("ordermin" or "costmin") and why, or None (see `check_minimums`)."""
         volume_base = Decimal(volume_base)
         if volume_base <= 0:
-            return f"volume {volume_base} {self.base_common} is not positive"
+            return "ordermin", f"volume {volume_base} {self.base_common} is not positive"
         if volume_base < self.ordermin:
-            return (
+            return "ordermin", (
                 f"volume {volume_base} {self.base_common} is below {self.altname}'s minimum order "
                 f"{self.ordermin} {self.base_common}"
             )
         if self.costmin is not None and price is not None:
             cost = volume_base * Decimal(price)
             if cost < self.costmin:
-                return (
+                return "costmin", (
                     f"cost {cost.normalize():f} {self.quote_common} is below {self.altname}'s minimum cost "
                     f"{self.costmin} {self.quote_common}"
                 )

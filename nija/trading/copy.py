@@ -52,7 +52,6 @@ __all__ = [
     "Fill",
     "CopyResult",
     "CopySummary",
-    "pair_rules",
 ]
 
 log = get_logger("nija.copy")
@@ -158,16 +157,6 @@ class CopySummary:
 
 _STORE_STATUS = {"succeeded": "done", "skipped": "skipped", "failed": "failed", "unsettled": "unknown"}
 _RESULT_STATUS = {"done": "succeeded", "skipped": "skipped", "failed": "failed", "unknown": "unsettled"}
-
-
-def pair_rules(info) -> PairRules:
-    """PairRules from a nija.kraken.pairs.PairInfo: orders go out under the altname, holdings use common names."""
-    base_common = info.base_common or info.base
-    names = {info.key, info.altname, info.wsname, base_common, info.base, f"{base_common}/{info.quote_common}",
-             f"{base_common}{info.quote_common}"}
-    return PairRules(pair=info.altname, base=base_common, lot_decimals=info.lot_decimals, ordermin=info.ordermin,
-                     costmin=info.costmin, tick_size=info.tick_size,
-                     symbols=frozenset(name.upper() for name in names if name))
 
 
 class _Unsettled(Exception):
@@ -438,7 +427,7 @@ class CopyEngine:
     def _rules_for(self, pair: str) -> PairRules:
         rules = self._rules.get(pair)
         if rules is None:
-            rules = self._rules[pair] = pair_rules(self.pairs.get(pair))
+            rules = self._rules[pair] = PairRules.of(self.pairs.get(pair))
         return rules
 
     # --- one follower ----------------------------------------------------------------------------------------------

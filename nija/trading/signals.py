@@ -135,29 +135,3 @@ def signal_from_master_order(
         filled_at_s=time.time() if filled_at_s is None else filled_at_s,
     )
 
-
-async def signal_from_master_fill(
-    client,
-    order_id: str,
-    *,
-    master_equity_usd: Decimal,
-    position_before_base: Decimal | None = None,
-    reason: str | None = None,
-    filled_at_s: float | None = None,
-) -> Signal:
-    """Read a master order back through its KrakenClient (QueryOrders) and turn its fill into a Signal."""
-    order = (await client.query_orders(order_id)).get(order_id)
-    if order is None:
-        raise ValueError(f"master order {order_id} not found by QueryOrders: cannot build its signal")
-    return signal_from_master_order(
-        order_id,
-        pair=order.descr.pair,
-        side=order.descr.type,
-        vol_exec=order.vol_exec,
-        cost_usd=order.cost,
-        fee_usd=order.fee,
-        master_equity_usd=master_equity_usd,
-        position_before_base=position_before_base,
-        reason=reason,
-        filled_at_s=filled_at_s,
-    )

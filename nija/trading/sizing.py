@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from enum import Enum
 
+from nija.kraken.pairs import PairInfo
 from nija.trading.signals import Side, Signal
 
 __all__ = [
@@ -28,8 +29,6 @@ __all__ = [
     "Skip",
     "SkipReason",
     "size_copy",
-    "round_volume_down",
-    "round_price_down",
 ]
 
 ZERO = Decimal(0)
@@ -40,15 +39,25 @@ MARKET_BUY_PRICE_BUFFER = Decimal("0.01")
 
 @dataclass(frozen=True, slots=True)
 class PairRules:
-    """What sizing needs to know about a pair (from Kraken's AssetPairs)."""
+    """A pair as sizing sees it: its AssetPairs entry (lots, minimums, ticks: PairInfo's own rules), the name its
+    base asset has in the follower's book, and every name `disabled_symbols` may use for it."""
 
-    pair: str  # the name orders are sent with
-    base: str  # the base asset as the follower's book names it
-    lot_decimals: int
-    ordermin: Decimal  # base units
-    costmin: Decimal | None  # quote units
-    tick_size: Decimal
-    symbols: frozenset[str] = frozenset()  # every name `disabled_symbols` may use for this pair (upper-case)
+    info: PairInfo
+    base: str  # common name, e.g. BTC (XXBT in AssetPairs)
+    symbols: frozenset[str] = frozenset()  # upper-case
+
+    @classmethod
+    def of(cls, info: PairInfo) -> PairRules:
+        """Orders go out under the altname; holdings use common asset names."""
+        base_common = info.base_common or info.base
+        names = {info.key, info.altname, info.wsname, base_common, info.base,
+                 f"{base_common}/{info.quote_common}", f"{base_common}{info.quote_common}"}
+        return cls(info, base_common, frozenset(name.upper() for name in names if name))
+
+    @property
+    def pair(self) -> str:
+        """The name orders are sent with."""
+        return self.info.altname
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +121,12 @@ class OrderPlan:
         return "market" if self.limit_price_usd is None else "limit"
 
 
-def round_volume_down(volume_base: Decimal, lot_decimals: int) -> Decimal:
-    return volume_base.quantize(Decimal(1).scaleb(-lot_decimals), rounding=ROUND_DOWN)
-
-
-def round_price_down(price: Decimal, tick_size: Decimal) -> Decimal:
-    return ((price / tick_size).to_integral_value(rounding=ROUND_DOWN) * tick_size).normalize()
-
-
 def _minimums(volume_base: Decimal, price: Decimal, rules: PairRules, what: str) -> Skip | None:
-    if volume_base <= ZERO or volume_base < rules.ordermin:
-        return Skip(SkipReason.BELOW_ORDERMIN, f"{what} {volume_base} < ordermin {rules.ordermin} {rules.base}")
-    cost = volume_base * price
-    if rules.costmin is not None and cost < rules.costmin:
-        return Skip(SkipReason.BELOW_COSTMIN, f"{what} costs {cost:.2f} < costmin {rules.costmin}")
-    return None
+    shortfall = rules.info.minimum_shortfall(volume_base, price)
+    if shortfall is None:
+        return None
+    which, why = shortfall
+    return Skip(SkipReason.BELOW_ORDERMIN if which == "ordermin" else SkipReason.BELOW_COSTMIN, f"{what} {why}")
 
 
 def size_copy(
@@ -153,7 +153,7 @@ def _size_sell(signal: Signal, book: FollowerBook, rules: PairRules, price: Deci
     if held <= ZERO:
         return Skip(SkipReason.NO_POSITION, f"holds no {rules.base}")
     wanted = held if signal.closes_position else signal.sell_fraction * held
-    volume = min(round_volume_down(wanted, rules.lot_decimals), round_volume_down(held, rules.lot_decimals))
+    volume = min(rules.info.round_volume_down(wanted), rules.info.round_volume_down(held))
     skipped = _minimums(volume, price, rules, "sell")
     if skipped:
         return skipped
@@ -177,14 +177,14 @@ def _size_buy(signal: Signal, limits: FollowerLimits, book: FollowerBook, rules:
 
     limit_price: Decimal | None = None
     if limits.entry_slippage is not None:
-        limit_price = round_price_down(price * (ONE + limits.entry_slippage), rules.tick_size)
+        limit_price = rules.info.round_price(price * (ONE + limits.entry_slippage), ROUND_DOWN)
         worst_price = limit_price
     else:
         worst_price = price * (ONE + MARKET_BUY_PRICE_BUFFER)
     # Cash cap: the worst fill price plus the taker fee must still be paid from free cash.
     cash_cap_base = book.free_cash_usd / (worst_price * (ONE + taker_fee_rate))
 
-    volume = round_volume_down(min(target_usd / price, cash_cap_base), rules.lot_decimals)
+    volume = rules.info.round_volume_down(min(target_usd / price, cash_cap_base))
     skipped = _minimums(volume, price, rules, "buy")
     if skipped:
         return skipped

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from pydantic import SecretStr
 
@@ -12,10 +12,25 @@ from nija.kraken.client import KrakenClient, KrakenContext
 from nija.store import Store
 from nija.trading.copy import CopyEngine
 from nija.trading.kraken_gateway import follower_accounts
-from nija.trading.signals import Signal, signal_from_master_fill
+from nija.trading.signals import Signal, signal_from_master_order
 
 PAIR = "XBTUSD"
 PRICE = Decimal("50000")
+
+
+def round_volume_down(volume_base: Decimal, lot_decimals: int) -> Decimal:
+    """The tests' own oracle for lot rounding (XBTUSD: 8 decimals)."""
+    return volume_base.quantize(Decimal(1).scaleb(-lot_decimals), rounding=ROUND_DOWN)
+
+
+async def signal_from_master_fill(client: KrakenClient, order_id: str, *, master_equity_usd: Decimal,
+                                  position_before_base: Decimal | None = None, reason: str | None = None) -> Signal:
+    """Read a master order back (QueryOrders) and turn its fill into the Signal the watcher would emit."""
+    order = (await client.query_orders(order_id)).get(order_id)
+    assert order is not None, f"master order {order_id} not found by QueryOrders"
+    return signal_from_master_order(order_id, pair=order.descr.pair, side=order.descr.type, vol_exec=order.vol_exec,
+                                    cost_usd=order.cost, fee_usd=order.fee, master_equity_usd=master_equity_usd,
+                                    position_before_base=position_before_base, reason=reason)
 
 
 @dataclass
@@ -58,7 +73,7 @@ async def make_rig(exchange, url: str, tmp_path, followers: dict[str, dict], *, 
     """`followers`: name → {"usd": amount, **FollowerConfig fields}; "bad_key": True gives an unknown key."""
     exchange.set_price(PAIR, PRICE)
     master_account = exchange.create_account("master", {"ZUSD": master_usd})
-    context = KrakenContext(state_dir=tmp_path / "nonces")
+    context = KrakenContext(state_dir=tmp_path / "state")
     master = KrakenClient(master_account.api_key, master_account.api_secret, base_url=url, context=context,
                           name="master")
     pairs = await master.pairs()

@@ -10,9 +10,8 @@ import pytest
 
 from nija.exchange import Exchange, Fault
 from nija.trading.signals import cl_ord_id_for
-from nija.trading.sizing import round_volume_down
 
-from tests.trading.live import make_rig
+from tests.trading.live import make_rig, round_volume_down
 
 
 @pytest.fixture
@@ -90,7 +89,7 @@ async def test_faults_never_duplicate_or_lose_an_order(served, tmp_path, fault):
         for name in ("alice", "bob"):
             assert rig.held(name) == expected, name
             assert rig.orders_per_cl_ord_id(name) == {cl_ord_id_for(signal.signal_id, name): 1}
-        assert await rig.store.unfinished_intents() == []
+        assert all(row.finished for row in await rig.store.intents_for(signal.signal_id))
     finally:
         await rig.close()
 

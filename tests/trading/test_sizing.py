@@ -1,17 +1,25 @@
 """Sizing a follower's copy: the equity ratio, the caps, lot rounding and every skip reason."""
 
-from decimal import Decimal as D
+import dataclasses
+import json
+from decimal import ROUND_DOWN, Decimal as D
+from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
+from nija.kraken.pairs import Pairs
 from nija.trading.signals import Signal
-from nija.trading.sizing import (
-    FollowerBook, FollowerLimits, OrderPlan, PairRules, Skip, SkipReason, round_volume_down, size_copy,
-)
+from nija.trading.sizing import FollowerBook, FollowerLimits, OrderPlan, PairRules, Skip, SkipReason, size_copy
 
-XBT = PairRules(pair="XBTUSD", base="XXBT", lot_decimals=8, ordermin=D("0.0001"), costmin=D("0.5"),
-                tick_size=D("0.1"), symbols=frozenset({"XXBTZUSD", "XBTUSD", "XBT/USD", "XBT", "BTC"}))
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "kraken" / "asset_pairs_sample.json"
+XBT_INFO = Pairs.from_results(json.loads(FIXTURE.read_text())["result"]).get("XBTUSD")  # lot 1e-8, ordermin 0.0001
+XBT = PairRules.of(XBT_INFO)
 FEE = D("0.004")
+
+
+def round_volume_down(volume, lot_decimals):
+    """The test's own oracle for lot rounding."""
+    return volume.quantize(D(1).scaleb(-lot_decimals), rounding=ROUND_DOWN)
 
 
 def buy(volume="0.01", price="50000", master_equity="10000"):
@@ -58,7 +66,7 @@ def test_too_small_follower_is_skipped_with_reason():
 
 
 def test_costmin_skip():
-    rules = PairRules("XBTUSD", "XXBT", 8, D("0.00000001"), D("5"), D("0.1"))
+    rules = PairRules.of(dataclasses.replace(XBT_INFO, ordermin=D("0.00000001"), costmin=D("5")))
     result = size_copy(buy(volume="0.001"), FollowerLimits(), FollowerBook(D("50"), D("50"), D(0)), rules)
     assert result.reason is SkipReason.BELOW_COSTMIN
 
@@ -121,8 +129,8 @@ def test_buy_properties(master_volume, price, master_equity, equity, cash_share,
         assert result.reason in {SkipReason.BELOW_ORDERMIN, SkipReason.BELOW_COSTMIN, SkipReason.NO_CASH}
         return
     notional = result.volume_base * price
-    assert result.volume_base == round_volume_down(result.volume_base, XBT.lot_decimals)
-    assert result.volume_base >= XBT.ordermin and notional >= XBT.costmin
+    assert result.volume_base == round_volume_down(result.volume_base, XBT.info.lot_decimals)
+    assert result.volume_base >= XBT.info.ordermin and notional >= XBT.info.costmin
     assert notional <= max_risk * equity  # risk cap
     assert notional * (1 + FEE) <= cash  # fees fit in free cash
     assert notional <= master_volume * price * equity / master_equity * multiplier  # never more than proportional
