@@ -424,6 +424,18 @@ class CopyEngine:
         if future is not None and not future.done():
             future.set_result(summary)
 
+    def set_pairs(self, pairs) -> None:
+        """Use freshly loaded pairs (new listings, changed status or minimums) from the next signal on."""
+        self.pairs = pairs
+        self._rules.clear()
+
+    def _pair_status(self, rules: PairRules) -> str:
+        """The pair's trading status as `pairs` has it now (the cached rules may predate a change)."""
+        try:
+            return self.pairs.get(rules.pair).status
+        except Exception:
+            return rules.info.status
+
     def _rules_for(self, pair: str) -> PairRules:
         rules = self._rules.get(pair)
         if rules is None:
@@ -523,6 +535,11 @@ class CopyEngine:
                                   notional_usd=found.cost_usd or None, order_id=found.order_id,
                                   reason="reconciled: found by client order id", acked_at_s=self.clock())
 
+        status = self._pair_status(rules)
+        if status != "online":
+            # cancel_only, post_only, limit_only, reduce_only: Kraken would refuse the copy (or not fill it as sized).
+            return CopyResult(**base, status="skipped",
+                              reason=f"pair_{status}: {rules.pair} is in {status} mode, no order sent")
         if account.unusable and not account.portfolio.known:
             # The exchange refused this account's key: report that, rather than "balance unknown".
             return CopyResult(**base, status="failed", reason=f"account unusable: {account.unusable}")

@@ -275,3 +275,17 @@ async def test_signals_copied_counts_every_signal_once_beyond_the_kept_summaries
     assert (await engine.copy(buy("lost", volume="0.001"))).unsettled == 1
     await engine.reconcile()  # settling a signal again does not count it twice
     assert engine.signals_copied == 106 and len(engine.summaries) == 100
+
+
+@pytest.mark.parametrize("status", ["cancel_only", "post_only", "limit_only", "reduce_only"])
+async def test_a_pair_not_open_for_market_orders_is_skipped_with_its_status(store, status):
+    alice = FakeAccount()
+    engine = await engine_with(store, [account("alice", alice)])
+    assert (await engine.copy(buy("b0"))).succeeded == 1  # online: copied
+    raw = json.loads(FIXTURE.read_text())["result"]
+    raw["XXBTZUSD"] = dict(raw["XXBTZUSD"], status=status)
+    engine.set_pairs(Pairs.from_results(raw))  # the status changed after start-up
+    summary = await engine.copy(buy("b1"))
+    result = summary.results[0]
+    assert result.status == "skipped" and result.reason.startswith(f"pair_{status}")
+    assert list(alice.orders) == [cl_ord_id_for("b0", "alice")]  # nothing sent for b1
