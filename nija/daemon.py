@@ -45,6 +45,7 @@ log = logs.get_logger("nija.daemon")
 HEARTBEAT_S = 60.0
 RECONCILE_S = 60.0
 HEALTH_S = 5.0
+PAIRS_REFRESH_S = 900.0
 #: how long orders in flight may take to finish once a stop is asked for (Render waits 30 s before SIGKILL)
 STOP_GRACE_S = 20.0
 
@@ -106,7 +107,7 @@ async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, se
             followers = _lock_follower_keys(stack, settings, _configured_followers(settings, lifecycle), lifecycle)
 
         context = await stack.enter_async_context(
-            KrakenContext(nonces=NonceCoordinator(settings.state_dir / "nonces")))
+            KrakenContext(nonces=NonceCoordinator.for_state_dir(settings.state_dir)))
         master = KrakenClient(master_key.get_secret_value(), master_secret.get_secret_value(), base_url=base_url,
                               tier=settings.kraken_tier, context=context, name="master")
         pairs, master_equity_usd = await _connect_master(master, base_url, lifecycle)
@@ -129,15 +130,17 @@ async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, se
                      equity_usd=_text(account.portfolio.equity_usd(engine.prices)),
                      copies=account.copies, unusable=account.unusable)
 
+        watcher = MasterFillWatcher(
+            master, pairs, engine.submit, state_path=settings.state_dir / "master_fills.json",
+            poll_s=master_poll_s or profile_for(master_equity_usd).order_status_refresh_s,
+            report=lambda problem: (lifecycle.problem("master", problem) if problem
+                                    else lifecycle.recovered("master")),
+            pairs_changed=engine.set_pairs)
         tasks = [asyncio.create_task(_heartbeat(lifecycle, engine), name="heartbeat"),
+                 asyncio.create_task(_pairs_refresh_loop(master, watcher, engine), name="pairs-refresh"),
                  asyncio.create_task(_reconcile_loop(engine), name="reconcile"),
                  asyncio.create_task(_follower_health(lifecycle, engine), name="follower-health")]
         if settings.copies:
-            watcher = MasterFillWatcher(
-                master, pairs, engine.submit, state_path=settings.state_dir / "master_fills.json",
-                poll_s=master_poll_s or profile_for(master_equity_usd).order_status_refresh_s,
-                report=lambda problem: (lifecycle.problem("master", problem) if problem
-                                        else lifecycle.recovered("master")))
             tasks.append(asyncio.create_task(watcher.run(), name="master-watch"))
         else:
             log.info("copying_off", mode=settings.copy_trading_mode.value)
@@ -269,8 +272,22 @@ async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:
     while True:
         await asyncio.sleep(HEARTBEAT_S)
         log.info("heartbeat", state=lifecycle.state.value, uptime_s=round(time.monotonic() - started),
-                 followers=len(engine.followers), signals_copied=len(engine.summaries),
+                 followers=len(engine.followers), signals_copied=engine.signals_copied,
                  problems=sorted(lifecycle.problems) or None)
+
+
+async def _pairs_refresh_loop(master: KrakenClient, watcher: MasterFillWatcher, engine: CopyEngine) -> None:
+    """Load Kraken's pairs again now and then: new listings, and status changes (a pair in cancel_only is
+    skipped with its reason instead of being sent orders that fail)."""
+    while True:
+        await asyncio.sleep(PAIRS_REFRESH_S)
+        try:
+            pairs = await master.pairs(refresh=True)
+        except KrakenError as exc:
+            log.warning("pairs_refresh_failed", error=str(exc))
+            continue
+        watcher.pairs = pairs
+        engine.set_pairs(pairs)
 
 
 async def _follower_health(lifecycle: Lifecycle, engine: CopyEngine) -> None:

@@ -78,15 +78,12 @@ class NonceCoordinator:
 
     @classmethod
     def for_state_dir(cls, state_dir: str | os.PathLike[str] | None = None) -> NonceCoordinator:
-        """The process-wide coordinator of a NIJA state dir (created on first use), mark in `<state_dir>/nonces/`.
-
-        A mark left at `<state_dir>/nonce_high_water` by earlier versions still bounds the nonces from below."""
+        """The process-wide coordinator of a NIJA state dir (created on first use), mark in `<state_dir>/nonces/`."""
         path = nonce_dir(state_dir).resolve()
         with cls._shared_lock:
             coordinator = cls._shared.get(path)
             if coordinator is None:
                 coordinator = cls._shared[path] = cls(path)
-                coordinator._raise_floor(_read_mark_file(path.parent / MARK_FILE_NAME))
             return coordinator
 
     @property
@@ -140,12 +137,6 @@ class NonceCoordinator:
 
     def _read_mark(self) -> int:
         return _read_mark_file(self._path)
-
-    def _raise_floor(self, floor: int) -> None:
-        with self._lock:
-            if floor > self._floor:
-                self._floor = floor
-                self._reserved_until = max(self._reserved_until, floor)
 
     def _write_mark(self, mark: int) -> None:
         # Written before any nonce below it is handed out; atomic replace so a crash leaves the old or new mark.

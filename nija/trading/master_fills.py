@@ -66,6 +66,7 @@ class MasterFillWatcher:
         poll_s: float = 5.0,
         clock: Callable[[], float] = time.time,
         report: Callable[[str | None], None] = lambda problem: None,
+        pairs_changed: Callable[[Pairs], None] = lambda pairs: None,
     ) -> None:
         self.client = client
         self.pairs = pairs
@@ -75,6 +76,8 @@ class MasterFillWatcher:
         self.clock = clock
         #: told the problem when a poll fails, None when one succeeds again (the daemon's degraded/recovered)
         self.report = report
+        #: told when the watcher loaded the pairs again (a pair listed after start-up), e.g. CopyEngine.set_pairs
+        self.pairs_changed = pairs_changed
         self._since_s: float | None = None
         # order id → (executed volume, cost, fee) already turned into signals
         self._seen: dict[str, tuple[Decimal, Decimal, Decimal]] = {}
@@ -121,6 +124,7 @@ class MasterFillWatcher:
                 # A pair listed after start-up: load the pairs again, the fill is picked up at the next poll.
                 log.warning("master_watch_failed", error=str(exc), action="reloading pairs")
                 self.pairs = await self._reload_pairs()
+                self.pairs_changed(self.pairs)
             except Exception as exc:  # noqa: BLE001 — the watch must outlive any one bad poll
                 failing = True
                 log.warning("master_watch_failed", error=str(exc), error_class=type(exc).__name__)

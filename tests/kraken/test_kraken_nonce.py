@@ -94,15 +94,12 @@ def test_shared_coordinator_per_state_dir(tmp_path):
     assert NonceCoordinator.for_state_dir(tmp_path) is NonceCoordinator.for_state_dir(str(tmp_path))
 
 
-def test_one_place_for_the_mark_of_a_state_dir_and_the_old_place_still_counts(tmp_path):
+def test_one_place_for_the_mark_of_a_state_dir(tmp_path):
     state = tmp_path / "state"
-    state.mkdir()
-    old_mark = 2_000_000_000 * NS  # left at <state>/nonce_high_water by an earlier version
-    (state / MARK_FILE_NAME).write_text(f"{old_mark}\n")
     coordinator = NonceCoordinator.for_state_dir(state)
     assert coordinator.mark_path == nonce_dir(state) / MARK_FILE_NAME == state / "nonces" / MARK_FILE_NAME
-    assert coordinator.next_nonce("key") > old_mark
-    assert int(coordinator.mark_path.read_text()) > old_mark
+    nonce = coordinator.next_nonce("key")
+    assert int(coordinator.mark_path.read_text()) > nonce
 
 
 def test_nonces_run_ahead_of_the_clock_by_seconds_not_a_minute_even_after_quick_restarts(tmp_path):
