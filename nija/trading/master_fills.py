@@ -27,7 +27,7 @@ from pathlib import Path
 from nija.kraken import KrakenClient
 from nija.kraken.errors import ConfigurationError
 from nija.kraken.models import Order
-from nija.kraken.pairs import Pairs, UnknownPairError
+from nija.kraken.pairs import PairInfo, Pairs, UnknownPairError
 from nija.logs import get_logger
 from nija.trading.signals import Signal, signal_from_master_order
 
@@ -120,23 +120,27 @@ class MasterFillWatcher:
                     failing = False
             except ConfigurationError:
                 raise
-            except UnknownPairError as exc:
-                # A pair listed after start-up: load the pairs again, the fill is picked up at the next poll.
-                log.warning("master_watch_failed", error=str(exc), action="reloading pairs")
-                self.pairs = await self._reload_pairs()
-                self.pairs_changed(self.pairs)
             except Exception as exc:  # noqa: BLE001 — the watch must outlive any one bad poll
                 failing = True
                 log.warning("master_watch_failed", error=str(exc), error_class=type(exc).__name__)
                 self.report(f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.poll_s)
 
-    async def _reload_pairs(self) -> Pairs:
+    async def _pair_of(self, fill: MasterFill) -> PairInfo | None:
+        """The fill's pair; a name not known yet (listed after start-up) loads the pairs again, once."""
+        name = fill.order.descr.pair
         try:
-            return await self.client.pairs(refresh=True)
-        except Exception as exc:  # noqa: BLE001 — keep the old ones; the next poll tries again
-            log.warning("pairs_reload_failed", error=str(exc))
-            return self.pairs
+            return self.pairs.get(name)
+        except UnknownPairError:
+            pass
+        self.pairs = await self.client.pairs(refresh=True)  # a failure fails the poll: tried again next tick
+        self.pairs_changed(self.pairs)
+        try:
+            return self.pairs.get(name)
+        except UnknownPairError as exc:
+            log.warning("master_fill_not_copied", order_id=fill.order.txid, pair=name,
+                        reason=f"pair not known to AssetPairs: {exc}")
+            return None
 
     async def poll(self) -> list[Signal]:
         """One look at the master account; returns the signals of the new fills (stale entries are not emitted)."""
@@ -204,7 +208,9 @@ class MasterFillWatcher:
         equity = equity_now
         signals: list[Signal] = []
         for fill in reversed(fills):
-            pair = self.pairs.get(fill.order.descr.pair)
+            pair = await self._pair_of(fill)
+            if pair is None:
+                continue
             side = fill.order.descr.type
             base = pair.base_common
             after = held.get(base, Decimal(0))

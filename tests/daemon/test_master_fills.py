@@ -91,3 +91,24 @@ async def test_an_entry_found_late_is_not_copied_but_an_exit_is(master, tmp_path
     shift[0] += 3600  # NIJA was down for an hour
     await watcher.poll()
     assert [signal.side for signal in emitted] == ["sell"]
+
+
+async def test_a_pair_listed_after_start_up_is_loaded_and_its_fill_copied(master, tmp_path):
+    full = await master.pairs()
+    from nija.kraken.pairs import Pairs
+
+    without_btc = Pairs([pair for pair in full if pair.altname != PAIR])
+    emitted, changed = [], []
+
+    async def emit(signal):
+        emitted.append(signal)
+
+    shift = [0.0]
+    watcher = MasterFillWatcher(master, without_btc, emit, state_path=tmp_path / "fills.json",
+                                clock=lambda: time.time() + shift[0], pairs_changed=changed.append)
+    await watcher.poll()
+    shift[0] += 1
+    await master.add_order(PAIR, "buy", Decimal("0.01"))
+    [signal] = await watcher.poll()
+    assert signal.pair == "XXBTZUSD" and PAIR in watcher.pairs
+    assert changed and PAIR in changed[-1]
