@@ -461,7 +461,6 @@ class CopyEngine:
                 result = CopyResult(**base, status="failed", reason=rules_error)
             else:
                 held_by = await self._settle_earlier(account, rules, key, cl_ord_id)
-                self._forget_unsettled(key, cl_ord_id)  # this task settles it now
                 if held_by is not None:
                     result = CopyResult(**base, status="unsettled", reason=f"held: {held_by}")
                 else:
@@ -474,7 +473,10 @@ class CopyEngine:
         finally:
             account.in_flight -= 1
         if result.status == "unsettled":
-            self._unsettled.setdefault(key, {})[cl_ord_id] = signal
+            # An intent unsettled before keeps its place: later intents on this pair must settle it first.
+            self._unsettled.setdefault(key, {}).setdefault(cl_ord_id, signal)
+        else:
+            self._forget_unsettled(key, cl_ord_id)
         self.store.record_result(cl_ord_id, _STORE_STATUS[result.status], volume_base=result.volume_base,
                                  notional_usd=result.notional_usd, order_id=result.order_id, reason=result.reason)
         return result  # logged by _summarise once the whole fan-out is answered: rendering must not delay sends

@@ -289,3 +289,21 @@ async def test_a_pair_not_open_for_market_orders_is_skipped_with_its_status(stor
     result = summary.results[0]
     assert result.status == "skipped" and result.reason.startswith(f"pair_{status}")
     assert list(alice.orders) == [cl_ord_id_for("b0", "alice")]  # nothing sent for b1
+
+
+async def test_an_intent_unsettled_again_keeps_its_place_ahead_of_later_ones(store):
+    """s1 (half) is lost, s2 (close) is held behind it; at reconcile s1's lookup fails once more. s2 must still
+    settle s1 first and sell only what is left — not the whole position it held before s1."""
+    alice = FakeAccount(usd="1000")
+    engine = await engine_with(store, [account("alice", alice)], settle_retry_s=0.001, settle_attempts=2)
+    assert (await engine.copy(buy())).succeeded == 1  # holds 0.002
+    alice.execute_then_fail = AmbiguousOrderError("lookup failed", cl_ord_id="x")
+    assert (await engine.copy(sell("s1", "0.5"))).unsettled == 1  # sold 0.001, reply lost
+    alice.failing_finds = 2
+    assert (await engine.copy(sell("s2", closes=True))).unsettled == 1  # held behind s1
+    alice.failing_finds = 1  # s1's own lookup at reconcile fails again
+    await engine.reconcile()
+    await engine.reconcile()
+    assert "place sell 0.002" not in alice.calls
+    assert alice.balances["BTC"] == 0
+    assert await store.signal_status("s1") == "done" and await store.signal_status("s2") == "done"
