@@ -30,7 +30,7 @@ from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.errors import ConfigurationError, KrakenError
 from nija.kraken.nonce import NonceCoordinator
 from nija.kraken.pairs import Pairs
-from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle
+from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle, State
 from nija.settings import Settings, SettingsError, load_settings
 from nija.store import Store
 from nija.trading.copy import CopyEngine
@@ -93,6 +93,30 @@ async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, se
     """
     lifecycle = Lifecycle()
     stop = stop or _stop_event()
+    # A stop asked for while starting (Kraken slow to answer) cancels the start instead of waiting for it.
+    start_guard = asyncio.create_task(_cancel_start_on_stop(stop, asyncio.current_task(), lifecycle))
+    try:
+        return await _run(settings, lifecycle, stop, start_guard, paper=paper, speed=speed, seed=seed,
+                          duration_s=duration_s, master_poll_s=master_poll_s)
+    except asyncio.CancelledError:
+        if not (stop.is_set() and lifecycle.state is State.STARTING):
+            raise
+        asyncio.current_task().uncancel()
+        lifecycle.stopping("signal during start-up")
+        lifecycle.stopped()
+        return 0
+    finally:
+        start_guard.cancel()
+
+
+async def _cancel_start_on_stop(stop: asyncio.Event, main: asyncio.Task, lifecycle: Lifecycle) -> None:
+    await stop.wait()
+    if lifecycle.state is State.STARTING:
+        main.cancel()
+
+
+async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, start_guard: asyncio.Task, *,
+               paper: bool, speed: float, seed: int, duration_s: float | None, master_poll_s: float | None) -> int:
     if paper:
         # Paper trading keeps its own store and marks: it never mixes with a live account's state.
         settings = replace(settings, state_dir=settings.state_dir / "paper")
@@ -121,7 +145,9 @@ async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, se
         engine = CopyEngine(store, pairs, accounts, mode=settings.copy_trading_mode,
                             concurrency=settings.copy_concurrency, taker_fee_rate=settings.taker_fee_rate,
                             order_timeout_s=settings.order_timeout_s, refresh_s=settings.balance_refresh_s,
-                            price_source=ticker_price_source(master, pairs))
+                            # the engine's current pairs: a pair listed later gets a price too
+                            price_source=lambda: ticker_price_source(master, engine.pairs)())
+        engine.prices.has_usd_market = lambda asset: engine.pairs.find(asset, "USD") is not None
         await engine.start()
         stack.push_async_callback(engine.stop, grace_s=STOP_GRACE_S)
         for account in accounts:
@@ -148,6 +174,7 @@ async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, se
         # fan-out (measured in docs/benchmarks.md: about a fifth of the fan-out's CPU with 1,000 followers).
         gc.collect()
         gc.freeze()
+        start_guard.cancel()
         lifecycle.started()
 
         exit_code, reason = await _until_stopped(stop, tasks, duration_s)
@@ -283,7 +310,7 @@ async def _pairs_refresh_loop(master: KrakenClient, watcher: MasterFillWatcher, 
         await asyncio.sleep(PAIRS_REFRESH_S)
         try:
             pairs = await master.pairs(refresh=True)
-        except KrakenError as exc:
+        except Exception as exc:  # noqa: BLE001 — keep the pairs we have; the next round tries again
             log.warning("pairs_refresh_failed", error=str(exc))
             continue
         watcher.pairs = pairs

@@ -7,7 +7,7 @@ a periodic Ticker read. Unknown stays unknown (DESIGN invariant 7): a portfolio 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -30,9 +30,14 @@ def utc_day(now_s: float) -> str:
 
 @dataclass(slots=True)
 class PriceBook:
-    """Last known USD price per asset (common names: BTC, ETH, ...)."""
+    """Last known USD price per asset (common names: BTC, ETH, ...).
+
+    `has_usd_market` tells whether an asset can have a price at all (it has a USD pair); holdings that cannot
+    (fee credits, assets with no USD market) are left out of equity instead of making it unknown for ever.
+    """
 
     usd_by_asset: dict[str, Decimal] = field(default_factory=dict)
+    has_usd_market: Callable[[str], bool] = lambda asset: True
 
     def set(self, asset: str, price_usd: Decimal) -> None:
         if price_usd > ZERO:
@@ -73,15 +78,17 @@ class Portfolio:
         return None if self.holdings is None else self.holdings.get(asset, ZERO)
 
     def equity_usd(self, prices: PriceBook) -> Decimal | None:
-        """Cash plus every holding at its last price; unknown (None) while any holding has no price yet, since
-        leaving it out would understate the equity every entry is sized from (DESIGN invariant 7)."""
+        """Cash plus every holding at its last price; unknown (None) while a holding that has a USD market has no
+        price yet, since leaving it out would understate the equity every entry is sized from (invariant 7)."""
         if self.holdings is None:
             return None
         total = ZERO
         for asset, amount in self.holdings.items():
             price = prices.get(asset)
             if price is None:
-                return None
+                if prices.has_usd_market(asset):
+                    return None
+                continue
             total += amount * price
         return total
 

@@ -166,3 +166,20 @@ def test_a_follower_key_held_by_another_daemon_leaves_only_that_follower_out(tmp
         kept = _lock_follower_keys(other_daemon, settings, [alice, bob], lifecycle)
         assert [f.name for f in kept] == ["bob"]
         assert "follower:alice" in lifecycle.problems
+
+
+async def test_a_stop_during_a_slow_start_ends_the_start_at_once(exchange, exchange_server, tmp_path):
+    """Render sends SIGTERM and waits 30 s: a start stuck on a slow Kraken must not outlive it."""
+    master = exchange.account("master")
+    (tmp_path / "users").mkdir()
+    env = {"KRAKEN_API_URL": exchange_server.url, "KRAKEN_MASTER_API_KEY": master.api_key,
+           "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
+           "NIJA_USERS_DIR": str(tmp_path / "users")}
+    exchange_server.latency_ms = 60_000  # every reply a minute away: the start cannot finish
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run(load_settings(env, dotenv_path=None), stop=stop))
+    await asyncio.sleep(0.3)
+    assert not daemon.done()
+    stop.set()
+    assert await asyncio.wait_for(daemon, 10) == 0
+    assert not (tmp_path / "state" / "master_fills.json").exists()  # it never got as far as watching

@@ -41,3 +41,10 @@ def test_equity_is_unknown_while_a_holding_has_no_price():
     portfolio.load({"USD": D("100"), "SOL": D("2")})
     assert portfolio.equity_usd(PriceBook()) is None  # not $100: the SOL is worth something
     assert portfolio.equity_usd(PriceBook({"SOL": D("150")})) == D("400")
+
+
+def test_a_holding_with_no_usd_market_is_left_out_not_blocking():
+    portfolio = Portfolio()
+    portfolio.load({"USD": D("100"), "KFEE": D("250"), "SOL": D("2")})
+    prices = PriceBook({"SOL": D("150")}, has_usd_market=lambda asset: asset != "KFEE")
+    assert portfolio.equity_usd(prices) == D("400")
