@@ -122,8 +122,8 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         settings = replace(settings, state_dir=settings.state_dir / "paper")
     async with AsyncExitStack() as stack:
         if paper:
-            base_url, master_key, master_secret, followers = await _paper_exchange(stack, settings, speed, seed)
             stack.enter_context(InstanceLock(settings.state_dir, "paper"))
+            base_url, master_key, master_secret, followers = await _paper_exchange(stack, settings, speed, seed)
         else:
             base_url, master_key, master_secret = (settings.kraken_api_url, settings.master_api_key,
                                                    settings.master_api_secret)
