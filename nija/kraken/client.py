@@ -359,7 +359,7 @@ class KrakenClient:
     __slots__ = (
         "_api_key", "_api_secret", "_hmac_key", "key_id", "name", "base_url", "tier", "_session", "_context",
         "_lane", "_budget", "_timeout", "_timeout_s", "_nonce_window", "read_attempts", "order_attempts", "retry_base_s",
-        "order_deadline_s", "deadline_margin_s", "_settles_at", "__weakref__",
+        "order_deadline_s", "deadline_margin_s", "_settles_at", "_created_at_s", "__weakref__",
     )
 
     def __init__(
@@ -406,6 +406,8 @@ class KrakenClient:
         self.deadline_margin_s = deadline_margin_s
         # cl_ord_id → loop time after which no AddOrder this client sent with it can still be executed
         self._settles_at: dict[str, float] = {}
+        # An order this client has no record of may have been sent by a previous run just before this one started.
+        self._created_at_s = time.time()
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self._timeout = _timeout(timeout_s)
@@ -683,21 +685,32 @@ class KrakenClient:
                 return order
         return None
 
-    async def find_order_settled(self, cl_ord_id: str) -> Order | None:
+    def settle_delay_s(self, cl_ord_id: str, *, sent_at_s: float | None = None) -> float:
+        """Seconds until a lookup of `cl_ord_id` that finds nothing proves the order absent (0: already would).
+
+        For an AddOrder this client sent, that is its deadline plus the margin. For one it has no record of (sent
+        by a previous run, or forgotten), a request may still land until a full deadline after the later of
+        `sent_at_s` (unix seconds the caller last touched the intent) and this client's creation.
+        """
+        settles_at = self._settles_at.get(cl_ord_id)
+        if settles_at is not None:
+            return max(0.0, settles_at - asyncio.get_running_loop().time())
+        origin_s = max(self._created_at_s, sent_at_s or 0.0)
+        # + 1: a deadline is stamped in whole seconds, rounded up
+        return max(0.0, origin_s + self.order_deadline_s + 1 + self.deadline_margin_s - time.time())
+
+    async def find_order_settled(self, cl_ord_id: str, *, sent_at_s: float | None = None) -> Order | None:
         """The order carrying `cl_ord_id`, or None only when proven absent.
 
-        Looks at once; when nothing is found while an AddOrder this client sent with `cl_ord_id` could still be
-        executed (before its deadline plus the margin), waits for that moment and looks again.
+        Looks at once; when nothing is found while an AddOrder with `cl_ord_id` could still be executed (see
+        `settle_delay_s`), waits for that moment and looks again.
         """
+        loop = asyncio.get_running_loop()
+        settles_at = loop.time() + self.settle_delay_s(cl_ord_id, sent_at_s=sent_at_s)  # fixed before looking
         found = await self.find_order(cl_ord_id)
-        if found is not None:
+        wait_s = settles_at - loop.time()
+        if found is not None or wait_s <= 0:
             return found
-        settles_at = self._settles_at.get(cl_ord_id)
-        if settles_at is None:
-            return None
-        wait_s = settles_at - asyncio.get_running_loop().time()
-        if wait_s <= 0:
-            return None
         log.info("kraken_order_lookup_deferred", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id,
                  wait_s=round(wait_s, 3))
         await asyncio.sleep(wait_s)
