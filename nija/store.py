@@ -79,6 +79,7 @@ class IntentRow:
     notional_usd: Decimal | None = None
     order_id: str | None = None
     reason: str | None = None
+    updated_at_s: float | None = None  # unix seconds it was stored or last updated (read back; not written)
 
     @property
     def finished(self) -> bool:
@@ -90,8 +91,9 @@ def _dec(text: str | None) -> Decimal | None:
 
 
 def _row(values) -> IntentRow:
-    sid, follower, cl, pair, side, status, vol, notional, order_id, reason = values
-    return IntentRow(sid, follower, cl, pair, side, status, _dec(vol), _dec(notional), order_id, reason)
+    sid, follower, cl, pair, side, status, vol, notional, order_id, reason, updated_at_s = values
+    return IntentRow(sid, follower, cl, pair, side, status, _dec(vol), _dec(notional), order_id, reason,
+                     updated_at_s)
 
 
 class Store:
@@ -218,8 +220,8 @@ class Store:
 
     async def intents_for(self, signal_id: str) -> list[IntentRow]:
         async with self._db.execute(
-            "SELECT signal_id, follower, cl_ord_id, pair, side, status, volume_base, notional_usd, order_id, reason"
-            " FROM intents WHERE signal_id = ? ORDER BY rowid", (signal_id,)
+            "SELECT signal_id, follower, cl_ord_id, pair, side, status, volume_base, notional_usd, order_id, reason,"
+            " updated_at FROM intents WHERE signal_id = ? ORDER BY rowid", (signal_id,)
         ) as cursor:
             return [_row(values) for values in await cursor.fetchall()]
 

@@ -90,7 +90,11 @@ class OrderGateway(Protocol):
     async def place(self, plan: OrderPlan, cl_ord_id: str) -> Placed: ...
 
     async def find(self, cl_ord_id: str) -> Fill | None:
-        """The order carrying `cl_ord_id`, or None when the exchange proves it does not exist."""
+        """The order carrying `cl_ord_id` as the account shows it now, or None."""
+
+    def settle_delay_s(self, cl_ord_id: str, sent_at_s: float | None = None) -> float:
+        """Seconds until a `find` returning None proves the order absent (an AddOrder sent with `cl_ord_id`,
+        by this run or — before `sent_at_s`, the intent's stored time — by a previous one, may land until then)."""
 
     async def fill_of(self, order_id: str) -> Fill | None: ...
 
@@ -352,7 +356,8 @@ class CopyEngine:
             self.prices.set(rules.base, signal.avg_price_usd)
 
         prior: list[CopyResult] = []
-        work: list[tuple[FollowerAccount, str, bool]] = []  # (account, cl_ord_id, may already exist)
+        # (account, cl_ord_id, may already exist, unix time the intent was last stored)
+        work: list[tuple[FollowerAccount, str, bool, float | None]] = []
         if existing:
             for row in existing:
                 account = self.followers.get(row.follower)
@@ -365,22 +370,23 @@ class CopyEngine:
                     prior.append(CopyResult(signal.signal_id, row.follower, row.pair, row.side, "unsettled",
                                             reason="follower no longer configured: its intent stays unfinished"))
                 else:
-                    work.append((account, row.cl_ord_id, True))
+                    work.append((account, row.cl_ord_id, True, row.updated_at_s))
         else:
             targets = [account for account in self.followers.values() if account.copies]
-            work = [(account, cl_ord_id_for(signal.signal_id, account.name), False) for account in targets]
+            work = [(account, cl_ord_id_for(signal.signal_id, account.name), False, None) for account in targets]
             pair_name = rules.pair if rules else signal.pair
             # Invariant 6: every intent is durable before any of its orders leaves.
             await self.store.add_intents(
-                IntentRow(signal.signal_id, account.name, cl, pair_name, signal.side) for account, cl, _ in work
+                IntentRow(signal.signal_id, account.name, cl, pair_name, signal.side) for account, cl, _, _ in work
             )
 
         loop = asyncio.get_running_loop()
         tasks = []
-        for account, cl_ord_id, may_exist in work:
+        for account, cl_ord_id, may_exist, sent_at_s in work:
             key = (account.name, rules.pair if rules else signal.pair)
             previous = self._tails.get(key)
-            task = loop.create_task(self._copy_one(signal, account, rules, rules_error, cl_ord_id, may_exist, previous))
+            task = loop.create_task(self._copy_one(signal, account, rules, rules_error, cl_ord_id, may_exist,
+                                                   previous, sent_at_s))
             self._tails[key] = task
             task.add_done_callback(lambda t, key=key: self._tails.pop(key) if self._tails.get(key) is t else None)
             tasks.append(task)
@@ -446,7 +452,7 @@ class CopyEngine:
 
     async def _copy_one(self, signal: Signal, account: FollowerAccount, rules: PairRules | None,
                         rules_error: str | None, cl_ord_id: str, may_exist: bool,
-                        previous: asyncio.Task | None) -> CopyResult:
+                        previous: asyncio.Task | None, sent_at_s: float | None = None) -> CopyResult:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))  # keep signal order per follower and pair; its outcome does not matter
         account.in_flight += 1
@@ -464,7 +470,7 @@ class CopyEngine:
                 if held_by is not None:
                     result = CopyResult(**base, status="unsettled", reason=f"held: {held_by}")
                 else:
-                    result = await self._settle(signal, account, rules, cl_ord_id, may_exist, base)
+                    result = await self._settle(signal, account, rules, cl_ord_id, may_exist, base, sent_at_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not take the other followers down
@@ -521,14 +527,12 @@ class CopyEngine:
                      order_id=result.order_id, reason=result.reason, signal_id=earlier.signal_id)
 
     async def _settle(self, signal: Signal, account: FollowerAccount, rules: PairRules, cl_ord_id: str,
-                      may_exist: bool, base: dict) -> CopyResult:
+                      may_exist: bool, base: dict, sent_at_s: float | None = None) -> CopyResult:
         gateway = account.gateway
         if may_exist:
             # Resumed intent: the order may already be on the exchange. Look first, send only if proven absent.
             try:
-                async with self._semaphore:
-                    async with asyncio.timeout(self.order_timeout_s):
-                        found = await gateway.find(cl_ord_id)
+                found = await self._find_settled(gateway, cl_ord_id, sent_at_s)
             except (KrakenError, TimeoutError) as exc:
                 return CopyResult(**base, status="unsettled", reason=f"lookup failed: {_describe(exc)}")
             if found is not None:
@@ -574,6 +578,21 @@ class CopyEngine:
         return CopyResult(**base, status="succeeded", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
                           order_id=placed.order_id, acked_at_s=acked_at_s,
                           reason="recovered after a lost reply" if placed.recovered else None)
+
+    async def _find_settled(self, gateway: OrderGateway, cl_ord_id: str, sent_at_s: float | None) -> Fill | None:
+        """The order carrying `cl_ord_id`, or None once proven absent. Waiting for the moment a lookup proves it
+        holds no global slot: only the lookup calls do."""
+        loop = asyncio.get_running_loop()
+        settles_at = loop.time() + gateway.settle_delay_s(cl_ord_id, sent_at_s)  # fixed before the first look
+        while True:
+            async with self._semaphore:
+                async with asyncio.timeout(self.order_timeout_s):
+                    found = await gateway.find(cl_ord_id)
+            wait_s = settles_at - loop.time()
+            if found is not None or wait_s <= 0:
+                return found
+            await asyncio.sleep(wait_s)
+            settles_at = loop.time()  # the next look proves absence
 
     async def _read_fill(self, account: FollowerAccount, order_id: str) -> Fill | None:
         try:

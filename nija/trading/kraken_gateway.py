@@ -48,9 +48,12 @@ class KrakenGateway:
         return Placed(order_id=order_id, fill=fill, recovered=result.recovered)
 
     async def find(self, cl_ord_id: str) -> Fill | None:
-        # None must mean "proven absent": an AddOrder sent with this id may land until its deadline.
-        order = await self.client.find_order_settled(cl_ord_id)
+        # None proves absence only for a lookup made after `settle_delay_s` (the engine waits for it).
+        order = await self.client.find_order(cl_ord_id)
         return None if order is None else fill_from_order(order)
+
+    def settle_delay_s(self, cl_ord_id: str, sent_at_s: float | None = None) -> float:
+        return self.client.settle_delay_s(cl_ord_id, sent_at_s=sent_at_s)
 
     async def fill_of(self, order_id: str) -> Fill | None:
         order = (await self.client.query_orders(order_id)).get(order_id)

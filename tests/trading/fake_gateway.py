@@ -20,6 +20,8 @@ class FakeAccount:
         self.gate: asyncio.Event | None = None  # place() waits for it
         self.failing_finds = 0  # that many find() calls raise (the lookup fails too)
         self.calls: list[str] = []
+        self.settle_delays: dict[str, float] = {}  # cl_ord_id → how long a sent order may still land
+        self.lookup_sent_at: list[float | None] = []  # sent_at_s of every settle_delay_s call
 
     async def place(self, plan, cl_ord_id):
         self.calls.append(f"place {plan.side} {plan.volume_base}")
@@ -48,6 +50,10 @@ class FakeAccount:
             raise TransportError("lookup failed")
         found = self.orders.get(cl_ord_id)
         return found[0] if found else None
+
+    def settle_delay_s(self, cl_ord_id, sent_at_s=None):
+        self.lookup_sent_at.append(sent_at_s)
+        return self.settle_delays.get(cl_ord_id, 0.0)
 
     async def fill_of(self, order_id):
         for fills in self.orders.values():

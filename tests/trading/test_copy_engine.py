@@ -307,3 +307,42 @@ async def test_an_intent_unsettled_again_keeps_its_place_ahead_of_later_ones(sto
     assert "place sell 0.002" not in alice.calls
     assert alice.balances["BTC"] == 0
     assert await store.signal_status("s1") == "done" and await store.signal_status("s2") == "done"
+
+
+async def _stored_without_orders(store, signal, follower):
+    """A previous run stored `signal` and its intent for `follower`, then died before recording any outcome."""
+    await store.save_signal(signal)
+    await store.add_intents([IntentRow(signal.signal_id, follower, cl_ord_id_for(signal.signal_id, follower),
+                                       signal.pair, signal.side)])
+
+
+async def test_a_resumed_lookup_is_proven_from_the_intents_stored_time(store):
+    import time
+    alice = FakeAccount()
+    before_s = time.time()
+    await _stored_without_orders(store, buy("r1"), "alice")
+    after_s = time.time()
+    engine = await engine_with(store, [account("alice", alice)])
+    [summary] = await engine.reconcile()
+    assert summary.succeeded == 1
+    [sent_at_s] = alice.lookup_sent_at  # the gateway is told when the previous run last touched the intent
+    assert before_s <= sent_at_s <= after_s
+
+
+async def test_waiting_to_prove_an_order_absent_holds_no_global_slot(store):
+    """alice's lookup must wait a long time before it proves anything; with one global slot, bob is copied
+    meanwhile."""
+    alice, bob = FakeAccount(), FakeAccount()
+    await _stored_without_orders(store, buy("r1"), "alice")
+    await _stored_without_orders(store, buy("r2"), "bob")
+    alice.settle_delays[cl_ord_id_for("r1", "alice")] = 3600.0
+    engine = await engine_with(store, [account("alice", alice), account("bob", bob)], concurrency=1)
+    await engine.resume()
+    try:
+        async with asyncio.timeout(30):
+            bob_summary = await engine.summary_of("r2")
+        assert bob_summary.succeeded == 1 and bob.balances["BTC"] == D("0.002")
+        assert alice.orders == {}  # still waiting: nothing sent on an unproven lookup
+    finally:
+        for task in list(engine._in_flight.values()) + list(engine._tails.values()):
+            task.cancel()
