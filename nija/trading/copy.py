@@ -42,7 +42,7 @@ from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
 from nija.trading.positions import Portfolio, PriceBook, refresh_interval_s, utc_day
 from nija.trading.signals import Signal, cl_ord_id_for
-from nija.trading.sizing import FollowerBook, FollowerLimits, OrderPlan, PairRules, Skip, size_copy
+from nija.trading.sizing import FollowerBook, FollowerLimits, OrderPlan, PairRules, Skip, limit_exit, size_copy
 
 __all__ = [
     "CopyEngine",
@@ -542,10 +542,14 @@ class CopyEngine:
                                   reason="reconciled: found by client order id", acked_at_s=self.clock())
 
         status = self._pair_status(rules)
-        if status != "online":
+        if status != "online" and (signal.side == "buy" or status != "limit_only"):
             # cancel_only, post_only, limit_only, reduce_only: Kraken would refuse the copy (or not fill it as sized).
-            return CopyResult(**base, status="skipped",
-                              reason=f"pair_{status}: {rules.pair} is in {status} mode, no order sent")
+            if signal.side == "buy":
+                return CopyResult(**base, status="skipped",
+                                  reason=f"pair_{status}: {rules.pair} is in {status} mode, no order sent")
+            # An exit is never dropped (invariant 4): it waits for reconciliation once the pair takes it again.
+            return CopyResult(**base, status="unsettled",
+                              reason=f"pair_{status}: {rules.pair} is in {status} mode, exit retried once it is back")
         if account.unusable and not account.portfolio.known:
             # The exchange refused this account's key: report that, rather than "balance unknown".
             return CopyResult(**base, status="failed", reason=f"account unusable: {account.unusable}")
@@ -553,6 +557,8 @@ class CopyEngine:
                          taker_fee_rate=self.taker_fee_rate)
         if isinstance(plan, Skip):
             return CopyResult(**base, status="skipped", reason=str(plan))
+        if status == "limit_only":
+            plan = limit_exit(plan, rules, signal.avg_price_usd)
         try:
             placed = await self._place(gateway, plan, cl_ord_id)
         except _Unsettled as exc:

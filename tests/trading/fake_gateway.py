@@ -20,11 +20,13 @@ class FakeAccount:
         self.gate: asyncio.Event | None = None  # place() waits for it
         self.failing_finds = 0  # that many find() calls raise (the lookup fails too)
         self.calls: list[str] = []
+        self.plans: list = []  # every OrderPlan placed
         self.settle_delays: dict[str, float] = {}  # cl_ord_id → how long a sent order may still land
         self.lookup_sent_at: list[float | None] = []  # sent_at_s of every settle_delay_s call
 
     async def place(self, plan, cl_ord_id):
         self.calls.append(f"place {plan.side} {plan.volume_base}")
+        self.plans.append(plan)
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:

@@ -346,3 +346,36 @@ async def test_waiting_to_prove_an_order_absent_holds_no_global_slot(store):
     finally:
         for task in list(engine._in_flight.values()) + list(engine._tails.values()):
             task.cancel()
+
+
+def _pairs_with_status(status):
+    raw = json.loads(FIXTURE.read_text())["result"]
+    raw["XXBTZUSD"] = dict(raw["XXBTZUSD"], status=status)
+    return Pairs.from_results(raw)
+
+
+@pytest.mark.parametrize("status", ["cancel_only", "post_only", "reduce_only"])
+async def test_an_exit_on_a_pair_not_taking_it_waits_for_the_pair_and_is_never_dropped(store, status):
+    alice = FakeAccount()
+    engine = await engine_with(store, [account("alice", alice)])
+    assert (await engine.copy(buy("b0"))).succeeded == 1
+    engine.set_pairs(_pairs_with_status(status))
+    held = await engine.copy(sell("s1", closes=True))
+    assert held.unsettled == 1 and held.results[0].reason.startswith(f"pair_{status}")
+    assert not [c for c in alice.calls if c.startswith("place sell")]
+    assert await store.signal_status("s1") != "done"
+    engine.set_pairs(PAIRS)  # the pair is back online: reconciliation sends the exit
+    [settled] = await engine.reconcile()
+    assert settled.signal_id == "s1" and settled.succeeded == 1 and alice.balances["BTC"] == 0
+
+
+async def test_an_exit_on_a_limit_only_pair_is_sent_as_an_ioc_limit(store):
+    alice = FakeAccount()
+    engine = await engine_with(store, [account("alice", alice)])
+    assert (await engine.copy(buy("b0"))).succeeded == 1
+    engine.set_pairs(_pairs_with_status("limit_only"))
+    assert (await engine.copy(sell("s1", closes=True))).succeeded == 1
+    exit_plan = alice.plans[-1]
+    assert exit_plan.side == "sell" and exit_plan.ordertype == "limit" and exit_plan.volume_base == D("0.002")
+    assert exit_plan.limit_price_usd == D("49000")  # at most 2 % below the master's 50000
+    assert alice.balances["BTC"] == 0
