@@ -40,6 +40,7 @@ from nija.kraken.errors import (
 from nija.logs import get_logger
 from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
+from nija.trading.master_fills import ENTRY_MAX_AGE_S
 from nija.trading.positions import Portfolio, PriceBook, refresh_interval_s, utc_day
 from nija.trading.signals import Signal, cl_ord_id_for
 from nija.trading.sizing import FollowerBook, FollowerLimits, OrderPlan, PairRules, Skip, limit_exit, size_copy
@@ -540,6 +541,11 @@ class CopyEngine:
                 return CopyResult(**base, status="succeeded", volume_base=found.executed_base or None,
                                   notional_usd=found.cost_usd or None, order_id=found.order_id,
                                   reason="reconciled: found by client order id", acked_at_s=self.clock())
+            age_s = self.clock() - signal.filled_at_s
+            if signal.side == "buy" and age_s > ENTRY_MAX_AGE_S:
+                # Proven never placed, and the master's entry is old: buying now would be at today's price.
+                return CopyResult(**base, status="skipped",
+                                  reason=f"stale_entry: master filled {age_s:.0f} s ago (limit {ENTRY_MAX_AGE_S:.0f} s)")
 
         status = self._pair_status(rules)
         if status != "online" and (signal.side == "buy" or status != "limit_only"):

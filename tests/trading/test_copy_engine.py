@@ -379,3 +379,28 @@ async def test_an_exit_on_a_limit_only_pair_is_sent_as_an_ioc_limit(store):
     assert exit_plan.side == "sell" and exit_plan.ordertype == "limit" and exit_plan.volume_base == D("0.002")
     assert exit_plan.limit_price_usd == D("49000")  # at most 2 % below the master's 50000
     assert alice.balances["BTC"] == 0
+
+
+async def test_an_old_entry_proven_never_placed_is_not_bought_at_todays_price(store):
+    alice, bob = FakeAccount(), FakeAccount()
+    signal = buy("b1")
+    await _stored_without_orders(store, signal, "alice")  # the run died before sending
+    await store.add_intents([IntentRow("b1", "bob", cl_ord_id_for("b1", "bob"), "XBTUSD", "buy")])
+    await bob.place(OrderPlan("XBTUSD", "buy", D("0.002"), D("100")), cl_ord_id_for("b1", "bob"))  # bob's went out
+    later = signal.filled_at_s + 301  # reconciled after an outage longer than ENTRY_MAX_AGE_S
+    engine = await engine_with(store, [account("alice", alice), account("bob", bob)], clock=lambda: later)
+    [summary] = await engine.reconcile()
+    by_name = {r.name: r for r in summary.results}
+    assert by_name["alice"].status == "skipped" and by_name["alice"].reason.startswith("stale_entry")
+    assert alice.orders == {}
+    assert by_name["bob"].status == "succeeded"  # an order found is still booked, however old
+    assert await store.signal_status("b1") == "done"
+
+
+async def test_a_recent_entry_proven_never_placed_is_sent_on_reconcile(store):
+    alice = FakeAccount()
+    signal = buy("b1")
+    await _stored_without_orders(store, signal, "alice")
+    engine = await engine_with(store, [account("alice", alice)], clock=lambda: signal.filled_at_s + 299)
+    [summary] = await engine.reconcile()
+    assert summary.succeeded == 1 and alice.balances["BTC"] == D("0.002")
