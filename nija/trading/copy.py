@@ -33,9 +33,7 @@ from nija.accounts import FollowerConfig
 from nija.kraken.errors import (
     AmbiguousOrderError,
     ConfigurationError,
-    InvalidNonceError,
     KrakenError,
-    RateLimitedError,
 )
 from nija.logs import get_logger
 from nija.settings import CopyTradingMode
@@ -629,26 +627,21 @@ class CopyEngine:
         await asyncio.gather(*(confirm(*item) for item in pending))
 
     async def _place(self, gateway: OrderGateway, plan: OrderPlan, cl_ord_id: str) -> Placed:
-        """Send once; a rate-limit or nonce rejection (nothing executed) is retried with the same cl_ord_id."""
-        deadline = asyncio.get_running_loop().time() + self.order_timeout_s
-        while True:
-            try:
-                async with self._semaphore:
-                    async with asyncio.timeout_at(deadline):
-                        return await gateway.place(plan, cl_ord_id)
-            except AmbiguousOrderError as exc:
+        """Send the order. Rejections that executed nothing (rate limit, nonce) are retried by the client, not here.
+
+        The order's time limit starts once it holds a slot: waiting for one is not the exchange being slow."""
+        try:
+            async with self._semaphore:
+                async with asyncio.timeout(self.order_timeout_s):
+                    return await gateway.place(plan, cl_ord_id)
+        except AmbiguousOrderError as exc:
+            raise _Unsettled(f"order outcome unknown: {_describe(exc)}") from None
+        except TimeoutError:
+            raise _Unsettled(f"no answer within {self.order_timeout_s:g} s: outcome unknown") from None
+        except KrakenError as exc:
+            if exc.ambiguous_for_orders:
                 raise _Unsettled(f"order outcome unknown: {_describe(exc)}") from None
-            except TimeoutError:
-                raise _Unsettled(f"no answer within {self.order_timeout_s:g} s: outcome unknown") from None
-            except (RateLimitedError, InvalidNonceError) as exc:
-                wait_s = exc.retry_after_s or 0.5
-                if asyncio.get_running_loop().time() + wait_s >= deadline:
-                    raise
-                await asyncio.sleep(wait_s)  # the exchange executed nothing; wait for the counter, same id
-            except KrakenError as exc:
-                if exc.ambiguous_for_orders:
-                    raise _Unsettled(f"order outcome unknown: {_describe(exc)}") from None
-                raise
+            raise
 
     def _book(self, account: FollowerAccount, rules: PairRules) -> FollowerBook:
         portfolio = account.portfolio

@@ -21,6 +21,7 @@ class FakeAccount:
         self.failing_finds = 0  # that many find() calls raise (the lookup fails too)
         self.calls: list[str] = []
         self.plans: list = []  # every OrderPlan placed
+        self.latency_s = 0.0  # how long place() takes to answer
         self.settle_delays: dict[str, float] = {}  # cl_ord_id → how long a sent order may still land
         self.lookup_sent_at: list[float | None] = []  # sent_at_s of every settle_delay_s call
 
@@ -29,6 +30,8 @@ class FakeAccount:
         self.plans.append(plan)
         if self.gate is not None:
             await self.gate.wait()
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
         if self.fail_with is not None:
             exc, self.fail_with = self.fail_with, None
             raise exc

@@ -404,3 +404,17 @@ async def test_a_recent_entry_proven_never_placed_is_sent_on_reconcile(store):
     engine = await engine_with(store, [account("alice", alice)], clock=lambda: signal.filled_at_s + 299)
     [summary] = await engine.reconcile()
     assert summary.succeeded == 1 and alice.balances["BTC"] == D("0.002")
+
+
+async def test_an_orders_time_limit_starts_when_it_holds_a_slot(store):
+    """One global slot: alice's order hangs until its time limit, and bob waits that long for the slot. Bob's
+    order still gets its full time limit, rather than being given up on before it is sent."""
+    alice, bob = FakeAccount(), FakeAccount()
+    alice.gate = asyncio.Event()  # never answers
+    bob.latency_s = 0.01
+    engine = await engine_with(store, [account("alice", alice), account("bob", bob)], concurrency=1,
+                               order_timeout_s=0.5)
+    summary = await engine.copy(buy())
+    by_name = {r.name: r for r in summary.results}
+    assert by_name["alice"].status == "unsettled"
+    assert by_name["bob"].status == "succeeded" and bob.balances["BTC"] == D("0.002")
