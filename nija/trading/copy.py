@@ -210,6 +210,7 @@ class CopyEngine:
         self.clock = clock
         self._semaphore = asyncio.Semaphore(concurrency)
         self._tails: dict[tuple[str, str], asyncio.Task] = {}  # last copy task per (follower, pair)
+        self._copy_tasks: set[asyncio.Task] = set()  # every follower task running
         self._in_flight: dict[str, asyncio.Task] = {}  # signal id → its summary task
         self._dispatching: set[str] = set()  # signal ids claimed by a dispatch not yet in _in_flight
         self._rules: dict[str, PairRules] = {}
@@ -240,7 +241,8 @@ class CopyEngine:
         self._background.append(loop.create_task(self._refresh_loop(), name="copy-refresh"))
 
     async def stop(self, *, grace_s: float = 10.0) -> None:
-        """Stop taking signals, let follower tasks in flight finish (up to `grace_s`), flush the store."""
+        """Stop taking signals, let follower tasks in flight finish (up to `grace_s`), cancel the rest, flush the
+        store. A cancelled intent stays unfinished: the next start looks it up by client order id."""
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -248,6 +250,12 @@ class CopyEngine:
         pending = list(self._in_flight.values())
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
+        late = [task for task in (*self._copy_tasks, *self._in_flight.values()) if not task.done()]
+        if late:
+            log.warning("copy_tasks_cancelled", tasks=len(late))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)  # none may write to the store once it is closed
         await self.store.flush()
 
     async def __aenter__(self) -> CopyEngine:
@@ -387,13 +395,17 @@ class CopyEngine:
             task = loop.create_task(self._copy_one(signal, account, rules, rules_error, cl_ord_id, may_exist,
                                                    previous, sent_at_s))
             self._tails[key] = task
+            self._copy_tasks.add(task)
+            task.add_done_callback(self._copy_tasks.discard)
             task.add_done_callback(lambda t, key=key: self._tails.pop(key) if self._tails.get(key) is t else None)
             tasks.append(task)
         if not resumed:
             self.signals_copied += 1
         self._in_flight[signal.signal_id] = loop.create_task(self._summarise(signal, tasks, prior))
 
-    async def _summarise(self, signal: Signal, tasks: list[asyncio.Task], prior: list[CopyResult]) -> CopySummary:
+    async def _summarise(self, signal: Signal, tasks: list[asyncio.Task],
+                         prior: list[CopyResult]) -> CopySummary | None:
+        failure: BaseException | None = None
         try:
             done = [await task for task in tasks]
             for result in done:
@@ -418,9 +430,23 @@ class CopyEngine:
             self._publish(summary)
             await self._confirm_fills(signal.signal_id)
             return summary
+        except Exception as exc:  # a store or bookkeeping failure: the intents stay open for reconciliation
+            log.exception("copy_summary_failed", signal_id=signal.signal_id)
+            failure: BaseException = exc
+            return None
+        except asyncio.CancelledError as exc:
+            failure = exc
+            raise
         finally:
             self._to_confirm.pop(signal.signal_id, None)
             self._in_flight.pop(signal.signal_id, None)
+            waiter = self._summary_waiters.pop(signal.signal_id, None) if failure is not None else None
+            if waiter is not None and not waiter.done():  # never leave copy()/summary_of() hanging
+                if isinstance(failure, asyncio.CancelledError):
+                    waiter.cancel()
+                else:
+                    waiter.set_exception(RuntimeError(
+                        f"copy of signal {signal.signal_id} failed before its summary: {_describe(failure)}"))
 
     def _publish(self, summary: CopySummary) -> None:
         self.summaries.append(summary)
@@ -677,7 +703,8 @@ class CopyEngine:
         if not started:
             return []
         await asyncio.wait(started)
-        return [task.result() for task in started if not task.cancelled() and task.exception() is None]
+        return [task.result() for task in started
+                if not task.cancelled() and task.exception() is None and task.result() is not None]
 
     # --- balances --------------------------------------------------------------------------------------------------
 

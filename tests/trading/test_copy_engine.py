@@ -418,3 +418,37 @@ async def test_an_orders_time_limit_starts_when_it_holds_a_slot(store):
     by_name = {r.name: r for r in summary.results}
     assert by_name["alice"].status == "unsettled"
     assert by_name["bob"].status == "succeeded" and bob.balances["BTC"] == D("0.002")
+
+
+async def test_a_summary_that_cannot_be_stored_fails_the_caller_instead_of_hanging(store, monkeypatch):
+    import nija.trading.copy as copy_module
+    recorder = LogRecorder()
+    monkeypatch.setattr(copy_module, "log", recorder)
+    alice = FakeAccount()
+    engine = await engine_with(store, [account("alice", alice)])
+
+    async def broken_finish(signal_id, summary_json=None):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "finish_signal", broken_finish)
+    with pytest.raises(RuntimeError, match="b1.*disk full"):
+        async with asyncio.timeout(30):
+            await engine.copy(buy())
+    assert ("copy_summary_failed", {"signal_id": "b1"}) in recorder.events
+    assert await store.signal_status("b1") != "done"  # reconciliation picks it up again
+
+
+async def test_stop_cancels_follower_tasks_still_running_after_the_grace_period(store):
+    alice = FakeAccount()
+    alice.gate = asyncio.Event()  # the exchange does not answer
+    engine = await engine_with(store, [account("alice", alice)], order_timeout_s=3600)
+    await engine.start(refresh_first=False)
+    assert await engine.submit(buy())
+    while not alice.calls or not alice.calls[-1].startswith("place"):
+        await asyncio.sleep(0.001)
+    await engine.stop(grace_s=0.01)
+    alice.gate.set()  # had the task lived on, it would place the order now, after the engine stopped
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert alice.orders == {}
+    assert [row.status for row in await store.intents_for("b1")] == ["pending"]  # the next start looks it up
