@@ -374,8 +374,13 @@ class CopyEngine:
                                             _RESULT_STATUS[row.status], row.volume_base, row.notional_usd,
                                             row.order_id, row.reason))
                 elif account is None:
-                    prior.append(CopyResult(signal.signal_id, row.follower, row.pair, row.side, "unsettled",
-                                            reason="follower no longer configured: its intent stays unfinished"))
+                    # Nothing can look its order up any more: finish the intent so that the signal can finish.
+                    reason = f"follower_not_configured: {row.follower} is no longer in the accounts file"
+                    log.warning("copy_follower_not_configured", name=row.follower, signal_id=signal.signal_id,
+                                cl_ord_id=row.cl_ord_id, status=row.status)
+                    self.store.record_result(row.cl_ord_id, "skipped", reason=reason)
+                    prior.append(CopyResult(signal.signal_id, row.follower, row.pair, row.side, "skipped",
+                                            row.volume_base, row.notional_usd, row.order_id, reason))
                 else:
                     work.append((account, row.cl_ord_id, True, row.updated_at_s))
         else:

@@ -452,3 +452,21 @@ async def test_stop_cancels_follower_tasks_still_running_after_the_grace_period(
         await asyncio.sleep(0)
     assert alice.orders == {}
     assert [row.status for row in await store.intents_for("b1")] == ["pending"]  # the next start looks it up
+
+
+async def test_an_intent_of_a_follower_no_longer_configured_lets_its_signal_finish(store, monkeypatch):
+    import nija.trading.copy as copy_module
+    recorder = LogRecorder()
+    monkeypatch.setattr(copy_module, "log", recorder)
+    alice, gone = FakeAccount(), FakeAccount()
+    gone.fail_with = TransportError("timeout")  # gone's intent stays unsettled ...
+    engine = await engine_with(store, [account("alice", alice), account("gone", gone)])
+    assert (await engine.copy(buy())).unsettled == 1
+    engine = await engine_with(store, [account("alice", alice)])  # ... and gone leaves the accounts file
+    [summary] = await engine.reconcile()
+    [result] = [r for r in summary.results if r.name == "gone"]
+    assert result.status == "skipped" and result.reason.startswith("follower_not_configured")
+    assert await store.signal_status("b1") == "done"
+    assert await engine.reconcile() == []  # not taken up again every minute
+    assert [e for e, _ in recorder.events].count("copy_follower_not_configured") == 1
+    assert gone.calls.count("find") == 0
