@@ -110,10 +110,6 @@ class NonceCoordinator:
             self._last_by_key[key_id] = nonce
             return nonce
 
-    @property
-    def reserve_ns(self) -> int:
-        return self._reserve_ns
-
     def jump_ahead(self, key_id: str) -> int:
         """After `EAPI:Invalid nonce`: move `key_id`'s sequence a reservation ahead of the clock (or of its last
         nonce, if that is later), past what an earlier run with a lost mark may have used. Returns the new last."""
@@ -136,7 +132,17 @@ class NonceCoordinator:
             return self._last_by_key.get(key_id)
 
     def _read_mark(self) -> int:
-        return _read_mark_file(self._path)
+        try:
+            text = self._path.read_text().strip()
+        except FileNotFoundError:
+            return 0
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(
+                f"{self._path}: nonce high-water mark {text[:40]!r} is not an integer. Restore it from a backup, or "
+                f"write a value above the last nonce used (e.g. the current time in ns: {time.time_ns()})"
+            ) from None
 
     def _write_mark(self, mark: int) -> None:
         # Written before any nonce below it is handed out; atomic replace so a crash leaves the old or new mark.
@@ -149,20 +155,6 @@ class NonceCoordinator:
         os.replace(tmp, self._path)
         self._reserved_until = mark
         self.mark_writes += 1
-
-
-def _read_mark_file(path: Path) -> int:
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return 0
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(
-            f"{path}: nonce high-water mark {text[:40]!r} is not an integer. Restore it from a backup, or "
-            f"write a value above the last nonce used (e.g. the current time in ns: {time.time_ns()})"
-        ) from None
 
 
 class NonceLane:
