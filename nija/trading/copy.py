@@ -437,7 +437,7 @@ class CopyEngine:
             return summary
         except Exception as exc:  # a store or bookkeeping failure: the intents stay open for reconciliation
             log.exception("copy_summary_failed", signal_id=signal.signal_id)
-            failure: BaseException = exc
+            failure = exc
             return None
         except asyncio.CancelledError as exc:
             failure = exc
