@@ -38,9 +38,8 @@ from nija.kraken.errors import (
 from nija.logs import get_logger
 from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
-from nija.trading.master_fills import ENTRY_MAX_AGE_S
 from nija.trading.positions import Portfolio, PriceBook, refresh_interval_s, utc_day
-from nija.trading.signals import Signal, cl_ord_id_for
+from nija.trading.signals import ENTRY_MAX_AGE_S, Signal, cl_ord_id_for
 from nija.trading.sizing import FollowerBook, FollowerLimits, OrderPlan, PairRules, Skip, limit_exit, size_copy
 
 __all__ = [

@@ -29,7 +29,7 @@ from nija.kraken.errors import ConfigurationError
 from nija.kraken.models import Order
 from nija.kraken.pairs import PairInfo, Pairs, UnknownPairError
 from nija.logs import get_logger
-from nija.trading.signals import Signal, signal_from_master_order
+from nija.trading.signals import ENTRY_MAX_AGE_S, Signal, signal_from_master_order
 
 __all__ = ["MasterFillWatcher", "MasterFill"]
 
@@ -37,9 +37,6 @@ log = get_logger("nija.master_fills")
 
 #: orders closed this long before the watermark are still asked for, against clock skew between us and Kraken
 _OVERLAP_S = 120.0
-#: an entry found later than this (NIJA was down) is not copied: the price it was sized at is gone. Exits are
-#: always copied, so no follower keeps a position the master closed.
-ENTRY_MAX_AGE_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)

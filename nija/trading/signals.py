@@ -15,13 +15,19 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Literal
 
-__all__ = ["Signal", "Side", "signal_id_for", "cl_ord_id_for", "signal_from_master_order"]
+__all__ = ["Signal", "Side", "ENTRY_MAX_AGE_S", "signal_id_for", "cl_ord_id_for", "signal_from_master_order"]
 
 Side = Literal["buy", "sell"]
 
 # Fixed namespaces: changing them would change every derived id and break reconciliation of stored intents.
 _SIGNAL_NS = uuid.UUID("6f1d2c1e-4b8a-5f0e-9a53-2c7e1d9b0a41")
 _ORDER_NS = uuid.UUID("0b9e5d7a-3c12-5e84-8f6d-4a1c2b3e5f60")
+
+
+#: an entry copied later than this after the master's fill (NIJA was down, or its order's fate was unknown) is not
+#: copied: the price it was sized at is gone. Exits are always copied, so no follower keeps a position the master
+#: closed.
+ENTRY_MAX_AGE_S = 300.0
 
 
 def signal_id_for(master_order_id: str, fill_ref: str = "") -> str:
