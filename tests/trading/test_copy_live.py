@@ -132,3 +132,36 @@ async def test_restart_after_a_lost_reply_settles_by_lookup(served, tmp_path):
         assert rig.held("alice") == D("0.002") and await rig.store.signal_status(signal.signal_id) == "done"
     finally:
         await rig.close()
+
+
+async def test_restart_while_the_lost_order_is_still_on_its_way_never_places_it_twice(served, tmp_path):
+    """The process dies with an AddOrder still queued at the exchange; the next run's lookup comes before the order
+    lands. It must wait out the order's deadline instead of calling it absent and sending it again."""
+    import asyncio
+
+    from nija.kraken.client import KrakenClient
+    from nija.store import IntentRow
+
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
+    signal = await rig.master_trade("buy", D("0.1"))
+    await rig.store.save_signal(signal)
+    cl = cl_ord_id_for(signal.signal_id, "alice")
+    await rig.store.add_intents([IntentRow(signal.signal_id, "alice", cl, "XBTUSD", "buy")])
+    gateway = rig.engine.followers["alice"].gateway
+    exchange.inject(Fault(kind="latency", delay_s=1.0, next_n=1, account="alice", method="AddOrder"))
+    sending = asyncio.create_task(gateway.client.add_order("XBTUSD", "buy", D("0.002"), cl_ord_id=cl))
+    await asyncio.sleep(0.3)  # the request is at the exchange, held there
+    sending.cancel()  # the process dies
+    # The next run: a new client that never saw the order.
+    account = exchange.account("alice")
+    gateway.client = KrakenClient(account.api_key, account.api_secret, base_url=url, context=rig.context,
+                                  name="alice", retry_base_s=0.05, order_deadline_s=2, deadline_margin_s=0.05)
+    try:
+        await rig.engine.resume()
+        await rig.engine.wait_idle()
+        await asyncio.sleep(1.5)  # past the moment the held request lands, whatever the engine did
+        assert rig.orders_per_cl_ord_id("alice") == {cl: 1}
+        assert rig.held("alice") == D("0.002")
+    finally:
+        await rig.close()
