@@ -1,9 +1,10 @@
 """The master account's fills, whoever placed the orders, turned into signals.
 
 Each poll reads the master's open orders (partial fills) and the orders closed since the watermark; every increase
-of an order's executed volume is one fill and becomes one Signal. The signal id is derived from the order id and
-its cumulative executed volume, so a fill seen twice (a restart between emitting and saving the watermark) is the
-same signal and the copy engine's store refuses it the second time: nothing is copied twice, nothing is skipped.
+of an order's executed volume is one fill and becomes one Signal. A poll's signals are written
+to the state file (with the volumes they account for) before they are emitted, and cleared once emitted; a restart
+in between emits them again, and the copy engine's store, keyed by signal id, refuses the ones it already has. So a
+fill is never signalled twice under two ids, and never lost.
 
 For a sell, the fraction of the master's position it closed needs the position *before* the fill; it is the
 balance read right after the poll plus what the fills since then sold (minus what they bought). The master's
@@ -78,6 +79,8 @@ class MasterFillWatcher:
         self._since_s: float | None = None
         # order id → (executed volume, cost, fee) already turned into signals
         self._seen: dict[str, tuple[Decimal, Decimal, Decimal]] = {}
+        # signals accounted for in `_seen` but maybe not emitted yet (a crash between the two)
+        self._pending: list[Signal] = []
         self._load()
 
     # --- state -----------------------------------------------------------------------------------------------------
@@ -94,10 +97,12 @@ class MasterFillWatcher:
             ) from None
         self._since_s = float(data["since_s"])
         self._seen = {txid: tuple(Decimal(v) for v in values) for txid, values in data.get("seen", {}).items()}
+        self._pending = [Signal.from_json(text) for text in data.get("pending", [])]
 
     def _save(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"since_s": self._since_s, "seen": {t: [str(v) for v in vals] for t, vals in self._seen.items()}}
+        data = {"since_s": self._since_s, "seen": {t: [str(v) for v in vals] for t, vals in self._seen.items()},
+                "pending": [signal.to_json() for signal in self._pending]}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.state_path)  # atomic: a crash leaves the old file or the new one
@@ -148,23 +153,32 @@ class MasterFillWatcher:
             self._save()
             log.info("master_watch_started", since_s=now_s)
             return []
+        await self._emit_pending(now_s)  # left by a crash between saving and emitting
         orders = await self._orders_since(self._since_s - _OVERLAP_S)
         fills = sorted(self._new_fills(orders, now_s), key=lambda fill: fill.at_s)
         signals = await self._signals_for(fills) if fills else []
-        for signal in signals:
+        for fill in fills:
+            vol, cost, fee = self._seen.get(fill.order.txid, (Decimal(0), Decimal(0), Decimal(0)))
+            self._seen[fill.order.txid] = (vol + fill.volume_base, cost + fill.cost_usd, fee + fill.fee_usd)
+        self._advance(orders, now_s)
+        self._pending = signals
+        if fills or orders:
+            self._save()
+        await self._emit_pending(now_s)
+        return signals
+
+    async def _emit_pending(self, now_s: float) -> None:
+        if not self._pending:
+            return
+        for signal in self._pending:
             age_s = now_s - signal.filled_at_s
             if signal.side == "buy" and age_s > ENTRY_MAX_AGE_S:
                 log.warning("master_fill_not_copied", order_id=signal.master_order_id, pair=signal.pair,
                             reason=f"entry filled {age_s:.0f} s ago (limit {ENTRY_MAX_AGE_S:.0f} s)")
                 continue
             await self.emit(signal)
-        for fill in fills:
-            vol, cost, fee = self._seen.get(fill.order.txid, (Decimal(0), Decimal(0), Decimal(0)))
-            self._seen[fill.order.txid] = (vol + fill.volume_base, cost + fill.cost_usd, fee + fill.fee_usd)
-        self._advance(orders, now_s)
-        if fills or orders:
-            self._save()
-        return signals
+        self._pending = []
+        self._save()
 
     async def _orders_since(self, since_s: float) -> list[Order]:
         orders = list((await self.client.open_orders()).values())

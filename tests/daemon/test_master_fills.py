@@ -6,6 +6,7 @@ from decimal import Decimal
 import pytest
 
 from nija.kraken.client import KrakenClient, KrakenContext
+from nija.kraken.models import Balances, ClosedOrdersPage, Order, TradeBalance
 from nija.kraken.limits import Tier
 from nija.kraken.nonce import NonceCoordinator
 from nija.trading.master_fills import MasterFillWatcher
@@ -112,3 +113,51 @@ async def test_a_pair_listed_after_start_up_is_loaded_and_its_fill_copied(master
     [signal] = await watcher.poll()
     assert signal.pair == "XXBTZUSD" and PAIR in watcher.pairs
     assert changed and PAIR in changed[-1]
+
+
+class PartlyFilledMaster:
+    """A master whose one open limit order fills in steps (as Kraken's OpenOrders shows it)."""
+
+    def __init__(self):
+        self.vol_exec = Decimal("0")
+
+    def order(self):
+        return Order.from_kraken("OPART-00001-AAAAAA", {
+            "status": "open", "opentm": time.time() - 10, "descr": {"pair": PAIR, "type": "buy", "ordertype": "limit"},
+            "vol": "1.0", "vol_exec": str(self.vol_exec), "cost": str(self.vol_exec * 50000),
+            "fee": str(self.vol_exec * 50000 * Decimal("0.0025"))})
+
+    async def open_orders(self):
+        return {"OPART-00001-AAAAAA": self.order()}
+
+    async def closed_orders(self, **_):
+        return ClosedOrdersPage(closed={}, count=0)
+
+    async def balance(self):
+        return Balances(by_asset={"ZUSD": "100000", "XXBT": str(self.vol_exec)})
+
+    async def trade_balance(self):
+        return TradeBalance.model_validate({"eb": "150000"})
+
+
+async def test_a_crash_between_a_signal_and_its_record_never_copies_a_partial_fill_twice(master, tmp_path):
+    pairs = await master.pairs()
+    kraken = PartlyFilledMaster()
+    stored: dict[str, Decimal] = {}  # what the copy engine's store would hold: one row per signal id
+
+    async def store_then_die(signal):
+        stored.setdefault(signal.signal_id, signal.volume_base)
+        raise RuntimeError("the process dies right after the engine stored the signal")
+
+    async def store(signal):
+        stored.setdefault(signal.signal_id, signal.volume_base)
+
+    path = tmp_path / "master_fills.json"
+    first = MasterFillWatcher(kraken, pairs, store_then_die, state_path=path)
+    await first.poll()
+    kraken.vol_exec = Decimal("0.5")
+    with pytest.raises(RuntimeError):
+        await first.poll()
+    kraken.vol_exec = Decimal("1.0")  # the order fills on while NIJA is down
+    await MasterFillWatcher(kraken, pairs, store, state_path=path).poll()
+    assert sum(stored.values()) == Decimal("1.0")  # not 1.5: the first half is not copied again
