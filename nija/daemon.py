@@ -148,8 +148,9 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
                             # the engine's current pairs: a pair listed later gets a price too
                             price_source=lambda: ticker_price_source(master, engine.pairs)())
         engine.prices.has_usd_market = lambda asset: engine.pairs.find(asset, "USD") is not None
-        await engine.start()
+        # Registered first: a stop that cancels the start while it resumes old work still ends those copies.
         stack.push_async_callback(engine.stop, grace_s=STOP_GRACE_S)
+        await engine.start()
         for account in accounts:
             log.info("balance_snapshot", account=account.name, role="follower",
                      cash_usd=_text(account.portfolio.cash_usd()),

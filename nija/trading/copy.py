@@ -40,7 +40,7 @@ from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
 from nija.trading.positions import Portfolio, PriceBook, refresh_interval_s, utc_day
 from nija.trading.signals import ENTRY_MAX_AGE_S, Signal, cl_ord_id_for
-from nija.trading.sizing import FollowerBook, FollowerLimits, OrderPlan, PairRules, Skip, limit_exit, size_copy
+from nija.trading.sizing import FollowerBook, FollowerLimits, OrderPlan, PairRules, Skip, size_copy
 
 __all__ = [
     "CopyEngine",
@@ -569,15 +569,17 @@ class CopyEngine:
                 return CopyResult(**base, status="succeeded", volume_base=found.executed_base or None,
                                   notional_usd=found.cost_usd or None, order_id=found.order_id,
                                   reason="reconciled: found by client order id", acked_at_s=self.clock())
-            age_s = self.clock() - signal.filled_at_s
-            if signal.side == "buy" and age_s > ENTRY_MAX_AGE_S:
-                # Proven never placed, and the master's entry is old: buying now would be at today's price.
-                return CopyResult(**base, status="skipped",
-                                  reason=f"stale_entry: master filled {age_s:.0f} s ago (limit {ENTRY_MAX_AGE_S:.0f} s)")
+
+        age_s = self.clock() - signal.filled_at_s
+        if signal.side == "buy" and age_s > ENTRY_MAX_AGE_S:
+            # Not placed, and the master's entry is old (resumed after an outage, or queued behind a slow follower):
+            # buying now would be at today's price.
+            return CopyResult(**base, status="skipped",
+                              reason=f"stale_entry: master filled {age_s:.0f} s ago (limit {ENTRY_MAX_AGE_S:.0f} s)")
 
         status = self._pair_status(rules)
-        if status != "online" and (signal.side == "buy" or status != "limit_only"):
-            # cancel_only, post_only, limit_only, reduce_only: Kraken would refuse the copy (or not fill it as sized).
+        if status != "online":
+            # cancel_only, post_only, limit_only, reduce_only: Kraken would refuse a market order.
             if signal.side == "buy":
                 return CopyResult(**base, status="skipped",
                                   reason=f"pair_{status}: {rules.pair} is in {status} mode, no order sent")
@@ -591,8 +593,6 @@ class CopyEngine:
                          taker_fee_rate=self.taker_fee_rate)
         if isinstance(plan, Skip):
             return CopyResult(**base, status="skipped", reason=str(plan))
-        if status == "limit_only":
-            plan = limit_exit(plan, rules, signal.avg_price_usd)
         try:
             placed = await self._place(gateway, plan, cl_ord_id)
         except _Unsettled as exc:
@@ -606,8 +606,10 @@ class CopyEngine:
         if fill is None and plan.limit_price_usd is not None:
             # An IOC limit may fill in part or not at all: the next signal on this pair must see what it got.
             fill = await self._read_fill(account, placed.order_id)
+        volume_base, notional_usd = plan.volume_base, plan.notional_usd
         if fill is not None:
             self._apply(account, rules, plan.side, fill)
+            volume_base, notional_usd = fill.executed_base, fill.cost_usd  # an IOC limit says what it really got
         else:
             # A market order fills at once: book the planned volume at the master's price now, and read the real
             # fill once every follower of this signal has its answer (that read must not slow the fan-out).
@@ -615,7 +617,7 @@ class CopyEngine:
                             plan.notional_usd * self.taker_fee_rate)
             self._apply(account, rules, plan.side, estimate)
             self._to_confirm.setdefault(signal.signal_id, []).append((account, rules, plan.side, estimate))
-        return CopyResult(**base, status="succeeded", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
+        return CopyResult(**base, status="succeeded", volume_base=volume_base, notional_usd=notional_usd,
                           order_id=placed.order_id, acked_at_s=acked_at_s,
                           reason="recovered after a lost reply" if placed.recovered else None)
 

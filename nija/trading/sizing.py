@@ -6,8 +6,7 @@ is rounded down to the pair's lot. With `entry_slippage` the buy is an IOC limit
 price, and the cash cap is computed at that limit price.
 
 Sell (invariant 4): volume = the signal's fraction × the follower's own position (all of it when the master closed
-its position), never more than the follower holds, rounded down to the lot. Exits are market orders, except on a
-pair in limit_only mode: there `limit_exit` makes them an IOC limit at most LIMIT_EXIT_SLIPPAGE below the master.
+its position), never more than the follower holds, rounded down to the lot. Exits are market orders, never capped.
 
 Anything that cannot or must not be sent (below `ordermin`/`costmin`, disabled symbol, no position, daily loss
 reached, unknown balance) is returned as a `Skip` with a reason: a skip is not a failure.
@@ -15,8 +14,8 @@ reached, unknown balance) is returned as a `Skip` with a reason: a skip is not a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
 from enum import Enum
 
 from nija.kraken.pairs import PairInfo
@@ -36,8 +35,6 @@ ZERO = Decimal(0)
 ONE = Decimal(1)
 #: extra room kept when a market buy is sized against free cash: a market order can fill above the master's price
 MARKET_BUY_PRICE_BUFFER = Decimal("0.01")
-#: how far below the master's price an exit on a limit_only pair may fill (it must leave, but not at any price)
-LIMIT_EXIT_SLIPPAGE = Decimal("0.02")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +189,3 @@ def _size_buy(signal: Signal, limits: FollowerLimits, book: FollowerBook, rules:
     if skipped:
         return skipped
     return OrderPlan(rules.pair, "buy", volume, volume * price, limit_price)
-
-
-def limit_exit(plan: OrderPlan, rules: PairRules, master_price_usd: Decimal) -> OrderPlan:
-    """`plan` (a sell) as an IOC limit for a pair that takes limit orders only."""
-    if plan.side != "sell":
-        raise ValueError(f"limit_exit takes a sell plan, got a {plan.side}")
-    floor = rules.info.round_price(master_price_usd * (ONE - LIMIT_EXIT_SLIPPAGE), ROUND_UP)
-    return replace(plan, limit_price_usd=floor)

@@ -354,7 +354,7 @@ def _pairs_with_status(status):
     return Pairs.from_results(raw)
 
 
-@pytest.mark.parametrize("status", ["cancel_only", "post_only", "reduce_only"])
+@pytest.mark.parametrize("status", ["cancel_only", "post_only", "limit_only", "reduce_only"])
 async def test_an_exit_on_a_pair_not_taking_it_waits_for_the_pair_and_is_never_dropped(store, status):
     alice = FakeAccount()
     engine = await engine_with(store, [account("alice", alice)])
@@ -367,18 +367,6 @@ async def test_an_exit_on_a_pair_not_taking_it_waits_for_the_pair_and_is_never_d
     engine.set_pairs(PAIRS)  # the pair is back online: reconciliation sends the exit
     [settled] = await engine.reconcile()
     assert settled.signal_id == "s1" and settled.succeeded == 1 and alice.balances["BTC"] == 0
-
-
-async def test_an_exit_on_a_limit_only_pair_is_sent_as_an_ioc_limit(store):
-    alice = FakeAccount()
-    engine = await engine_with(store, [account("alice", alice)])
-    assert (await engine.copy(buy("b0"))).succeeded == 1
-    engine.set_pairs(_pairs_with_status("limit_only"))
-    assert (await engine.copy(sell("s1", closes=True))).succeeded == 1
-    exit_plan = alice.plans[-1]
-    assert exit_plan.side == "sell" and exit_plan.ordertype == "limit" and exit_plan.volume_base == D("0.002")
-    assert exit_plan.limit_price_usd == D("49000")  # at most 2 % below the master's 50000
-    assert alice.balances["BTC"] == 0
 
 
 async def test_an_old_entry_proven_never_placed_is_not_bought_at_todays_price(store):
@@ -470,3 +458,14 @@ async def test_an_intent_of_a_follower_no_longer_configured_lets_its_signal_fini
     assert await engine.reconcile() == []  # not taken up again every minute
     assert [e for e, _ in recorder.events].count("copy_follower_not_configured") == 1
     assert gone.calls.count("find") == 0
+
+
+async def test_a_stored_entry_fanned_out_only_after_an_outage_is_not_bought_at_todays_price(store):
+    """The daemon stopped after storing the signal, before its fan-out; it comes back an hour later."""
+    alice = FakeAccount()
+    signal = buy("b1")
+    await store.save_signal(signal)
+    engine = await engine_with(store, [account("alice", alice)], clock=lambda: signal.filled_at_s + 3600)
+    [summary] = await engine.reconcile()
+    assert summary.skipped == 1 and summary.results[0].reason.startswith("stale_entry")
+    assert alice.orders == {}
