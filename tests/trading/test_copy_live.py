@@ -4,11 +4,14 @@ faults that never leave a follower with the wrong position or two orders for one
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal as D
 
 import pytest
 
 from nija.exchange import Exchange, Fault
+from nija.kraken.client import KrakenClient
+from nija.store import IntentRow
 from nija.trading.signals import cl_ord_id_for
 
 from tests.trading.live import make_rig, round_volume_down
@@ -113,16 +116,20 @@ async def test_order_unsettled_by_the_client_is_reconciled_by_the_engine(served,
         await rig.close()
 
 
+async def stored_buy_intent(rig, name: str):
+    """A first run that stored a master buy's signal and `name`'s intent, then died: (signal, cl_ord_id)."""
+    signal = await rig.master_trade("buy", D("0.1"))
+    await rig.store.save_signal(signal)
+    cl = cl_ord_id_for(signal.signal_id, name)
+    await rig.store.add_intents([IntentRow(signal.signal_id, name, cl, "XBTUSD", "buy")])
+    return signal, cl
+
+
 async def test_restart_after_a_lost_reply_settles_by_lookup(served, tmp_path):
     """A crash between sending and recording: the next run finds the order by cl_ord_id and sends nothing."""
     exchange, url = served
     rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
-    signal = await rig.master_trade("buy", D("0.1"))
-    # Simulate the first run: signal and intent stored, order sent, then the process died before the result.
-    await rig.store.save_signal(signal)
-    from nija.store import IntentRow
-    cl = cl_ord_id_for(signal.signal_id, "alice")
-    await rig.store.add_intents([IntentRow(signal.signal_id, "alice", cl, "XBTUSD", "buy")])
+    signal, cl = await stored_buy_intent(rig, "alice")
     client = rig.engine.followers["alice"].gateway.client
     await client.add_order("XBTUSD", "buy", D("0.002"), cl_ord_id=cl)
     await rig.engine.resume()
@@ -137,17 +144,9 @@ async def test_restart_after_a_lost_reply_settles_by_lookup(served, tmp_path):
 async def test_restart_while_the_lost_order_is_still_on_its_way_never_places_it_twice(served, tmp_path):
     """The process dies with an AddOrder still queued at the exchange; the next run's lookup comes before the order
     lands. It must wait out the order's deadline instead of calling it absent and sending it again."""
-    import asyncio
-
-    from nija.kraken.client import KrakenClient
-    from nija.store import IntentRow
-
     exchange, url = served
     rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
-    signal = await rig.master_trade("buy", D("0.1"))
-    await rig.store.save_signal(signal)
-    cl = cl_ord_id_for(signal.signal_id, "alice")
-    await rig.store.add_intents([IntentRow(signal.signal_id, "alice", cl, "XBTUSD", "buy")])
+    _, cl = await stored_buy_intent(rig, "alice")
     gateway = rig.engine.followers["alice"].gateway
     exchange.inject(Fault(kind="latency", delay_s=1.0, next_n=1, account="alice", method="AddOrder"))
     sending = asyncio.create_task(gateway.client.add_order("XBTUSD", "buy", D("0.002"), cl_ord_id=cl))
