@@ -33,11 +33,10 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from nija.kraken.auth import decode_secret
+from nija.kraken.client import DEFAULT_BASE_URL
 from nija.kraken.limits import TIERS
 
-__all__ = ["CopyTradingMode", "Settings", "SettingsError", "load_settings", "secret_is_valid", "DEFAULT_API_URL"]
-
-DEFAULT_API_URL = "https://api.kraken.com"
+__all__ = ["CopyTradingMode", "Settings", "SettingsError", "load_settings", "secret_is_valid"]
 
 
 class CopyTradingMode(str, Enum):
@@ -60,7 +59,7 @@ class Settings:
     state_dir: Path = Path("state")
     users_dir: Path = Path("config/users")
     copy_trading_mode: CopyTradingMode = CopyTradingMode.MASTER_FOLLOW
-    kraken_api_url: str = DEFAULT_API_URL
+    kraken_api_url: str = DEFAULT_BASE_URL
     master_api_key: SecretStr | None = field(default=None, repr=False)
     master_api_secret: SecretStr | None = field(default=None, repr=False)
     kraken_tier: str = "starter"
