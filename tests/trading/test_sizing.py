@@ -5,7 +5,7 @@ import json
 from decimal import ROUND_DOWN, Decimal as D
 from pathlib import Path
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from nija.kraken.pairs import Pairs
 from nija.trading.signals import Signal
@@ -120,6 +120,9 @@ fraction = st.decimals(min_value=D("0.001"), max_value=D("1"), places=3)
        price=st.decimals(min_value=D("1"), max_value=D("100000"), places=1),
        master_equity=money, equity=money, cash_share=fraction, multiplier=st.decimals(D("0.1"), D("5"), places=2),
        max_risk=st.decimals(D("0.01"), D("1"), places=2))
+# exactly proportional, where a bound computed with a division rounds below the true value
+@example(master_volume=D("0.0001"), price=D("256.6"), master_equity=D("1.34"), equity=D("25.66"), cash_share=D("1"),
+         multiplier=D("1.34"), max_risk=D("1"))
 def test_buy_properties(master_volume, price, master_equity, equity, cash_share, multiplier, max_risk):
     cash = (equity * cash_share).quantize(D("0.01"))
     signal = Signal("s", "O", "XBTUSD", "buy", master_volume, price, D(0), master_equity)
@@ -133,7 +136,8 @@ def test_buy_properties(master_volume, price, master_equity, equity, cash_share,
     assert result.volume_base >= XBT.info.ordermin and notional >= XBT.info.costmin
     assert notional <= max_risk * equity  # risk cap
     assert notional * (1 + FEE) <= cash  # fees fit in free cash
-    assert notional <= master_volume * price * equity / master_equity * multiplier  # never more than proportional
+    # never more than proportional (cross-multiplied: a division here would round the bound itself)
+    assert notional * master_equity <= master_volume * price * equity * multiplier
     # rounding down loses less than one lot against the tightest cap
     lot = D("0.00000001")
     tightest = min(master_volume * price * equity / master_equity * multiplier, max_risk * equity) / price
