@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("nija.daemon", "main", "run the daemon (paper mode on the embedded exchange when no keys are set)"),
     "sim": ("nija.exchange.sim", "main", "run the embedded Kraken-compatible exchange on its own"),
     "check": ("nija.accounts", "check_main", "validate the configuration and follower files, then exit"),
+    "balances": ("nija.balances", "main", "every account's USD cash and equity, read now from Kraken"),
 }
 
 
