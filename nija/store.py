@@ -158,6 +158,16 @@ class Store:
         ) as cursor:
             return [Signal.from_json(payload) for (payload,) in await cursor.fetchall()]
 
+    async def _execute_many_in_transaction(self, sql: str, rows: list) -> None:
+        """All rows or none: one explicit transaction (the caller holds `_lock`)."""
+        await self._db.execute("BEGIN")
+        try:
+            await self._db.executemany(sql, rows)
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+
     # --- intents -------------------------------------------------------------------------------------------------
 
     async def add_intents(self, intents: Iterable[IntentRow]) -> None:
@@ -168,17 +178,11 @@ class Store:
                  None if i.notional_usd is None else str(i.notional_usd), i.order_id, i.reason, now)
                 for i in intents]
         async with self._lock:
-            await self._db.execute("BEGIN")
-            try:
-                await self._db.executemany(
-                    "INSERT OR IGNORE INTO intents(signal_id, follower, cl_ord_id, pair, side, status, volume_base,"
-                    " notional_usd, order_id, reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
+            await self._execute_many_in_transaction(
+                "INSERT OR IGNORE INTO intents(signal_id, follower, cl_ord_id, pair, side, status, volume_base,"
+                " notional_usd, order_id, reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
 
     def record_result(self, cl_ord_id: str, status: str, *, volume_base: Decimal | None = None,
                       notional_usd: Decimal | None = None, order_id: str | None = None,
@@ -200,18 +204,15 @@ class Store:
         async with self._lock:
             while self._pending_results:
                 batch, self._pending_results = self._pending_results, []
-                await self._db.execute("BEGIN")
                 try:
-                    await self._db.executemany(
+                    await self._execute_many_in_transaction(
                         "UPDATE intents SET status = ?, volume_base = COALESCE(?, volume_base),"
                         " notional_usd = COALESCE(?, notional_usd), order_id = COALESCE(?, order_id), reason = ?,"
                         " updated_at = ? WHERE cl_ord_id = ?",
                         batch,
                     )
-                    await self._db.execute("COMMIT")
                 except BaseException:
-                    await self._db.execute("ROLLBACK")
-                    self._pending_results[:0] = batch
+                    self._pending_results[:0] = batch  # kept for the next flush: no result is lost
                     raise
 
     async def flush(self) -> None:
