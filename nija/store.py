@@ -139,9 +139,8 @@ class Store:
             return cursor.rowcount == 1
 
     async def signal_status(self, signal_id: str) -> str | None:
-        async with self._db.execute("SELECT status FROM signals WHERE signal_id = ?", (signal_id,)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else row[0]
+        rows = await self._db.execute_fetchall("SELECT status FROM signals WHERE signal_id = ?", (signal_id,))
+        return rows[0][0] if rows else None
 
     async def finish_signal(self, signal_id: str, summary_json: str | None = None) -> None:
         await self.flush()
@@ -153,10 +152,9 @@ class Store:
 
     async def unfinished_signals(self) -> list[Signal]:
         """Signals not yet finished, oldest first (what resume must complete)."""
-        async with self._db.execute(
-            "SELECT payload FROM signals WHERE status != 'done' ORDER BY created_at, rowid"
-        ) as cursor:
-            return [Signal.from_json(payload) for (payload,) in await cursor.fetchall()]
+        rows = await self._db.execute_fetchall(
+            "SELECT payload FROM signals WHERE status != 'done' ORDER BY created_at, rowid")
+        return [Signal.from_json(payload) for (payload,) in rows]
 
     async def _execute_many_in_transaction(self, sql: str, rows: list) -> None:
         """All rows or none: one explicit transaction (the caller holds `_lock`)."""
@@ -220,11 +218,10 @@ class Store:
         await self._write_results()
 
     async def intents_for(self, signal_id: str) -> list[IntentRow]:
-        async with self._db.execute(
+        rows = await self._db.execute_fetchall(
             "SELECT signal_id, follower, cl_ord_id, pair, side, status, volume_base, notional_usd, order_id, reason,"
-            " updated_at FROM intents WHERE signal_id = ? ORDER BY rowid", (signal_id,)
-        ) as cursor:
-            return [_row(values) for values in await cursor.fetchall()]
+            " updated_at FROM intents WHERE signal_id = ? ORDER BY rowid", (signal_id,))
+        return [_row(values) for values in rows]
 
     # --- daily equity marks --------------------------------------------------------------------------------------
 
@@ -235,8 +232,6 @@ class Store:
                 "INSERT OR IGNORE INTO day_marks(follower, day, start_equity_usd) VALUES (?, ?, ?)",
                 (follower, day, str(equity_usd)),
             )
-        async with self._db.execute(
-            "SELECT start_equity_usd FROM day_marks WHERE follower = ? AND day = ?", (follower, day)
-        ) as cursor:
-            (value,) = await cursor.fetchone()
+        ((value,),) = await self._db.execute_fetchall(
+            "SELECT start_equity_usd FROM day_marks WHERE follower = ? AND day = ?", (follower, day))
         return Decimal(value)

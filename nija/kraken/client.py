@@ -25,8 +25,8 @@ or repr contains the key's secret or a signature.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
-from datetime import datetime, timezone
 import json
 import math
 import random
@@ -35,6 +35,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,8 @@ def _encode_params(params: dict[str, Any]) -> list[tuple[str, str]]:
 
 # Characters quote_plus never changes: values made only of these (pairs, sides, decimals, UUIDs) skip quoting.
 _PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+# The values that do need quoting repeat (the deadline is the same for every order sent within a second).
+_quote = functools.lru_cache(maxsize=64)(quote_plus)
 
 
 def _form_body(nonce: int, params: dict[str, Any]) -> bytes:
@@ -141,14 +144,15 @@ def _form_body(nonce: int, params: dict[str, Any]) -> bytes:
     for name, value in params.items():
         if value is None:
             continue
-        text = _encode_value(value)
-        parts.append(f"{name}={text}" if _PLAIN.fullmatch(text) else f"{name}={quote_plus(text)}")
+        text = value if type(value) is str else _encode_value(value)
+        parts.append(f"{name}={text}" if _PLAIN.fullmatch(text) else f"{name}={_quote(text)}")
     return "&".join(parts).encode()
 
 
-def _rfc3339(unix_s: float) -> str:
+@functools.lru_cache(maxsize=4)  # every order leaving within the same second carries the same deadline
+def _rfc3339(unix_s: int) -> str:
     """Whole seconds in UTC, e.g. 2026-01-02T03:04:05Z (the form Kraken's documentation shows)."""
-    return datetime.fromtimestamp(unix_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_s))
 
 
 def _parse_rfc3339(text: str) -> float:

@@ -212,6 +212,7 @@ class CopyEngine:
         self._copy_tasks: set[asyncio.Task] = set()  # every follower task running
         self._in_flight: dict[str, asyncio.Task] = {}  # signal id → its summary task
         self._dispatching: set[str] = set()  # signal ids claimed by a dispatch not yet in _in_flight
+        self._starting = asyncio.Lock()  # held by the fan-out starting its follower tasks
         self._rules: dict[str, PairRules] = {}
         # (follower, pair) → cl_ord_id → its signal, oldest first: intents whose order may or may not exist
         self._unsettled: dict[tuple[str, str], dict[str, Signal]] = {}
@@ -393,19 +394,30 @@ class CopyEngine:
 
         loop = asyncio.get_running_loop()
         tasks = []
-        for account, cl_ord_id, may_exist, sent_at_s in work:
-            key = (account.name, rules.pair if rules else signal.pair)
-            previous = self._tails.get(key)
-            task = loop.create_task(self._copy_one(signal, account, rules, rules_error, cl_ord_id, may_exist,
-                                                   previous, sent_at_s))
-            self._tails[key] = task
-            self._copy_tasks.add(task)
-            task.add_done_callback(self._copy_tasks.discard)
-            task.add_done_callback(lambda t, key=key: self._tails.pop(key) if self._tails.get(key) is t else None)
-            tasks.append(task)
+        interrupted = False
+        # One fan-out starts its tasks at a time, so every follower gets concurrent signals in the same order.
+        async with self._starting:
+            for account, cl_ord_id, may_exist, sent_at_s in work:
+                key = (account.name, rules.pair if rules else signal.pair)
+                previous = self._tails.get(key)
+                task = loop.create_task(self._copy_one(signal, account, rules, rules_error, cl_ord_id, may_exist,
+                                                       previous, sent_at_s))
+                self._tails[key] = task
+                self._copy_tasks.add(task)
+                task.add_done_callback(self._copy_tasks.discard)
+                task.add_done_callback(lambda t, key=key: self._tails.pop(key) if self._tails.get(key) is t else None)
+                tasks.append(task)
+                # Let this follower's order leave before the next follower is prepared: the first orders reach the
+                # exchange while later ones are still being signed, rather than all of them after the last.
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    interrupted = True  # start the rest anyway: each stored intent gets its task and stop() its grace
         if not resumed:
             self.signals_copied += 1
         self._in_flight[signal.signal_id] = loop.create_task(self._summarise(signal, tasks, prior))
+        if interrupted:
+            raise asyncio.CancelledError
 
     async def _summarise(self, signal: Signal, tasks: list[asyncio.Task],
                          prior: list[CopyResult]) -> CopySummary | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from decimal import Decimal as D
 from pathlib import Path
 
@@ -233,6 +234,46 @@ async def test_reconcile_during_a_dispatch_never_sends_an_order_twice(store):
         assert [len(orders) for orders in fake.orders.values()] == [1]
         assert fake.balances["BTC"] == D("0.002")
 
+
+
+class SlowToPrepare(FakeAccount):
+    async def place(self, plan, cl_ord_id):
+        time.sleep(0.002)  # CPU spent on the order before it leaves (signing, encoding): the event loop is busy
+        return await super().place(plan, cl_ord_id)
+
+
+async def test_a_signal_resumed_during_a_fan_out_reaches_every_follower_in_the_same_order(store):
+    """A fan-out lets each follower's order leave before it starts the next follower. A signal that a reconcile
+    takes up meanwhile must not overtake it on the followers not started yet: every follower sees one order."""
+    names = [f"f{i:02d}" for i in range(50)]
+    fakes = [SlowToPrepare(usd="100000") for _ in names]
+    engine = await engine_with(store, [account(name, fake) for name, fake in zip(names, fakes)])
+    # Stored with its intents by a run that died before sending any (its followers listed in another order then).
+    left_over = buy("r1")
+    await store.save_signal(left_over)
+    await store.add_intents([IntentRow("r1", name, cl_ord_id_for("r1", name), "XBTUSD", "buy")
+                             for name in reversed(names)])
+    buying = asyncio.create_task(engine.copy(buy("b1")))
+    while not fakes[0].orders:  # b1's fan-out has begun and is still starting the others
+        await asyncio.sleep(0)
+    assert await engine.resume() == 1
+    await buying
+    await engine.wait_idle()
+    signal_of = {cl_ord_id_for(sid, name): sid for sid in ("r1", "b1") for name in names}
+    assert {tuple(signal_of[cl] for cl in fake.orders) for fake in fakes} == {("b1", "r1")}
+
+
+async def test_a_stop_while_a_fan_out_is_starting_still_gives_every_stored_intent_its_grace(store):
+    names = [f"f{i:02d}" for i in range(30)]
+    fakes = [SlowToPrepare() for _ in names]
+    engine = await engine_with(store, [account(name, fake) for name, fake in zip(names, fakes)])
+    await engine.start(refresh_first=False)
+    assert await engine.submit(buy("b1"))
+    while not fakes[0].orders:  # the consumer is starting the followers one by one
+        await asyncio.sleep(0)
+    await engine.stop(grace_s=10)
+    assert [len(fake.orders) for fake in fakes] == [1] * len(names)
+    assert await store.signal_status("b1") == "done"
 
 
 async def test_a_sell_after_an_unsettled_buy_is_sized_from_the_settled_buy(store):
