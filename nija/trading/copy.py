@@ -53,6 +53,10 @@ __all__ = [
 ]
 
 log = get_logger("nija.copy")
+
+# Followers whose tasks a fan-out starts before it lets their orders leave. One at a time costs an event-loop turn
+# per follower; a handful keeps the first orders early at a fraction of the turns (4 was fastest at N = 100).
+_STARTED_PER_STEP = 4
 ZERO = Decimal(0)
 
 
@@ -407,12 +411,13 @@ class CopyEngine:
                 task.add_done_callback(self._copy_tasks.discard)
                 task.add_done_callback(lambda t, key=key: self._tails.pop(key) if self._tails.get(key) is t else None)
                 tasks.append(task)
-                # Let this follower's order leave before the next follower is prepared: the first orders reach the
-                # exchange while later ones are still being signed, rather than all of them after the last.
-                try:
-                    await asyncio.sleep(0)
-                except asyncio.CancelledError:
-                    interrupted = True  # start the rest anyway: each stored intent gets its task and stop() its grace
+                # Let these orders leave before more followers are prepared: the first orders reach the exchange
+                # while later ones are still being signed, rather than all of them after the last.
+                if len(tasks) % _STARTED_PER_STEP == 0:
+                    try:
+                        await asyncio.sleep(0)
+                    except asyncio.CancelledError:
+                        interrupted = True  # start the rest anyway: each stored intent gets its task, stop() its grace
         if not resumed:
             self.signals_copied += 1
         self._in_flight[signal.signal_id] = loop.create_task(self._summarise(signal, tasks, prior))
