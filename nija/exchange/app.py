@@ -121,7 +121,9 @@ class ExchangeServer:
         app = build_app(self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        # A deep accept queue, as Kraken's front end has: a fan-out opens a connection per account at once, and
+        # aiohttp's default of 128 drops the rest, which the clients then retry only after a second.
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=4096)
         await site.start()
         sockets = site._server.sockets if site._server else ()  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1]
