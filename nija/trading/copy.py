@@ -57,6 +57,7 @@ log = get_logger("nija.copy")
 # Followers whose tasks a fan-out starts before it lets their orders leave. One at a time costs an event-loop turn
 # per follower; a handful keeps the first orders early at a fraction of the turns (4 was fastest at N = 100).
 _STARTED_PER_STEP = 4
+
 ZERO = Decimal(0)
 
 
