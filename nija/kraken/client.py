@@ -711,13 +711,17 @@ class KrakenClient:
         """
         loop = asyncio.get_running_loop()
         settles_at = loop.time() + self.settle_delay_s(cl_ord_id, sent_at_s=sent_at_s)  # fixed before looking
+        # Only a lookup that *starts* once the order can no longer land proves anything: OpenOrders may run before
+        # that moment and ClosedOrders after it (a wait for budget, a retry), with the order landing in between.
+        started_at = loop.time()
         found = await self.find_order(cl_ord_id)
-        wait_s = settles_at - loop.time()
-        if found is not None or wait_s <= 0:
+        if found is not None or started_at >= settles_at:
             return found
-        log.info("kraken_order_lookup_deferred", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id,
-                 wait_s=round(wait_s, 3))
-        await asyncio.sleep(wait_s)
+        wait_s = settles_at - loop.time()
+        if wait_s > 0:
+            log.info("kraken_order_lookup_deferred", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id,
+                     wait_s=round(wait_s, 3))
+            await asyncio.sleep(wait_s)
         return await self.find_order(cl_ord_id)
 
     def _stamp_deadline(self, cl_ord_id: str | None, deadline_s: float) -> str:

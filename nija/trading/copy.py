@@ -647,12 +647,13 @@ class CopyEngine:
         while True:
             async with self._semaphore:
                 async with asyncio.timeout(self.order_timeout_s):
+                    # Only a lookup begun once the order can no longer land proves it absent: its first call may
+                    # run before that moment and its last after it, with the order landing in between.
+                    started_at = loop.time()
                     found = await gateway.find(cl_ord_id)
-            wait_s = settles_at - loop.time()
-            if found is not None or wait_s <= 0:
+            if found is not None or started_at >= settles_at:
                 return found
-            await asyncio.sleep(wait_s)
-            settles_at = loop.time()  # the next look proves absence
+            await asyncio.sleep(max(0.0, settles_at - loop.time()))
 
     async def _read_fill(self, account: FollowerAccount, order_id: str) -> Fill | None:
         try:

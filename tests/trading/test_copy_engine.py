@@ -370,6 +370,30 @@ async def test_a_resumed_lookup_is_proven_from_the_intents_stored_time(store):
     assert before_s <= sent_at_s <= after_s
 
 
+class LandsDuringTheLookup(FakeAccount):
+    """The lost order reaches the exchange while the first lookup is under way; that lookup ends only after the
+    moment the order could last land."""
+
+    async def find(self, cl_ord_id):
+        if "find" in self.calls:
+            return await super().find(cl_ord_id)
+        self.calls.append("find")
+        await asyncio.sleep(0.2)
+        await self.place(OrderPlan("XBTUSD", "buy", D("0.002"), D("100")), cl_ord_id)
+        return None
+
+
+async def test_a_lookup_begun_before_the_order_could_last_land_does_not_prove_it_absent(store):
+    alice = LandsDuringTheLookup()
+    await _stored_without_orders(store, buy("r1"), "alice")
+    cl_ord_id = cl_ord_id_for("r1", "alice")
+    alice.settle_delays[cl_ord_id] = 0.1
+    engine = await engine_with(store, [account("alice", alice)])
+    [summary] = await engine.reconcile()
+    assert summary.succeeded == 1 and "found by client order id" in summary.results[0].reason
+    assert len(alice.orders[cl_ord_id]) == 1  # looked again instead of sending it a second time
+
+
 async def test_waiting_to_prove_an_order_absent_holds_no_global_slot(store):
     """alice's lookup must wait a long time before it proves anything; with one global slot, bob is copied
     meanwhile."""
