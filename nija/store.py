@@ -19,6 +19,8 @@ the intent stays unfinished and is reconciled by its client order id, never rese
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -163,7 +165,10 @@ class Store:
             await self._db.executemany(sql, rows)
             await self._db.execute("COMMIT")
         except BaseException:
-            await self._db.execute("ROLLBACK")
+            # A COMMIT whose caller was cancelled still runs on the connection's thread: then there is nothing left to
+            # roll back, and the caller's own error (the cancellation above all) must be what propagates.
+            with contextlib.suppress(sqlite3.OperationalError):
+                await self._db.execute("ROLLBACK")
             raise
 
     # --- intents -------------------------------------------------------------------------------------------------

@@ -276,6 +276,25 @@ async def test_a_stop_while_a_fan_out_is_starting_still_gives_every_stored_inten
     assert await store.signal_status("b1") == "done"
 
 
+async def test_a_stop_during_the_commit_of_the_intents_still_stops(store):
+    """The stop's cancellation reaches the consumer while SQLite commits the intents (the commit still happens)."""
+    engine = await engine_with(store, [account("alice", FakeAccount())])
+    await engine.start(refresh_first=False)
+    real_execute, stopping = store._db.execute, []
+
+    def execute(sql, *args, **kwargs):
+        if sql == "COMMIT" and not stopping:
+            stopping.append(asyncio.get_running_loop().create_task(engine.stop(grace_s=0.1)))
+        return real_execute(sql, *args, **kwargs)
+
+    store._db.execute = execute
+    assert await engine.submit(buy())
+    while not stopping:
+        await asyncio.sleep(0.001)
+    await asyncio.wait_for(stopping[0], 5)  # used to hang: the ROLLBACK's error replaced the cancellation
+    assert [row.status for row in await store.intents_for("b1")] == ["pending"]  # stored; resumed at next start
+
+
 async def test_a_sell_after_an_unsettled_buy_is_sized_from_the_settled_buy(store):
     """The buy's reply is lost and its lookup fails: the sell that follows must not see "no position" and skip,
     leaving the follower holding what the master sold. It waits for the buy to be settled by lookup first."""
