@@ -234,7 +234,11 @@ class NonceLane:
             if self._waiters[0].done():  # cancelled while queued
                 self._waiters.popleft()
                 continue
-            nonce = self._try_grant()
+            try:
+                nonce = self._try_grant()
+            except Exception as exc:  # e.g. the mark could not be written: this call fails, the key goes on
+                self._waiters.popleft().set_exception(exc)
+                continue
             if nonce is None:
                 return
             self._waiters.popleft().set_result(nonce)

@@ -182,3 +182,22 @@ async def test_a_cancelled_waiter_does_not_block_the_lane(tmp_path):
     lane.release(first)
     third = await asyncio.wait_for(lane.acquire(), 1)
     assert third > first
+
+
+async def test_a_mark_that_cannot_be_written_fails_the_waiting_call_not_the_key(tmp_path):
+    nonces = NonceCoordinator(tmp_path, reserve_ns=1)  # every grant writes the mark
+    lane = NonceLane(nonces, "k", window=0)
+    first = await lane.acquire()
+    waiting = asyncio.ensure_future(lane.acquire())
+    await asyncio.sleep(0)
+    real_write = nonces._write_mark
+
+    def disk_full(mark):
+        raise OSError(28, "No space left on device")
+
+    nonces._write_mark = disk_full
+    lane.release(first)  # the call that releases is not the one that fails
+    with pytest.raises(OSError):
+        await waiting
+    nonces._write_mark = real_write  # the disk recovers: the key works again
+    assert await asyncio.wait_for(lane.acquire(), 1) > first
