@@ -44,12 +44,12 @@ def tier_named(name: str | Tier) -> Tier:
         raise ValueError(f"unknown Kraken tier {name!r}: use one of {', '.join(TIERS)}") from None
 
 
-# REST counter costs: ledger and trade history cost 2, order calls cost nothing here (they count on the trading
-# counter instead), every other private call costs 1.
+# REST counter costs: ledger and trade history cost 2, placing, changing and cancelling one order (or a batch)
+# cost nothing here (they count on the trading counter instead), every other private call costs 1 — CancelAll and
+# CancelAllOrdersAfter included, as Kraken lists only the former as free.
 _REST_COST_2 = frozenset({"Ledgers", "QueryLedgers", "TradesHistory", "QueryTrades"})
 _REST_COST_0 = frozenset(
-    {"AddOrder", "AddOrderBatch", "CancelOrder", "CancelOrderBatch", "CancelAll", "CancelAllOrdersAfter",
-     "EditOrder", "AmendOrder"}
+    {"AddOrder", "AddOrderBatch", "CancelOrder", "CancelOrderBatch", "EditOrder", "AmendOrder"}
 )
 
 

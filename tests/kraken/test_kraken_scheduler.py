@@ -2,7 +2,7 @@
 
 import asyncio
 
-from nija.kraken.limits import Tier, trading_cost
+from nija.kraken.limits import Tier, rest_cost, trading_cost
 from nija.kraken.scheduler import Pacer, RateScheduler
 
 FAST = Tier("fast-test", rest_max=3, rest_decay_per_s=50.0, trading_max=2, trading_decay_per_s=50.0,
@@ -41,6 +41,12 @@ async def test_order_calls_cost_nothing_on_the_rest_counter_and_ledgers_cost_two
         assert await budget.take_rest("AddOrder") == 0.0
     await budget.take_rest("Ledgers")
     assert budget.rest.counter.level(asyncio.get_running_loop().time()) > 1.5
+
+
+def test_cancel_all_and_the_dead_mans_switch_count_on_the_rest_counter():
+    """Kraken frees only single-order calls (and their batch, edit and amend forms): a dead man's switch renewed
+    every 15 s spends the key's REST budget, and a counter that ignored it would run into the limit."""
+    assert [rest_cost(m) for m in ("CancelAll", "CancelAllOrdersAfter", "CancelOrder", "AddOrder")] == [1, 1, 0, 0]
 
 
 async def test_cancel_of_a_young_order_is_charged_its_penalty():
