@@ -218,6 +218,7 @@ class CopyEngine:
         self._in_flight: dict[str, asyncio.Task] = {}  # signal id → its summary task
         self._dispatching: set[str] = set()  # signal ids claimed by a dispatch not yet in _in_flight
         self._starting = asyncio.Lock()  # held by the fan-out starting its follower tasks
+        self._kept_open: set[str] = set()  # signals left open outside MASTER_FOLLOW (logged once)
         self._rules: dict[str, PairRules] = {}
         # (follower, pair) → cl_ord_id → its signal, oldest first: intents whose order may or may not exist
         self._unsettled: dict[tuple[str, str], dict[str, Signal]] = {}
@@ -347,10 +348,21 @@ class CopyEngine:
         # Intents stored before (by a run or a dispatch that got that far) may have orders out: they are read back
         # and looked up by client order id, never sent blind.
         existing = await self.store.intents_for(signal.signal_id)
-        if resumed:
-            log.info("copy_resume", signal_id=signal.signal_id, intents=len(existing),
-                     unfinished=sum(1 for r in existing if not r.finished))
+        unfinished = sum(1 for r in existing if not r.finished)
         self._last_master_equity = signal.master_equity_usd
+        if self.mode is not CopyTradingMode.MASTER_FOLLOW and unfinished:
+            # Orders of unknown outcome from MASTER_FOLLOW: the signal stays open until that mode settles them.
+            if signal.signal_id not in self._kept_open:
+                self._kept_open.add(signal.signal_id)
+                log.warning("copy_signal_kept_open", signal_id=signal.signal_id, unfinished=unfinished,
+                            mode=self.mode.value, fix="run with COPY_TRADING_MODE=MASTER_FOLLOW to settle them")
+            waiter = self._summary_waiters.pop(signal.signal_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(RuntimeError(f"signal {signal.signal_id} kept open: {unfinished} intents "
+                                                  f"of unknown outcome wait for MASTER_FOLLOW"))
+            return
+        if resumed:
+            log.info("copy_resume", signal_id=signal.signal_id, intents=len(existing), unfinished=unfinished)
         if self.mode is not CopyTradingMode.MASTER_FOLLOW:
             summary = CopySummary(signal.signal_id, 0, 0, 0, 0, 0, None)
             await self.store.finish_signal(signal.signal_id, summary.to_json())

@@ -295,6 +295,18 @@ async def test_a_stop_during_the_commit_of_the_intents_still_stops(store):
     assert [row.status for row in await store.intents_for("b1")] == ["pending"]  # stored; resumed at next start
 
 
+async def test_outside_master_follow_a_signal_with_an_exit_of_unknown_outcome_stays_open_for_it(store):
+    alice = FakeAccount(usd="0", btc="0.01")
+    alice.fail_with = TransportError("timeout")
+    engine = await engine_with(store, [account("alice", alice)])
+    assert (await engine.copy(sell("s1", closes=True))).unsettled == 1
+    independent = await engine_with(store, [account("alice", alice)], mode=CopyTradingMode.INDEPENDENT)
+    assert await independent.reconcile() == []
+    assert await store.signal_status("s1") != "done"
+    [summary] = await (await engine_with(store, [account("alice", alice)])).reconcile()  # MASTER_FOLLOW again
+    assert summary.succeeded == 1 and alice.balances["BTC"] == 0 and await store.signal_status("s1") == "done"
+
+
 async def test_a_sell_after_an_unsettled_buy_is_sized_from_the_settled_buy(store):
     """The buy's reply is lost and its lookup fails: the sell that follows must not see "no position" and skip,
     leaving the follower holding what the master sold. It waits for the buy to be settled by lookup first."""
