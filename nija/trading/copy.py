@@ -233,7 +233,7 @@ class CopyEngine:
         self.signals_copied = 0
         self._summary_waiters: dict[str, asyncio.Future] = {}
         # signal id → market fills booked as estimates, read back after the signal's fan-out
-        self._to_confirm: dict[str, list[tuple[FollowerAccount, PairRules, str, Fill]]] = {}
+        self._to_confirm: dict[str, list[tuple[FollowerAccount, PairRules, str, Fill, int]]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -595,7 +595,14 @@ class CopyEngine:
             except (KrakenError, TimeoutError) as exc:
                 return CopyResult(**base, status="unsettled", reason=f"lookup failed: {_describe(exc)}")
             if found is not None:
-                self._apply(account, rules, signal.side, found)
+                if not found.done:
+                    return CopyResult(**base, status="unsettled", order_id=found.order_id,
+                                      reason=f"found {found.status}: settled once the exchange closes it")
+                # A balance read since the order was sent (a refresh, a restart) may already hold it: the book is
+                # read afresh rather than added to.
+                if not await self._reload_book(account):
+                    return CopyResult(**base, status="unsettled", order_id=found.order_id,
+                                      reason="found, but the balances to book it could not be read")
                 return CopyResult(**base, status="succeeded", volume_base=found.executed_base or None,
                                   notional_usd=found.cost_usd or None, order_id=found.order_id,
                                   reason="reconciled: found by client order id", acked_at_s=self.clock())
@@ -635,7 +642,11 @@ class CopyEngine:
         fill = placed.fill if placed.fill is not None and placed.fill.done else None
         if fill is None and plan.limit_price_usd is not None:
             # An IOC limit may fill in part or not at all: the next signal on this pair must see what it got.
-            fill = await self._read_fill(account, placed.order_id)
+            fill = await self._final_fill(account, placed.order_id)
+            if fill is None:
+                return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
+                                  notional_usd=plan.notional_usd, order_id=placed.order_id, acked_at_s=acked_at_s,
+                                  reason="placed; what the IOC order got could not be read yet")
         volume_base, notional_usd = plan.volume_base, plan.notional_usd
         if fill is not None:
             self._apply(account, rules, plan.side, fill)
@@ -646,7 +657,8 @@ class CopyEngine:
             estimate = Fill(placed.order_id, "closed", plan.volume_base, plan.notional_usd,
                             plan.notional_usd * self.taker_fee_rate)
             self._apply(account, rules, plan.side, estimate)
-            self._to_confirm.setdefault(signal.signal_id, []).append((account, rules, plan.side, estimate))
+            self._to_confirm.setdefault(signal.signal_id, []).append(
+                (account, rules, plan.side, estimate, account.portfolio.loads))
         return CopyResult(**base, status="succeeded", volume_base=volume_base, notional_usd=notional_usd,
                           order_id=placed.order_id, acked_at_s=acked_at_s,
                           reason="recovered after a lost reply" if placed.recovered else None)
@@ -676,13 +688,25 @@ class CopyEngine:
             log.warning("copy_fill_unknown", name=account.name, order_id=order_id, error=_describe(exc))
             return None
 
+    async def _final_fill(self, account: FollowerAccount, order_id: str) -> Fill | None:
+        """The order's fill once the exchange has closed it (a fill read while it is still pending says nothing of
+        what it will get), read up to `settle_attempts` times with backoff; None when it never was."""
+        for attempt in range(self.settle_attempts):
+            if attempt:
+                await asyncio.sleep(self.settle_retry_s * 2 ** (attempt - 1))
+            fill = await self._read_fill(account, order_id)
+            if fill is not None and fill.done:
+                return fill
+        return None
+
     async def _confirm_fills(self, signal_id: str) -> None:
-        """Replace each follower's estimated market fill of this signal by the fill the exchange reports."""
+        """Replace each follower's estimated market fill of this signal by the fill the exchange reports, unless
+        a balance read since already holds the real one."""
         pending = self._to_confirm.pop(signal_id, [])
 
-        async def confirm(account: FollowerAccount, rules: PairRules, side: str, estimate: Fill) -> None:
-            actual = await self._read_fill(account, estimate.order_id)
-            if actual is not None:
+        async def confirm(account: FollowerAccount, rules: PairRules, side: str, estimate: Fill, loads: int) -> None:
+            actual = await self._final_fill(account, estimate.order_id)
+            if actual is not None and account.portfolio.loads == loads:
                 account.portfolio.correct_fill(rules.base, side, estimate.executed_base, estimate.cost_usd,
                                                estimate.fee_usd, actual.executed_base, actual.cost_usd,
                                                actual.fee_usd)
@@ -760,8 +784,23 @@ class CopyEngine:
             log.warning("price_refresh_failed", error=_describe(exc))
 
     async def _refresh_one(self, account: FollowerAccount) -> None:
-        if account.in_flight:
-            return  # a copy is changing this portfolio; the next round reads it
+        await self._load_balances(account)
+
+    async def _reload_book(self, account: FollowerAccount) -> bool:
+        """Take the follower's balances afresh from within one of its copy tasks, waiting (with backoff) for its
+        other orders in flight to be booked first. False when no clean read could be had."""
+        for attempt in range(self.settle_attempts):
+            if attempt:
+                await asyncio.sleep(self.settle_retry_s * 2 ** (attempt - 1))
+            if await self._load_balances(account, own_orders=1):
+                return True
+        return False
+
+    async def _load_balances(self, account: FollowerAccount, *, own_orders: int = 0) -> bool:
+        """Read and load the follower's balances unless an order of theirs (beyond the caller's `own_orders`) is
+        in flight or a fill is booked meanwhile: the read might then predate it. True when loaded."""
+        if account.in_flight > own_orders:
+            return False  # a copy is changing this portfolio; the next round reads it
         generation = account.portfolio.generation
         try:
             async with self._semaphore:
@@ -771,12 +810,13 @@ class CopyEngine:
             log.warning("balance_refresh_failed", name=account.name, error=_describe(exc))
             if isinstance(exc, ConfigurationError):
                 account.unusable = _describe(exc)
-            return  # unknown stays unknown; known stays as last read (never zero)
+            return False  # unknown stays unknown; known stays as last read (never zero)
         account.unusable = None
-        if account.in_flight or account.portfolio.generation != generation:
-            return  # a fill landed while we read: our numbers may predate it
+        if account.in_flight > own_orders or account.portfolio.generation != generation:
+            return False  # a fill landed while we read: our numbers may predate it
         account.portfolio.load(balances)
         await self._mark_day(account)
+        return True
 
     async def _mark_day(self, account: FollowerAccount) -> None:
         portfolio = account.portfolio

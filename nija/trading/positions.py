@@ -55,6 +55,7 @@ class Portfolio:
 
     holdings: dict[str, Decimal] | None = None  # None until the first successful balance read
     generation: int = 0  # bumped on every local change; a refresh started before a change is discarded
+    loads: int = 0  # balance reads taken: an estimate booked before the latest one is already in it
     day: str | None = None
     day_start_equity_usd: Decimal | None = None
 
@@ -66,6 +67,7 @@ class Portfolio:
         """Replace holdings with a fresh balance read (available amounts per common asset name)."""
         self.holdings = {asset: amount for asset, amount in available_by_asset.items() if amount != ZERO}
         self.generation += 1
+        self.loads += 1
 
     def forget(self) -> None:
         self.holdings = None

@@ -15,7 +15,7 @@ from nija.kraken.errors import AmbiguousOrderError, ConfigurationError, Transpor
 from nija.kraken.pairs import Pairs
 from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
-from nija.trading.copy import CopyEngine, FollowerAccount
+from nija.trading.copy import CopyEngine, Fill, FollowerAccount, Placed
 from nija.trading.signals import Signal, cl_ord_id_for
 from nija.trading.sizing import OrderPlan
 
@@ -305,6 +305,100 @@ async def test_outside_master_follow_a_signal_with_an_exit_of_unknown_outcome_st
     assert await store.signal_status("s1") != "done"
     [summary] = await (await engine_with(store, [account("alice", alice)])).reconcile()  # MASTER_FOLLOW again
     assert summary.succeeded == 1 and alice.balances["BTC"] == 0 and await store.signal_status("s1") == "done"
+
+
+async def test_an_order_found_after_a_balance_read_that_holds_it_is_not_booked_twice(store):
+    alice = FakeAccount(usd="1000")
+    alice.execute_then_fail = AmbiguousOrderError("reply lost")  # the buy executed; its reply never came
+    engine = await engine_with(store, [account("alice", alice)])
+    assert (await engine.copy(buy("b1"))).unsettled == 1
+    await engine.refresh_all()  # the scheduled refresh reads balances that hold the executed buy
+    [summary] = await engine.reconcile()  # then the reconcile finds the order by client order id
+    assert summary.succeeded == 1
+    assert engine.followers["alice"].portfolio.held("BTC") == alice.balances["BTC"] == D("0.002")
+    half = await engine.copy(sell("s1", "0.5"))
+    assert half.succeeded == 1 and alice.balances["BTC"] == D("0.001")  # half of the position, not all of it
+
+
+async def test_after_a_restart_an_order_the_previous_run_placed_is_not_booked_twice(store):
+    alice = FakeAccount(usd="1000")
+    await _stored_without_orders(store, buy("b1"), "alice")  # the old run sent it, then died before its result
+    await alice.place(OrderPlan("XBTUSD", "buy", D("0.002"), D("100")), cl_ord_id_for("b1", "alice"))
+    engine = await engine_with(store, [account("alice", alice)])  # reads balances that hold the buy
+    [summary] = await engine.reconcile()
+    assert summary.succeeded == 1 and engine.followers["alice"].portfolio.held("BTC") == D("0.002")
+
+
+class AnsweredBeforeMatching(FakeAccount):
+    """AddOrder's reply carries no execution, and the first read of the order shows it still pending."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.reads = 0
+
+    async def place(self, plan, cl_ord_id):
+        placed = await super().place(plan, cl_ord_id)
+        return Placed(placed.order_id, None)
+
+    async def fill_of(self, order_id):
+        fill = await super().fill_of(order_id)
+        self.reads += 1
+        return Fill(fill.order_id, "pending", D(0), D(0), D(0)) if self.reads == 1 else fill
+
+
+async def test_an_ioc_entry_read_while_pending_is_booked_once_the_exchange_closes_it(store):
+    alice = AnsweredBeforeMatching(usd="1000")
+    engine = await engine_with(store, [account("alice", alice, entry_slippage=0.01)], settle_retry_s=0.01)
+    entry = await engine.copy(buy("b1"))
+    assert entry.results[0].volume_base == D("0.002") and alice.balances["BTC"] == D("0.002")
+    exit_ = await engine.copy(sell("s1", closes=True))  # sized from the booked entry, not from a pending 0
+    assert exit_.succeeded == 1 and alice.balances["BTC"] == 0
+
+
+class FoundPendingFirst(FakeAccount):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.finds = 0
+
+    async def find(self, cl_ord_id):
+        found = await super().find(cl_ord_id)
+        self.finds += 1
+        return Fill(found.order_id, "pending", D(0), D(0), D(0)) if found and self.finds == 1 else found
+
+
+async def test_an_earlier_order_found_pending_is_settled_once_closed_before_the_exit_is_sized(store):
+    alice = FoundPendingFirst(usd="1000")
+    alice.execute_then_fail = AmbiguousOrderError("reply lost")
+    engine = await engine_with(store, [account("alice", alice)], settle_retry_s=0.01)
+    assert (await engine.copy(buy("b1"))).unsettled == 1
+    exit_ = await engine.copy(sell("s1", closes=True))
+    assert exit_.succeeded == 1 and alice.balances["BTC"] == 0
+
+
+class SlowFillReads(FakeAccount):
+    """Fills at its own price (not the master's) and answers fill reads only once `reads_open` is set."""
+
+    def __init__(self, **kwargs):
+        super().__init__(price="51000", **kwargs)
+        self.reads_open = asyncio.Event()
+
+    async def place(self, plan, cl_ord_id):
+        placed = await super().place(plan, cl_ord_id)
+        return Placed(placed.order_id, None)  # a market order: booked as an estimate, confirmed later
+
+    async def fill_of(self, order_id):
+        await self.reads_open.wait()
+        return await super().fill_of(order_id)
+
+
+async def test_an_estimate_is_not_corrected_again_once_a_balance_read_holds_the_real_fill(store):
+    alice = SlowFillReads(usd="1000")
+    engine = await engine_with(store, [account("alice", alice)])
+    await engine.copy(buy("b1"))  # booked at the master's price; the real fill is read after the fan-out
+    await engine.refresh_all()  # meanwhile a refresh reads the real balances
+    alice.reads_open.set()
+    await engine.wait_idle()
+    assert engine.followers["alice"].portfolio.cash_usd() == alice.balances["USD"]
 
 
 async def test_a_sell_after_an_unsettled_buy_is_sized_from_the_settled_buy(store):
