@@ -9,7 +9,12 @@ fill is never signalled twice under two ids, and never lost.
 For a sell, the fraction of the master's position it closed needs the position *before* the fill; it is the
 balance read right after the poll plus what the fills since then sold (minus what they bought). The master's
 equity before the fill is its equivalent balance now plus the fees paid since, as a trade at market leaves equity
-unchanged but for its fee. Both reads are made only when a poll finds fills.
+unchanged but for its fee. Both reads are made only when a poll finds fills, and the orders are read again after
+them: a fill landing in between would be in the balances but not in the fills worked back, so the poll reads again.
+
+On the first start, what the open orders have executed so far is history too, like the orders closed before it.
+A partial fill of an open order has no time of its own: it is dated to the poll that saw it, or, after a gap (a
+restart, a stall), to the last poll before the gap, so an old entry is never taken for a fresh one.
 
 State (watermark and per-order executed volume) lives in one small JSON file in the state directory.
 """
@@ -38,6 +43,10 @@ log = get_logger("nija.master_fills")
 
 #: orders closed this long before the watermark are still asked for, against clock skew between us and Kraken
 _OVERLAP_S = 120.0
+#: reads of orders and balances made before a poll gives up on a master that keeps trading meanwhile
+_READ_ATTEMPTS = 3
+#: a poll this long after the previous one follows a gap (a restart, a stall) rather than the usual interval
+_GAP_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,8 @@ class MasterFillWatcher:
         #: told when the watcher loaded the pairs again (a pair listed after start-up), e.g. CopyEngine.set_pairs
         self.pairs_changed = pairs_changed
         self._since_s: float | None = None
+        self._polled_s: float | None = None  # the last poll (partial fills seen after a gap are dated to it)
+        self._saved_polled_s: float | None = None
         # order id → (executed volume, cost, fee) already turned into signals
         self._seen: dict[str, tuple[Decimal, Decimal, Decimal]] = {}
         # signals accounted for in `_seen` but maybe not emitted yet (a crash between the two)
@@ -96,16 +107,19 @@ class MasterFillWatcher:
                 "from now (fills made while NIJA was down are then not copied)"
             ) from None
         self._since_s = float(data["since_s"])
+        self._polled_s = self._saved_polled_s = float(data.get("polled_s", self._since_s))
         self._seen = {txid: tuple(Decimal(v) for v in values) for txid, values in data.get("seen", {}).items()}
         self._pending = [Signal.from_json(text) for text in data.get("pending", [])]
 
     def _save(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"since_s": self._since_s, "seen": {t: [str(v) for v in vals] for t, vals in self._seen.items()},
+        data = {"since_s": self._since_s, "polled_s": self._polled_s,
+                "seen": {t: [str(v) for v in vals] for t, vals in self._seen.items()},
                 "pending": [signal.to_json() for signal in self._pending]}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.state_path)  # atomic: a crash leaves the old file or the new one
+        self._saved_polled_s = self._polled_s
 
     # --- polling ---------------------------------------------------------------------------------------------------
 
@@ -148,21 +162,35 @@ class MasterFillWatcher:
         """One look at the master account; returns the signals of the new fills (stale entries are not emitted)."""
         now_s = self.clock()
         if self._since_s is None:
-            # First start ever: fills from before NIJA ran are not copied.
-            self._since_s = now_s
+            # First start ever: fills from before NIJA ran are not copied, nor what open orders executed so far.
+            for order in (await self.client.open_orders()).values():
+                self._seen[order.txid] = (order.vol_exec, order.cost, order.fee)
+            self._since_s = self._polled_s = now_s
             self._save()
             log.info("master_watch_started", since_s=now_s)
             return []
-        await self._emit_pending(now_s)  # left by a crash between saving and emitting
+        await self._emit_pending(now_s)
         orders = await self._orders_since(self._since_s - _OVERLAP_S)
-        fills = sorted(self._new_fills(orders, now_s), key=lambda fill: fill.at_s)
-        signals = await self._signals_for(fills) if fills else []
+        fills = self._fills_in(orders, now_s)
+        signals: list[Signal] = []
+        if fills:
+            for _ in range(_READ_ATTEMPTS):
+                balances = self.pairs.normalise_balances((await self.client.balance()).by_asset)
+                equity_now = (await self.client.trade_balance()).equivalent_balance
+                again = await self._orders_since(self._since_s - _OVERLAP_S)
+                if _executed(again) == _executed(orders):
+                    break  # no fill landed while the balances were read: they hold exactly the fills listed
+                orders, fills = again, self._fills_in(again, now_s)
+            else:
+                raise RuntimeError("the master kept trading while its balances were read; reading again next poll")
+            signals = await self._signals_for(fills, balances, equity_now)
         for fill in fills:
             vol, cost, fee = self._seen.get(fill.order.txid, (Decimal(0), Decimal(0), Decimal(0)))
             self._seen[fill.order.txid] = (vol + fill.volume_base, cost + fill.cost_usd, fee + fill.fee_usd)
         self._advance(orders, now_s)
         self._pending = signals
-        if fills or orders:
+        self._polled_s = now_s
+        if fills or orders or now_s - (self._saved_polled_s or 0.0) >= _GAP_S / 2:
             self._save()
         await self._emit_pending(now_s)
         return signals
@@ -181,23 +209,31 @@ class MasterFillWatcher:
         self._save()
 
     async def _orders_since(self, since_s: float) -> list[Order]:
-        orders = list((await self.client.open_orders()).values())
+        """Open orders, then the orders closed since `since_s`: one entry per order, the later read winning (an
+        order can close between the two reads and show in both)."""
+        orders = dict(await self.client.open_orders())
         offset = 0
         while True:
             page = await self.client.closed_orders(start=int(since_s), closetime="close", ofs=offset or None)
-            orders += page.closed.values()
+            orders.update(page.closed)
             offset += len(page.closed)
             if not page.closed or offset >= page.count:
-                return orders
+                return list(orders.values())
+
+    def _fills_in(self, orders: Iterable[Order], now_s: float) -> list[MasterFill]:
+        return sorted(self._new_fills(orders, now_s), key=lambda fill: fill.at_s)
 
     def _new_fills(self, orders: Iterable[Order], now_s: float) -> Iterable[MasterFill]:
+        after_gap = self._polled_s is not None and now_s - self._polled_s > max(_GAP_S, 3 * self.poll_s)
         for order in orders:
             if order.is_done and (order.closetm or 0) < self._since_s and order.txid not in self._seen:
                 continue  # closed before the watermark: copied in an earlier run, or from before NIJA ran
             vol, cost, fee = self._seen.get(order.txid, (Decimal(0), Decimal(0), Decimal(0)))
             if order.vol_exec > vol:
-                # A partial fill of an open order has no time of its own in OpenOrders: it was seen now.
-                at_s = order.closetm if order.is_done and order.closetm else now_s
+                if order.is_done and order.closetm:
+                    at_s = order.closetm
+                else:  # a partial fill has no time of its own in OpenOrders
+                    at_s = self._polled_s if after_gap else now_s
                 yield MasterFill(order, order.vol_exec - vol, order.cost - cost, order.fee - fee, at_s)
 
     def _advance(self, orders: list[Order], now_s: float) -> None:
@@ -211,9 +247,8 @@ class MasterFillWatcher:
             if txid in listed and (listed[txid] is None or listed[txid] >= horizon)
         }
 
-    async def _signals_for(self, fills: list[MasterFill]) -> list[Signal]:
-        balances = self.pairs.normalise_balances((await self.client.balance()).by_asset)
-        equity_now = (await self.client.trade_balance()).equivalent_balance
+    async def _signals_for(self, fills: list[MasterFill], balances: dict[str, Decimal],
+                           equity_now: Decimal) -> list[Signal]:
         # Walk back from now: position and equity before each fill, newest first.
         held = {asset: amount for asset, amount in balances.items()}
         equity = equity_now
@@ -247,3 +282,7 @@ class MasterFillWatcher:
             ))
         signals.reverse()
         return signals
+
+
+def _executed(orders: Iterable[Order]) -> dict[str, Decimal]:
+    return {order.txid: order.vol_exec for order in orders}

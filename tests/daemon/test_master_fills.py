@@ -161,3 +161,99 @@ async def test_a_crash_between_a_signal_and_its_record_never_copies_a_partial_fi
     kraken.vol_exec = Decimal("1.0")  # the order fills on while NIJA is down
     await MasterFillWatcher(kraken, pairs, store, state_path=path).poll()
     assert sum(stored.values()) == Decimal("1.0")  # not 1.5: the first half is not copied again
+
+
+def _order(txid, status, vol_exec, side="buy", closetm=None):
+    raw = {"status": status, "opentm": time.time() - 10, "descr": {"pair": PAIR, "type": side, "ordertype": "limit"},
+           "vol": "1.0", "vol_exec": str(vol_exec), "cost": str(Decimal(vol_exec) * 50000),
+           "fee": str(Decimal(vol_exec) * 50000 * Decimal("0.0025"))}
+    if closetm is not None:
+        raw["closetm"] = closetm
+    return Order.from_kraken(txid, raw)
+
+
+class ScriptedMaster:
+    """A master whose orders and balances a test sets, with hooks that run right after a read is answered."""
+
+    def __init__(self):
+        self.open, self.closed, self.xbt = {}, {}, Decimal(0)
+        self.after_open_read = self.after_balance_read = None
+
+    async def open_orders(self):
+        answer = dict(self.open)
+        hook, self.after_open_read = self.after_open_read, None
+        if hook:
+            hook()
+        return answer
+
+    async def closed_orders(self, **_):
+        return ClosedOrdersPage(closed=dict(self.closed), count=len(self.closed))
+
+    async def balance(self):
+        answer = Balances(by_asset={"ZUSD": "100000", "XXBT": str(self.xbt)})
+        hook, self.after_balance_read = self.after_balance_read, None
+        if hook:
+            hook()
+        return answer
+
+    async def trade_balance(self):
+        return TradeBalance.model_validate({"eb": "150000"})
+
+
+async def test_an_order_that_closes_between_the_two_order_reads_is_one_fill_not_two(master, tmp_path):
+    kraken, emitted = ScriptedMaster(), []
+    watcher = watcher_for(kraken, await master.pairs(), tmp_path, emitted, time.time)
+    await watcher.poll()
+    kraken.open, kraken.xbt = {"OA": _order("OA", "open", "0.3")}, Decimal("0.3")
+
+    def the_rest_fills():  # right after OpenOrders answered, before ClosedOrders is read
+        kraken.open, kraken.closed = {}, {"OA": _order("OA", "closed", "1.0", closetm=time.time())}
+        kraken.xbt = Decimal("1.0")
+
+    kraken.after_open_read = the_rest_fills
+    await watcher.poll()
+    assert sum(signal.volume_base for signal in emitted) == Decimal("1.0")
+
+
+async def test_what_open_orders_executed_before_the_first_start_is_not_copied(master, tmp_path):
+    kraken, emitted = ScriptedMaster(), []
+    kraken.open, kraken.xbt = {"OA": _order("OA", "open", "0.5")}, Decimal("0.5")  # half filled yesterday
+    watcher = watcher_for(kraken, await master.pairs(), tmp_path, emitted, time.time)
+    await watcher.poll()
+    await watcher.poll()
+    assert emitted == []
+    kraken.open, kraken.xbt = {"OA": _order("OA", "open", "0.75")}, Decimal("0.75")
+    await watcher.poll()
+    assert [signal.volume_base for signal in emitted] == [Decimal("0.25")]  # only what it executed since
+
+
+async def test_a_partial_fill_made_while_nija_was_down_is_dated_before_the_gap(master, tmp_path):
+    kraken, emitted, shift = ScriptedMaster(), [], [0.0]
+    pairs = await master.pairs()
+
+    def clock():
+        return time.time() + shift[0]
+
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    kraken.open, kraken.xbt = {"OA": _order("OA", "open", "0.5")}, Decimal("0.5")  # fills while NIJA is down
+    shift[0] += 3600
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    assert emitted == []  # an hour-old entry, as a closed order of that age would be
+
+
+async def test_a_fill_landing_while_the_balances_are_read_does_not_skew_the_fraction(master, tmp_path):
+    kraken, emitted = ScriptedMaster(), []
+    kraken.xbt = Decimal("1.0")
+    watcher = watcher_for(kraken, await master.pairs(), tmp_path, emitted, time.time)
+    await watcher.poll()
+    kraken.closed, kraken.xbt = {"OA": _order("OA", "closed", "0.5", "sell", time.time())}, Decimal("0.5")
+
+    def second_sell():  # the master's next step sells the rest before NIJA reads the orders again
+        kraken.closed["OB"] = _order("OB", "closed", "0.5", "sell", time.time() + 0.001)
+        kraken.xbt = Decimal("0")
+
+    kraken.after_balance_read = second_sell
+    await watcher.poll()
+    first, second = emitted
+    assert first.position_fraction == Decimal("0.5") and not first.closes_position
+    assert second.position_fraction == Decimal("1") and second.closes_position
