@@ -173,6 +173,10 @@ def load_followers(
             problems.append(ConfigProblem(file, f"line {exc.lineno}",
                                           f"is not valid JSON ({exc.msg}): fix the syntax"))
             continue
+        except RecursionError:
+            problems.append(ConfigProblem(file, "(file)", "nests too deep to read: a follower file is one flat "
+                                                          "object like {\"name\": \"alice\"}"))
+            continue
         if not isinstance(data, dict):
             problems.append(ConfigProblem(file, "(file)", "must hold one JSON object like {\"name\": \"alice\"}"))
             continue

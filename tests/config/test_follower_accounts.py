@@ -49,6 +49,14 @@ def test_one_bad_file_is_left_out_with_one_clear_line(tmp_path):
     assert "eve.json: credentials: KRAKEN_USER_EVE_API_KEY and KRAKEN_USER_EVE_API_SECRET not set" in lines[3]
 
 
+def test_a_file_nested_too_deep_to_read_is_left_out_alone(tmp_path):
+    write(tmp_path, "bob", {"name": "bob"})
+    write(tmp_path, "deep", "[" * 100_000 + "]" * 100_000)
+    load = load_followers(tmp_path, ENV)
+    assert [f.name for f in load.followers] == ["bob"]
+    assert "deep.json: (file): nests too deep to read" in str(load.problems[0])
+
+
 def test_shared_keys_are_a_configuration_error(tmp_path):
     write(tmp_path, "alice", {"name": "alice"})
     write(tmp_path, "bob", {"name": "bob"})
