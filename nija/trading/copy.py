@@ -111,6 +111,7 @@ class FollowerAccount:
     gateway: OrderGateway
     portfolio: Portfolio = field(default_factory=Portfolio)
     in_flight: int = 0  # copy tasks running for this follower (a balance refresh waits for 0)
+    unbooked: int = 0  # orders sent whose fill is not booked yet: a balance read now may hold what the book lacks
     #: why the account cannot trade (its key was rejected); set by a balance read, cleared by the next good one
     unusable: str | None = None
     limits: FollowerLimits | None = None  # the config's sizing knobs, built once
@@ -219,6 +220,8 @@ class CopyEngine:
         self._dispatching: set[str] = set()  # signal ids claimed by a dispatch not yet in _in_flight
         self._starting = asyncio.Lock()  # held by the fan-out starting its follower tasks
         self._kept_open: set[str] = set()  # signals left open outside MASTER_FOLLOW (logged once)
+        # cl_ord_id → the follower's balance-read count when its order was sent, until the order is booked
+        self._loads_at_send: dict[str, int] = {}
         self._rules: dict[str, PairRules] = {}
         # (follower, pair) → cl_ord_id → its signal, oldest first: intents whose order may or may not exist
         self._unsettled: dict[tuple[str, str], dict[str, Signal]] = {}
@@ -598,9 +601,11 @@ class CopyEngine:
                 if not found.done:
                     return CopyResult(**base, status="unsettled", order_id=found.order_id,
                                       reason=f"found {found.status}: settled once the exchange closes it")
-                # A balance read since the order was sent (a refresh, a restart) may already hold it: the book is
-                # read afresh rather than added to.
-                if not await self._reload_book(account):
+                if self._loads_at_send.pop(cl_ord_id, None) == account.portfolio.loads:
+                    self._apply(account, rules, signal.side, found)  # no balance read since it was sent
+                elif not await self._reload_book(account):
+                    # A balance read since it was sent (a refresh, a restart) may already hold it: the book is read
+                    # afresh rather than added to.
                     return CopyResult(**base, status="unsettled", order_id=found.order_id,
                                       reason="found, but the balances to book it could not be read")
                 return CopyResult(**base, status="succeeded", volume_base=found.executed_base or None,
@@ -630,8 +635,20 @@ class CopyEngine:
                          taker_fee_rate=self.taker_fee_rate)
         if isinstance(plan, Skip):
             return CopyResult(**base, status="skipped", reason=str(plan))
+        self._loads_at_send[cl_ord_id] = account.portfolio.loads
+        account.unbooked += 1
         try:
-            placed = await self._place(gateway, plan, cl_ord_id)
+            result = await self._send_and_book(signal, account, rules, plan, cl_ord_id, base)
+        finally:
+            account.unbooked -= 1
+        if result.status != "unsettled":
+            self._loads_at_send.pop(cl_ord_id, None)
+        return result
+
+    async def _send_and_book(self, signal: Signal, account: FollowerAccount, rules: PairRules, plan: OrderPlan,
+                             cl_ord_id: str, base: dict) -> CopyResult:
+        try:
+            placed = await self._place(account.gateway, plan, cl_ord_id)
         except _Unsettled as exc:
             return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
                               notional_usd=plan.notional_usd, reason=str(exc))
@@ -787,19 +804,27 @@ class CopyEngine:
         await self._load_balances(account)
 
     async def _reload_book(self, account: FollowerAccount) -> bool:
-        """Take the follower's balances afresh from within one of its copy tasks, waiting (with backoff) for its
-        other orders in flight to be booked first. False when no clean read could be had."""
+        """Take the follower's balances afresh from within one of its copy tasks, once none of its orders sent
+        elsewhere waits to be booked (up to the order time limit). False when no clean read could be had."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.order_timeout_s
         for attempt in range(self.settle_attempts):
             if attempt:
                 await asyncio.sleep(self.settle_retry_s * 2 ** (attempt - 1))
-            if await self._load_balances(account, own_orders=1):
+            while account.unbooked and loop.time() < give_up_at:
+                await asyncio.sleep(min(0.05, self.settle_retry_s or 0.05))
+            if await self._load_balances(account, copying=True):
                 return True
         return False
 
-    async def _load_balances(self, account: FollowerAccount, *, own_orders: int = 0) -> bool:
-        """Read and load the follower's balances unless an order of theirs (beyond the caller's `own_orders`) is
-        in flight or a fill is booked meanwhile: the read might then predate it. True when loaded."""
-        if account.in_flight > own_orders:
+    async def _load_balances(self, account: FollowerAccount, *, copying: bool = False) -> bool:
+        """Read and load the follower's balances unless, before or after the read, an order of theirs is on its
+        way (any copy task, or with `copying` any order sent but not booked) or a fill was booked meanwhile: the
+        read might then hold what the book does not, or miss what it does. True when loaded."""
+        def busy() -> int:
+            return account.unbooked if copying else account.in_flight
+
+        if busy():
             return False  # a copy is changing this portfolio; the next round reads it
         generation = account.portfolio.generation
         try:
@@ -812,7 +837,7 @@ class CopyEngine:
                 account.unusable = _describe(exc)
             return False  # unknown stays unknown; known stays as last read (never zero)
         account.unusable = None
-        if account.in_flight > own_orders or account.portfolio.generation != generation:
+        if busy() or account.portfolio.generation != generation:
             return False  # a fill landed while we read: our numbers may predate it
         account.portfolio.load(balances)
         await self._mark_day(account)

@@ -401,6 +401,51 @@ async def test_an_estimate_is_not_corrected_again_once_a_balance_read_holds_the_
     assert engine.followers["alice"].portfolio.cash_usd() == alice.balances["USD"]
 
 
+class TwoPairAccount(FakeAccount):
+    """Trades XBTUSD and XRPUSD; the replies to the first order on each pair in `lose_reply` are lost."""
+
+    PRICES = {"XBTUSD": ("BTC", D("50000")), "XRPUSD": ("XRP", D("0.5"))}
+
+    def __init__(self):
+        super().__init__(usd="1000")
+        self.balances["XRP"] = D(0)
+        self.lose_reply: set[str] = set()
+
+    async def place(self, plan, cl_ord_id):
+        asset, price = self.PRICES[plan.pair]
+        sign = 1 if plan.side == "buy" else -1
+        self.balances[asset] += sign * plan.volume_base
+        self.balances["USD"] -= sign * plan.volume_base * price
+        fill = Fill(f"O{len(self.calls)}", "closed", plan.volume_base, plan.volume_base * price, D(0))
+        self.calls.append(f"place {plan.side} {plan.volume_base}")
+        self.orders.setdefault(cl_ord_id, []).append(fill)
+        if plan.pair in self.lose_reply:
+            self.lose_reply.discard(plan.pair)
+            raise AmbiguousOrderError("reply lost")
+        return Placed(fill.order_id, fill)
+
+    async def find(self, cl_ord_id):
+        await asyncio.sleep(0.05)  # a lookup takes a round trip, during which the other pair's task runs
+        return await super().find(cl_ord_id)
+
+
+def _on(pair, sid, side, volume, price):
+    extra = {"closes_position": True} if side == "sell" else {}
+    return Signal(sid, "OM-" + sid, pair, side, D(volume), D(price), D("1"), D("10000"), **extra)
+
+
+async def test_lost_entries_on_two_pairs_are_both_settled_before_their_exits(store):
+    alice = TwoPairAccount()
+    alice.lose_reply = {"XBTUSD", "XRPUSD"}  # a network blip: both entries execute, neither reply arrives
+    engine = await engine_with(store, [account("alice", alice)], settle_retry_s=0.01)
+    await asyncio.gather(engine.copy(_on("XBTUSD", "b1", "buy", "0.1", "50000")),
+                         engine.copy(_on("XRPUSD", "x1", "buy", "10000", "0.5")))
+    exits = await asyncio.gather(engine.copy(_on("XBTUSD", "s1", "sell", "0.1", "50000")),
+                                 engine.copy(_on("XRPUSD", "s2", "sell", "10000", "0.5")))
+    assert [summary.succeeded for summary in exits] == [1, 1]
+    assert alice.balances["BTC"] == alice.balances["XRP"] == 0
+
+
 async def test_a_sell_after_an_unsettled_buy_is_sized_from_the_settled_buy(store):
     """The buy's reply is lost and its lookup fails: the sell that follows must not see "no position" and skip,
     leaving the follower holding what the master sold. It waits for the buy to be settled by lookup first."""
