@@ -13,8 +13,8 @@ unchanged but for its fee. Both reads are made only when a poll finds fills, and
 them: a fill landing in between would be in the balances but not in the fills worked back, so the poll reads again.
 
 On the first start, what the open orders have executed so far is history too, like the orders closed before it.
-A partial fill of an open order has no time of its own: it is dated to the poll that saw it, or, after a gap (a
-restart, a stall), to the last poll before the gap, so an old entry is never taken for a fresh one.
+A partial fill of an open order has no time of its own: it is placed at the poll that saw it, but after a gap (a
+restart, a stall) its age counts from the last poll before the gap, so an old entry is never taken for a fresh one.
 
 State (watermark and per-order executed volume) lives in one small JSON file in the state directory.
 """
@@ -51,13 +51,17 @@ _GAP_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class MasterFill:
-    """One increase of a master order's executed volume, seen at `at_s` (its close time once closed)."""
+    """One increase of a master order's executed volume, seen at `at_s` (its close time once closed).
+
+    `earliest_s` is the earliest it can have happened: `at_s`, but for a partial fill found after a gap in the
+    polls, the last poll before the gap. Fills are ordered by `at_s`; an entry's age counts from `earliest_s`."""
 
     order: Order
     volume_base: Decimal
     cost_usd: Decimal
     fee_usd: Decimal
     at_s: float
+    earliest_s: float
 
 
 class MasterFillWatcher:
@@ -107,7 +111,8 @@ class MasterFillWatcher:
                 "from now (fills made while NIJA was down are then not copied)"
             ) from None
         self._since_s = float(data["since_s"])
-        self._polled_s = self._saved_polled_s = float(data.get("polled_s", self._since_s))
+        polled_s = data.get("polled_s")  # absent from files written before it was kept: no gap is assumed
+        self._polled_s = self._saved_polled_s = None if polled_s is None else float(polled_s)
         self._seen = {txid: tuple(Decimal(v) for v in values) for txid, values in data.get("seen", {}).items()}
         self._pending = [Signal.from_json(text) for text in data.get("pending", [])]
 
@@ -231,10 +236,11 @@ class MasterFillWatcher:
             vol, cost, fee = self._seen.get(order.txid, (Decimal(0), Decimal(0), Decimal(0)))
             if order.vol_exec > vol:
                 if order.is_done and order.closetm:
-                    at_s = order.closetm
-                else:  # a partial fill has no time of its own in OpenOrders
-                    at_s = self._polled_s if after_gap else now_s
-                yield MasterFill(order, order.vol_exec - vol, order.cost - cost, order.fee - fee, at_s)
+                    at_s = earliest_s = order.closetm
+                else:  # a partial fill has no time of its own in OpenOrders: it was seen now
+                    at_s = now_s
+                    earliest_s = self._polled_s if after_gap else now_s
+                yield MasterFill(order, order.vol_exec - vol, order.cost - cost, order.fee - fee, at_s, earliest_s)
 
     def _advance(self, orders: list[Order], now_s: float) -> None:
         newest_done = max((o.closetm or 0 for o in orders if o.is_done), default=0.0)
@@ -277,7 +283,7 @@ class MasterFillWatcher:
                 master_equity_usd=equity,
                 position_before_base=before if side == "sell" else None,
                 reason=None,
-                filled_at_s=fill.at_s,
+                filled_at_s=fill.earliest_s,
                 fill_ref=str(fill.order.vol_exec),  # one fill per order per poll: its cumulative volume
             ))
         signals.reverse()
@@ -285,4 +291,5 @@ class MasterFillWatcher:
 
 
 def _executed(orders: Iterable[Order]) -> dict[str, Decimal]:
-    return {order.txid: order.vol_exec for order in orders}
+    """What each order has executed; orders that executed nothing (a new resting order) change no balance."""
+    return {order.txid: order.vol_exec for order in orders if order.vol_exec}

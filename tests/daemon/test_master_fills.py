@@ -257,3 +257,46 @@ async def test_a_fill_landing_while_the_balances_are_read_does_not_skew_the_frac
     first, second = emitted
     assert first.position_fraction == Decimal("0.5") and not first.closes_position
     assert second.position_fraction == Decimal("1") and second.closes_position
+
+
+async def test_a_partial_sell_found_after_a_gap_keeps_its_place_after_the_buy_it_sells_from(master, tmp_path):
+    kraken, emitted, shift = ScriptedMaster(), [], [0.0]
+    pairs = await master.pairs()
+
+    def clock():
+        return time.time() + shift[0]
+
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    kraken.closed = {"OB": _order("OB", "closed", "1.0", "buy", closetm=clock() + 30)}  # during the gap
+    kraken.open, kraken.xbt = {"OS": _order("OS", "open", "0.5", "sell")}, Decimal("0.5")  # then half sold
+    shift[0] += 90
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    assert [signal.side for signal in emitted] == ["buy", "sell"]
+    assert emitted[1].position_fraction == Decimal("0.5") and not emitted[1].closes_position
+
+
+async def test_new_resting_orders_placed_while_the_balances_are_read_do_not_fail_the_poll(master, tmp_path):
+    kraken, emitted = ScriptedMaster(), []
+    watcher = watcher_for(kraken, await master.pairs(), tmp_path, emitted, time.time)
+    await watcher.poll()
+    kraken.closed, kraken.xbt = {"OA": _order("OA", "closed", "0.5", "buy", time.time())}, Decimal("0.5")
+    placed = []
+
+    def a_grid_bot_places_another_order():
+        placed.append(f"OR{len(placed)}")
+        kraken.open[placed[-1]] = _order(placed[-1], "open", "0")
+        kraken.after_balance_read = a_grid_bot_places_another_order
+
+    kraken.after_balance_read = a_grid_bot_places_another_order
+    await watcher.poll()
+    assert [signal.volume_base for signal in emitted] == [Decimal("0.5")]
+
+
+async def test_a_state_file_from_before_the_last_poll_was_kept_does_not_age_a_fresh_partial_fill(master, tmp_path):
+    import json
+
+    kraken, emitted = ScriptedMaster(), []
+    (tmp_path / "master_fills.json").write_text(json.dumps({"since_s": time.time() - 3600, "seen": {}}))
+    kraken.open, kraken.xbt = {"OA": _order("OA", "open", "0.5")}, Decimal("0.5")
+    await watcher_for(kraken, await master.pairs(), tmp_path, emitted, time.time).poll()
+    assert [signal.side for signal in emitted] == ["buy"]
