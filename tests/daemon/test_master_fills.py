@@ -227,16 +227,22 @@ async def test_what_open_orders_executed_before_the_first_start_is_not_copied(ma
     assert [signal.volume_base for signal in emitted] == [Decimal("0.25")]  # only what it executed since
 
 
+class ShiftedClock:
+    """time.time() plus `shift_s`: a restart an hour later without waiting an hour."""
+
+    def __init__(self):
+        self.shift_s = 0.0
+
+    def __call__(self):
+        return time.time() + self.shift_s
+
+
 async def test_a_partial_fill_made_while_nija_was_down_is_dated_before_the_gap(master, tmp_path):
-    kraken, emitted, shift = ScriptedMaster(), [], [0.0]
+    kraken, emitted, clock = ScriptedMaster(), [], ShiftedClock()
     pairs = await master.pairs()
-
-    def clock():
-        return time.time() + shift[0]
-
     await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
     kraken.open, kraken.xbt = {"OA": _order("OA", "open", "0.5")}, Decimal("0.5")  # fills while NIJA is down
-    shift[0] += 3600
+    clock.shift_s += 3600
     await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
     assert emitted == []  # an hour-old entry, as a closed order of that age would be
 
@@ -260,16 +266,12 @@ async def test_a_fill_landing_while_the_balances_are_read_does_not_skew_the_frac
 
 
 async def test_a_partial_sell_found_after_a_gap_keeps_its_place_after_the_buy_it_sells_from(master, tmp_path):
-    kraken, emitted, shift = ScriptedMaster(), [], [0.0]
+    kraken, emitted, clock = ScriptedMaster(), [], ShiftedClock()
     pairs = await master.pairs()
-
-    def clock():
-        return time.time() + shift[0]
-
     await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
     kraken.closed = {"OB": _order("OB", "closed", "1.0", "buy", closetm=clock() + 30)}  # during the gap
     kraken.open, kraken.xbt = {"OS": _order("OS", "open", "0.5", "sell")}, Decimal("0.5")  # then half sold
-    shift[0] += 90
+    clock.shift_s += 90
     await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
     assert [signal.side for signal in emitted] == ["buy", "sell"]
     assert emitted[1].position_fraction == Decimal("0.5") and not emitted[1].closes_position
