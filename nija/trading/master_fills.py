@@ -167,10 +167,13 @@ class MasterFillWatcher:
         """One look at the master account; returns the signals of the new fills (stale entries are not emitted)."""
         now_s = self.clock()
         if self._since_s is None:
-            # First start ever: fills from before NIJA ran are not copied, nor what open orders executed so far.
-            for order in (await self.client.open_orders()).values():
+            # First start ever: fills from before NIJA ran are not copied. What the open orders and the orders
+            # closed lately executed so far is recorded as seen, and the watermark starts an overlap back: our clock
+            # may run ahead of Kraken's, whose close times every later watermark is.
+            since_s = now_s - _OVERLAP_S
+            for order in await self._orders_since(since_s):
                 self._seen[order.txid] = (order.vol_exec, order.cost, order.fee)
-            self._since_s = self._polled_s = now_s
+            self._since_s, self._polled_s = since_s, now_s
             self._save()
             log.info("master_watch_started", since_s=now_s)
             return []
@@ -235,11 +238,13 @@ class MasterFillWatcher:
                 continue  # closed before the watermark: copied in an earlier run, or from before NIJA ran
             vol, cost, fee = self._seen.get(order.txid, (Decimal(0), Decimal(0), Decimal(0)))
             if order.vol_exec > vol:
-                if order.is_done and order.closetm:
-                    at_s = earliest_s = order.closetm
-                else:  # a partial fill has no time of its own in OpenOrders: it was seen now
-                    at_s = now_s
-                    earliest_s = self._polled_s if after_gap else now_s
+                # A closed order's time is its close; a partial fill has none of its own in OpenOrders: seen now.
+                at_s = order.closetm if order.is_done and order.closetm else now_s
+                earliest_s = at_s
+                if after_gap:
+                    # Anywhere between the last look (or the order's opening, if later) and then: a fill partly
+                    # made long ago (a limit filled in part, then canceled) must not pass for a fresh one.
+                    earliest_s = min(at_s, max(order.opentm, self._polled_s))
                 yield MasterFill(order, order.vol_exec - vol, order.cost - cost, order.fee - fee, at_s, earliest_s)
 
     def _advance(self, orders: list[Order], now_s: float) -> None:

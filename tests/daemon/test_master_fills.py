@@ -302,3 +302,36 @@ async def test_a_state_file_from_before_the_last_poll_was_kept_does_not_age_a_fr
     kraken.open, kraken.xbt = {"OA": _order("OA", "open", "0.5")}, Decimal("0.5")
     await watcher_for(kraken, await master.pairs(), tmp_path, emitted, time.time).poll()
     assert [signal.side for signal in emitted] == ["buy"]
+
+
+async def test_a_fill_made_long_ago_is_not_fresh_because_its_order_closed_lately(master, tmp_path):
+    kraken, emitted, clock = ScriptedMaster(), [], ShiftedClock()
+    pairs = await master.pairs()
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    kraken.xbt = Decimal("0.5")  # a resting buy fills half a minute into an hour down, and is canceled at the end
+    kraken.closed = {"OA": _order("OA", "canceled", "0.5", closetm=clock() + 3590)}
+    clock.shift_s += 3600
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    assert emitted == []
+
+
+async def test_a_partial_fill_of_an_order_opened_after_the_gap_is_fresh(master, tmp_path):
+    kraken, emitted, clock = ScriptedMaster(), [], ShiftedClock()
+    pairs = await master.pairs()
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    clock.shift_s += 3600
+    order = _order("OA", "open", "0.5").model_copy(update={"opentm": clock() - 10})  # placed 10 s before
+    kraken.open, kraken.xbt = {"OA": order}, Decimal("0.5")
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    assert [signal.side for signal in emitted] == ["buy"]
+
+
+async def test_a_fill_just_after_the_first_start_counts_though_our_clock_runs_ahead(master, tmp_path):
+    kraken, emitted = ScriptedMaster(), []
+    kraken.closed = {"OOLD": _order("OOLD", "closed", "0.2", closetm=time.time() - 60)}  # before the start
+    watcher = watcher_for(kraken, await master.pairs(), tmp_path, emitted, lambda: time.time() + 5)
+    await watcher.poll()
+    kraken.closed["OA"] = _order("OA", "closed", "0.5", closetm=time.time() + 1)  # Kraken's clock: 5 s behind ours
+    kraken.xbt = Decimal("0.7")
+    await watcher.poll()
+    assert [signal.volume_base for signal in emitted] == [Decimal("0.5")]
