@@ -193,75 +193,76 @@ class ExchangeServer:
         return self._error_response([text or "EGeneral:Internal error"])
 
     async def public(self, request: web.Request) -> web.StreamResponse:
-        self.requests += 1
-        method = request.match_info["method"]
-        ex = self.exchange
-        try:
-            if self.latency_ms or self.jitter_ms:
-                await self._delay()
-            if self.public_limit is not None:
-                counter = self._public_counters.get(request.remote or "")
-                if counter is None:
-                    counter = self._public_counters[request.remote or ""] = DecayingCounter(*self.public_limit)
-                if not counter.try_add(1, time.monotonic()):
-                    return self._error_response(["EGeneral:Too many requests"])
-            params: dict = dict(request.query)
-            if request.method == "POST" and request.can_read_body:
-                raw = await request.read()
-                try:
-                    params.update(parse_body(raw, request.headers.get("Content-Type", "")))
-                except (ValueError, UnicodeDecodeError):
-                    return self._error_response(["EAPI:Bad request"])
-            fault = ex.faults.draw(None, method, _pair_key(params)) if ex.faults.faults else None
-            if fault is not None:
-                if fault.kind == "latency":
-                    await self._hold(fault.delay_s)
-                else:
-                    return await self._fault_response(request, fault, None)
-            body = _dumps({"error": [], "result": ex.call_public(method, params)})
-        except KrakenReject as exc:
-            body = _dumps({"error": exc.errors})
-        except Exception:
-            log.exception("public %s failed", method)
-            body = _dumps({"error": ["EGeneral:Internal error"]})
-        return web.Response(body=body, content_type=_JSON)
+        return await self._envelope("public", request, self._public)
 
     async def private(self, request: web.Request) -> web.StreamResponse:
+        return await self._envelope("private", request, self._private)
+
+    async def _envelope(self, kind: str, request: web.Request, handle) -> web.StreamResponse:
+        """Kraken's answer to one API call: what `handle` returns (a finished response, or the body of the envelope),
+        a rejection as its errors, and anything unexpected as `EGeneral:Internal error`, never a traceback."""
         self.requests += 1
         method = request.match_info["method"]
+        try:
+            answer = await handle(request, method)
+        except KrakenReject as exc:
+            answer = _dumps({"error": exc.errors})
+        except Exception:
+            log.exception("%s %s failed", kind, method)
+            answer = _dumps({"error": ["EGeneral:Internal error"]})
+        return answer if isinstance(answer, web.StreamResponse) else web.Response(body=answer, content_type=_JSON)
+
+    async def _public(self, request: web.Request, method: str) -> web.StreamResponse | bytes:
+        ex = self.exchange
+        if self.latency_ms or self.jitter_ms:
+            await self._delay()
+        if self.public_limit is not None:
+            counter = self._public_counters.get(request.remote or "")
+            if counter is None:
+                counter = self._public_counters[request.remote or ""] = DecayingCounter(*self.public_limit)
+            if not counter.try_add(1, time.monotonic()):
+                return self._error_response(["EGeneral:Too many requests"])
+        params: dict = dict(request.query)
+        if request.method == "POST" and request.can_read_body:
+            raw = await request.read()
+            try:
+                params.update(parse_body(raw, request.headers.get("Content-Type", "")))
+            except (ValueError, UnicodeDecodeError):
+                return self._error_response(["EAPI:Bad request"])
+        fault = ex.faults.draw(None, method, _pair_key(params)) if ex.faults.faults else None
+        if fault is not None:
+            if fault.kind != "latency":
+                return await self._fault_response(request, fault, None)
+            await self._hold(fault.delay_s)
+        return _dumps({"error": [], "result": ex.call_public(method, params)})
+
+    async def _private(self, request: web.Request, method: str) -> web.StreamResponse | bytes:
         ex = self.exchange
         raw = await request.read()
         if self.latency_ms or self.jitter_ms:
             await self._delay()
         headers = request.headers
         try:
-            try:
-                params = parse_body(raw, headers.get("Content-Type", ""))
-            except (ValueError, UnicodeDecodeError):
-                return self._error_response(["EAPI:Bad request"])
-            acct = ex.authenticate(headers.get("API-Key"), headers.get("API-Sign"), request.path, raw,
-                                   params.get("nonce"))
-            fault = ex.faults.draw(acct.name, method, _pair_key(params)) if ex.faults.faults else None
-            if fault is not None:
-                if fault.kind == "latency":
+            params = parse_body(raw, headers.get("Content-Type", ""))
+        except (ValueError, UnicodeDecodeError):
+            return self._error_response(["EAPI:Bad request"])
+        acct = ex.authenticate(headers.get("API-Key"), headers.get("API-Sign"), request.path, raw, params.get("nonce"))
+        fault = ex.faults.draw(acct.name, method, _pair_key(params)) if ex.faults.faults else None
+        if fault is not None:
+            if fault.kind == "latency":
+                await self._hold(fault.delay_s)
+            elif not fault.executes:
+                if fault.kind == "timeout":
                     await self._hold(fault.delay_s)
-                elif not fault.executes:
-                    if fault.kind == "timeout":
-                        await self._hold(fault.delay_s)
-                        return _abort(request)
-                    return await self._fault_response(request, fault, None)
-            try:
-                body = _dumps({"error": [], "result": ex.call(acct, method, params)})
-            except KrakenReject as exc:
-                body = _dumps({"error": exc.errors})
-            if fault is not None and fault.kind != "latency":
-                return await self._fault_response(request, fault, body)
+                    return _abort(request)
+                return await self._fault_response(request, fault, None)
+        try:
+            body = _dumps({"error": [], "result": ex.call(acct, method, params)})
         except KrakenReject as exc:
             body = _dumps({"error": exc.errors})
-        except Exception:
-            log.exception("private %s failed", method)
-            body = _dumps({"error": ["EGeneral:Internal error"]})
-        return web.Response(body=body, content_type=_JSON)
+        if fault is not None and fault.kind != "latency":
+            return await self._fault_response(request, fault, body)  # executed, then the fault strikes
+        return body
 
     async def private_get(self, request: web.Request) -> web.StreamResponse:
         return self._error_response(["EAPI:Bad request"])
