@@ -136,6 +136,15 @@ class CcxtLib:
         self.client = ccxt.kraken({"apiKey": creds["key"], "secret": creds["secret"], "enableRateLimit": rate_limit,
                                    "timeout": 30_000})
         self.client.urls["api"] = {"public": url, "private": url}
+        # The ccxt releases that allow aiohttp 3.13 (the test extra's line) sign with the bare millisecond clock, which
+        # repeats when calls come faster than one a millisecond; later releases keep it strictly increasing, as here.
+        millis, last = self.client.nonce, [0]
+
+        def increasing() -> int:
+            last[0] = max(last[0] + 1, millis())
+            return last[0]
+
+        self.client.nonce = increasing
 
     async def balance(self):
         return await self.client.private_post_balance()
