@@ -28,8 +28,8 @@ stamp="$VENV/.nija-installed"
 want="$("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' pyproject.toml) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "start.sh: installing NIJA and its dependencies ($extras)" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]" >&2
+    "$VENV/bin/python" -m pip install -qq --disable-pip-version-check --upgrade pip >&2
+    "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e ".[$extras]" >&2
     echo "$want" > "$stamp"
 fi
 
