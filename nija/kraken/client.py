@@ -66,6 +66,7 @@ from nija.kraken.models import (
     Order,
     Ticker,
     TradeBalance,
+    TradesPage,
     orders_from_mapping,
 )
 from nija.kraken.nonce import NonceCoordinator, NonceLane
@@ -658,6 +659,12 @@ class KrakenClient:
             ofs=ofs, closetime=closetime,
         )
         return ClosedOrdersPage.from_result(result)
+
+    async def trades_history(
+        self, *, start: int | str | None = None, end: int | str | None = None, ofs: int | None = None
+    ) -> TradesPage:
+        """One page of executions after `start` (newest first); costs 2 on the REST counter."""
+        return TradesPage.from_result(await self.private("TradesHistory", start=start, end=end, ofs=ofs))
 
     async def query_orders(self, txid: str | Iterable[str], *, trades: bool = False) -> dict[str, Order]:
         """Up to 50 orders by id."""

@@ -25,6 +25,8 @@ __all__ = [
     "OrderDescription",
     "Order",
     "ClosedOrdersPage",
+    "Trade",
+    "TradesPage",
     "AddOrderResult",
     "CancelResult",
     "CancelAllAfterResult",
@@ -263,6 +265,37 @@ class ClosedOrdersPage(_Model):
     def from_result(cls, result: dict[str, Any]) -> ClosedOrdersPage:
         closed = orders_from_mapping(result.get("closed", {}))
         return cls(closed=closed, count=int(result.get("count", len(closed))))
+
+
+class Trade(_Model):
+    """One execution (TradesHistory/QueryTrades): part or all of order `ordertxid`, at `time`."""
+
+    tid: str = ""
+    ordertxid: str
+    pair: str  # the pair key, e.g. XXBTZUSD
+    time: float
+    type: str  # buy | sell
+    ordertype: str = ""
+    price: Money = Decimal(0)
+    cost: Money = Decimal(0)
+    fee: Money = Decimal(0)
+    vol: Money = Decimal(0)
+
+    @property
+    def volume_base(self) -> Decimal:
+        return self.vol
+
+
+class TradesPage(_Model):
+    """One TradesHistory page (50 trades at most, newest first) and the total count matching the query."""
+
+    trades: dict[str, Trade]
+    count: int
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> TradesPage:
+        trades = {tid: Trade(tid=tid, **raw) for tid, raw in (result.get("trades") or {}).items()}
+        return cls(trades=trades, count=int(result.get("count", len(trades))))
 
 
 class AddOrderResult(_Model):

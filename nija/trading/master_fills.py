@@ -15,6 +15,8 @@ them: a fill landing in between would be in the balances but not in the fills wo
 On the first start, what the open orders have executed so far is history too, like the orders closed before it.
 A partial fill of an open order has no time of its own: it is placed at the poll that saw it, but after a gap (a
 restart, a stall) its age counts from the last poll before the gap, so an old entry is never taken for a fresh one.
+An entry that this makes too old to copy is dated by the master's executions instead (TradesHistory, read only
+then): a resting buy that filled just before NIJA came back is copied, one that filled early in the gap is not.
 
 State (watermark and per-order executed volume) lives in one small JSON file in the state directory.
 """
@@ -26,13 +28,13 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
 from nija.kraken import KrakenClient
 from nija.kraken.errors import ConfigurationError
-from nija.kraken.models import Order
+from nija.kraken.models import Order, Trade
 from nija.kraken.pairs import PairInfo, Pairs, UnknownPairError
 from nija.logs import get_logger
 from nija.trading.signals import ENTRY_MAX_AGE_S, Signal, signal_from_master_order
@@ -47,14 +49,17 @@ _OVERLAP_S = 120.0
 _READ_ATTEMPTS = 3
 #: a poll this long after the previous one follows a gap (a restart, a stall) rather than the usual interval
 _GAP_S = 60.0
+#: TradesHistory pages (50 executions each, 2 on the REST counter) read to date the entries found after a gap
+_TRADE_PAGES = 4
 
 
 @dataclass(frozen=True, slots=True)
 class MasterFill:
     """One increase of a master order's executed volume, seen at `at_s` (its close time once closed).
 
-    `earliest_s` is the earliest it can have happened: `at_s`, but for a partial fill found after a gap in the
-    polls, the last poll before the gap. Fills are ordered by `at_s`; an entry's age counts from `earliest_s`."""
+    `earliest_s` is the earliest it can have happened: `at_s`, but for a fill found after a gap in the polls, the
+    last poll before the gap (or the order's opening, if later), unless its executions tell. Fills are ordered by
+    `at_s`; an entry's age counts from `earliest_s`."""
 
     order: Order
     volume_base: Decimal
@@ -191,7 +196,7 @@ class MasterFillWatcher:
                 orders, fills = again, self._fills_in(again, now_s)
             else:
                 raise RuntimeError("the master kept trading while its balances were read; reading again next poll")
-            signals = await self._signals_for(fills, balances, equity_now)
+            signals = await self._signals_for(await self._dated_by_trades(fills, now_s), balances, equity_now)
         for fill in fills:
             vol, cost, fee = self._seen.get(fill.order.txid, (Decimal(0), Decimal(0), Decimal(0)))
             self._seen[fill.order.txid] = (vol + fill.volume_base, cost + fill.cost_usd, fee + fill.fee_usd)
@@ -247,6 +252,39 @@ class MasterFillWatcher:
                     earliest_s = min(at_s, max(order.opentm, self._polled_s))
                 yield MasterFill(order, order.vol_exec - vol, order.cost - cost, order.fee - fee, at_s, earliest_s)
 
+    async def _dated_by_trades(self, fills: list[MasterFill], now_s: float) -> list[MasterFill]:
+        """Entries that a gap dated too far back to copy, dated instead by the first execution of their new volume.
+
+        The executions of a fill are the newest of its order's, up to its volume; if the pages read do not hold
+        them all, the fill keeps its earliest possible time (and is not copied)."""
+        doubtful = {fill.order.txid for fill in fills if fill.order.descr.type == "buy"
+                    and fill.earliest_s < fill.at_s and now_s - fill.earliest_s > ENTRY_MAX_AGE_S}
+        if not doubtful:
+            return fills
+        assert self._polled_s is not None  # a fill is dated back only after a gap since a known poll
+        trades = await self._trades_of(doubtful, since_s=self._polled_s - _OVERLAP_S)
+        dated = []
+        for fill in fills:
+            first_s = _first_execution_s(trades.get(fill.order.txid, []), fill.volume_base)
+            if fill.order.txid in doubtful and first_s is not None:
+                fill = replace(fill, earliest_s=min(fill.at_s, first_s))
+            dated.append(fill)
+        return dated
+
+    async def _trades_of(self, txids: set[str], *, since_s: float) -> dict[str, list[Trade]]:
+        """The executions of orders `txids` since `since_s`, newest first, from at most `_TRADE_PAGES` pages."""
+        found: dict[str, list[Trade]] = {}
+        offset = 0
+        for _ in range(_TRADE_PAGES):
+            page = await self.client.trades_history(start=int(since_s), ofs=offset or None)
+            for trade in page.trades.values():
+                if trade.ordertxid in txids:
+                    found.setdefault(trade.ordertxid, []).append(trade)
+            offset += len(page.trades)
+            if not page.trades or offset >= page.count:
+                break
+        return found
+
     def _advance(self, orders: list[Order], now_s: float) -> None:
         newest_done = max((o.closetm or 0 for o in orders if o.is_done), default=0.0)
         self._since_s = max(self._since_s or 0.0, min(newest_done, now_s))
@@ -293,6 +331,16 @@ class MasterFillWatcher:
             ))
         signals.reverse()
         return signals
+
+
+def _first_execution_s(trades_newest_first: list[Trade], volume_base: Decimal) -> float | None:
+    """When the newest executions adding up to `volume_base` began; None if these do not add up to it."""
+    total = Decimal(0)
+    for trade in trades_newest_first:
+        total += trade.volume_base
+        if total >= volume_base:
+            return trade.time
+    return None
 
 
 def _executed(orders: Iterable[Order]) -> dict[str, Decimal]:

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from nija.kraken.client import KrakenClient, KrakenContext
-from nija.kraken.models import Balances, ClosedOrdersPage, Order, TradeBalance
+from nija.kraken.models import Balances, ClosedOrdersPage, Order, Trade, TradeBalance, TradesPage
 from nija.kraken.limits import Tier
 from nija.kraken.nonce import NonceCoordinator
 from nija.trading.master_fills import MasterFillWatcher
@@ -176,8 +176,9 @@ class ScriptedMaster:
     """A master whose orders and balances a test sets, with hooks that run right after a read is answered."""
 
     def __init__(self):
-        self.open, self.closed, self.xbt = {}, {}, Decimal(0)
+        self.open, self.closed, self.xbt, self.trades = {}, {}, Decimal(0), []
         self.after_open_read = self.after_balance_read = None
+        self.trade_reads = 0
 
     async def open_orders(self):
         answer = dict(self.open)
@@ -198,6 +199,16 @@ class ScriptedMaster:
 
     async def trade_balance(self):
         return TradeBalance.model_validate({"eb": "150000"})
+
+    def execute(self, txid, volume, at_s, side="buy"):
+        self.trades.append(Trade(tid=f"T{len(self.trades)}", ordertxid=txid, pair="XXBTZUSD", time=at_s, type=side,
+                                 vol=volume))
+
+    async def trades_history(self, start=None, ofs=None, **_):
+        self.trade_reads += 1
+        picked = sorted((t for t in self.trades if start is None or t.time > start), key=lambda t: -t.time)
+        page = picked[ofs or 0:(ofs or 0) + 50]
+        return TradesPage(trades={t.tid: t for t in page}, count=len(picked))
 
 
 async def test_an_order_that_closes_between_the_two_order_reads_is_one_fill_not_two(master, tmp_path):
@@ -244,7 +255,80 @@ async def test_a_partial_fill_made_while_nija_was_down_is_dated_before_the_gap(m
     kraken.open, kraken.xbt = {"OA": _order("OA", "open", "0.5")}, Decimal("0.5")  # fills while NIJA is down
     clock.shift_s += 3600
     await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
-    assert emitted == []  # an hour-old entry, as a closed order of that age would be
+    assert emitted == []  # its executions are not listed: maybe an hour-old entry, as a closed order of that age
+
+
+@pytest.mark.parametrize("filled_before_restart_s, copied", [(30, True), (3000, False)])
+async def test_a_resting_buy_filled_during_a_gap_is_dated_by_its_executions(master, tmp_path, filled_before_restart_s,
+                                                                            copied):
+    kraken, emitted, clock = ScriptedMaster(), [], ShiftedClock()
+    pairs = await master.pairs()
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    kraken.open = {"OA": _order("OA", "open", "0")}  # a limit buy rests below the market
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    clock.shift_s += 3600  # NIJA is down for an hour; the buy fills in full some time before it comes back
+    kraken.execute("OA", Decimal("1.0"), clock() - filled_before_restart_s)
+    kraken.open, kraken.xbt = {}, Decimal("1.0")
+    kraken.closed = {"OA": _order("OA", "closed", "1.0", closetm=clock() - filled_before_restart_s)}
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    assert [signal.volume_base for signal in emitted] == ([Decimal("1.0")] if copied else [])
+    if copied:
+        assert emitted[0].filled_at_s == pytest.approx(clock() - filled_before_restart_s, abs=1)
+
+
+async def test_a_limit_buy_filled_just_before_nija_came_back_is_copied(exchange, master, tmp_path):
+    pairs = await master.pairs()
+    emitted, clock = [], ShiftedClock()
+    await watcher_for(master, pairs, tmp_path, emitted, clock).poll()
+    resting = await master.add_order(PAIR, "buy", Decimal("0.01"), ordertype="limit", price=Decimal("49000"))
+    await watcher_for(master, pairs, tmp_path, emitted, clock).poll()
+    exchange.clock.advance(3570)  # NIJA is down for an hour; 30 s before it comes back, the price dips to the limit
+    exchange.set_price(PAIR, Decimal("48900"))
+    exchange.clock.advance(30)
+    clock.shift_s += 3600
+    await watcher_for(master, pairs, tmp_path, emitted, clock).poll()
+    [entry] = emitted
+    assert entry.master_order_id == resting.order_id and entry.volume_base == Decimal("0.01")
+    assert entry.filled_at_s == pytest.approx(clock() - 30, abs=2)
+
+
+async def test_executions_of_a_gap_entry_are_found_past_the_first_page(master, tmp_path):
+    kraken, emitted, clock = ScriptedMaster(), [], ShiftedClock()
+    pairs = await master.pairs()
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    clock.shift_s += 3600
+    kraken.execute("OA", Decimal("0.5"), clock() - 60)
+    for i in range(60):  # a busy hour of grid trading since on another order
+        kraken.execute("OG", Decimal("0.001"), clock() - 59 + i / 2, side="sell" if i % 2 else "buy")
+    kraken.open, kraken.xbt = {"OA": _order("OA", "open", "0.5")}, Decimal("0.5")
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    assert [signal.volume_base for signal in emitted] == [Decimal("0.5")] and kraken.trade_reads == 2
+
+
+async def test_an_entry_whose_execution_began_early_in_a_gap_is_not_copied_though_it_ended_late(master, tmp_path):
+    kraken, emitted, clock = ScriptedMaster(), [], ShiftedClock()
+    pairs = await master.pairs()
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    clock.shift_s += 3600
+    kraken.execute("OA", Decimal("0.5"), clock() - 3000)  # half fills early in the gap, the rest just before
+    kraken.execute("OA", Decimal("0.5"), clock() - 30)
+    kraken.open, kraken.xbt = {"OA": _order("OA", "open", "1.0")}, Decimal("1.0")
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    assert emitted == []
+
+
+async def test_executions_are_read_only_for_entries_a_gap_makes_look_old(master, tmp_path):
+    kraken, emitted, clock = ScriptedMaster(), [], ShiftedClock()
+    pairs = await master.pairs()
+    watcher = watcher_for(kraken, pairs, tmp_path, emitted, clock)
+    await watcher.poll()
+    kraken.closed, kraken.xbt = {"OA": _order("OA", "closed", "0.5", closetm=clock())}, Decimal("0.5")
+    await watcher.poll()
+    clock.shift_s += 3600
+    kraken.closed["OS"] = _order("OS", "closed", "0.5", "sell", closetm=clock() - 3000)  # an exit: always copied
+    kraken.xbt = Decimal("0")
+    await watcher_for(kraken, pairs, tmp_path, emitted, clock).poll()
+    assert [signal.side for signal in emitted] == ["buy", "sell"] and kraken.trade_reads == 0
 
 
 async def test_a_fill_landing_while_the_balances_are_read_does_not_skew_the_fraction(master, tmp_path):

@@ -181,6 +181,21 @@ async def test_typed_helpers_against_the_exchange(exchange, context, exchange_ur
     await client.cancel_all_orders_after(0)
 
 
+async def test_trades_history_lists_each_execution_with_its_order_and_time(exchange, context, exchange_url):
+    client = client_for(exchange, "alice", context, base_url=exchange_url)
+    before_s = int(time.time()) - 1
+    bought = await client.add_order("XBTUSD", "buy", Decimal("0.0002"), fetch_order=True)
+    sold = await client.add_order("XBTUSD", "sell", Decimal("0.0001"), fetch_order=True)
+    page = await client.trades_history(start=before_s)
+    assert page.count == 2
+    newest, oldest = page.trades.values()  # newest first, as Kraken lists them
+    assert (newest.ordertxid, newest.type, newest.volume_base) == (sold.order_id, "sell", Decimal("0.0001"))
+    assert (oldest.ordertxid, oldest.type, oldest.volume_base) == (bought.order_id, "buy", Decimal("0.0002"))
+    assert oldest.pair == "XXBTZUSD" and before_s < oldest.time <= newest.time <= time.time()
+    assert oldest.cost == bought.order.cost and oldest.fee == bought.order.fee
+    assert (await client.trades_history(start=int(time.time()) + 1)).trades == {}
+
+
 async def test_restart_with_clock_stepped_back_keeps_nonces_valid(exchange, exchange_url, tmp_path):
     exchange.create_account("restart", balances={"ZUSD": Decimal("1")}, tier=ROOMY)
     state_dir = tmp_path / "restart-state"

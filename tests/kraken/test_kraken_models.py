@@ -13,6 +13,7 @@ from nija.kraken.models import (
     ExtendedBalances,
     Ticker,
     TradeBalance,
+    TradesPage,
     orders_from_mapping,
 )
 from nija.kraken.pairs import PairInfo
@@ -79,6 +80,16 @@ def test_order_examples():
     queried = orders_from_mapping(_inline("POST /private/QueryOrders"))
     market = queried["OMMDB2-FSB6Z-7W3HPO"]
     assert market.avg_price == Decimal("30000.0") and market.fee_quote == Decimal("7.5") and market.is_done
+
+
+def test_trades_history_example():
+    page = TradesPage.from_result(json.loads((OFFICIAL / "user__trades__history.json").read_text())["result"])
+    assert page.count == 2
+    trade = page.trades["TBGB6I-IMYKU-WWA2SK"]
+    assert trade.tid == "TBGB6I-IMYKU-WWA2SK" and trade.ordertxid == "OJTVFU-UWBXK-7AC6ML"
+    assert trade.pair == "XXBTZUSD" and trade.type == "sell" and trade.time == 1428084298.0986
+    assert trade.volume_base == Decimal("0.10000000") and trade.cost == Decimal("0.92500")
+    assert trade.fee == Decimal("0.00296") and trade.price == Decimal("9.25000")
 
 
 def test_add_order_and_dead_mans_switch_examples():
