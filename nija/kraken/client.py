@@ -500,6 +500,9 @@ class KrakenClient:
             self._bind(default_context())
         lane, budget = self._lane, self._budget
         assert lane is not None and budget is not None
+        # Short of budget, wait before taking a turn on the key: calls behind this one that fit (an AddOrder costs
+        # nothing on the REST counter; another pair has its own trading counter) must not wait for it.
+        await budget.ready(method, trading_pair)
         nonce = await lane.acquire()
         try:
             # Charged when the call leaves (after its turn on the key came), as the server counts arrivals;

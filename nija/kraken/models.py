@@ -43,6 +43,8 @@ def _to_decimal(value: Any) -> Any:
 
 #: a Kraken money string ("171288.6158") as Decimal; floats go through str() first
 Money = Annotated[Decimal, BeforeValidator(_to_decimal)]
+#: an optional integer that Kraken may send as "" (e.g. an order placed without a userref)
+OptionalInt = Annotated[int | None, BeforeValidator(lambda value: None if value == "" else value)]
 
 
 class _Model(BaseModel):
@@ -200,7 +202,7 @@ class Order(_Model):
 
     txid: str = ""
     refid: str | None = None
-    userref: int | None = None
+    userref: OptionalInt = None
     cl_ord_id: str | None = None
     status: str  # pending | open | closed (fully filled) | canceled | expired
     reason: str | None = None

@@ -60,6 +60,18 @@ class Pacer:
         self.waited_s += waited
         return waited
 
+    async def ready(self, cost: float) -> None:
+        """Wait, in turn with `take`'s waiters, until `cost` fits; charge nothing (`take` does, when the call leaves)."""
+        if cost <= 0 or ((self._lock is None or not self._lock.locked()) and self._wait_s(cost) <= 0):
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        start = self._clock()
+        async with self._lock:
+            while (wait_s := self._wait_s(cost)) > 0:
+                await asyncio.sleep(wait_s)
+        self.waited_s += self._clock() - start
+
     def now(self) -> float:
         return self._clock()
 
@@ -101,6 +113,13 @@ class KeyBudget:
                 self.tier.trading_max, self.tier.trading_decay_per_s, self._clock, self._margin
             )
         return pacer
+
+    async def ready(self, method: str, pair: str | None = None) -> None:
+        """Wait until `method` (an add on `pair`, if given) fits the counters, charging nothing. A call waits here
+        before its turn on the key, so that it does not hold up the calls behind it that fit already."""
+        await self.rest.ready(rest_cost(method))
+        if pair is not None:
+            await self.trading(pair).ready(trading_cost("add"))
 
     async def take_rest(self, method: str) -> float:
         return await self.rest.take(rest_cost(method))

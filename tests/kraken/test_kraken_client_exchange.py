@@ -259,3 +259,31 @@ async def test_a_key_whose_nonce_state_was_lost_recovers_on_its_next_retry(excha
                               tier=ROOMY, read_attempts=2, retry_base_s=0.01)
         assert (await client.balance()).get("ZUSD") == Decimal("1")
         assert (await client.balance()).get("ZUSD") == Decimal("1")  # and stays valid
+
+
+async def test_an_order_is_not_held_up_by_a_read_waiting_for_rest_budget(exchange, context, exchange_url):
+    slow_rest = Tier("slow-rest", rest_max=2, rest_decay_per_s=0.5, trading_max=1000, trading_decay_per_s=100.0,
+                     max_open_orders_per_pair=1000)
+    exchange.create_account("busy-reads", balances={"ZUSD": Decimal("1000")}, tier=slow_rest)
+    client = client_for(exchange, "busy-reads", context, base_url=exchange_url)
+    await client.balance()
+    await client.balance()
+    read = asyncio.ensure_future(client.balance())  # the REST counter is full: this read waits about 2 s
+    await asyncio.sleep(0.05)
+    await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)  # costs nothing there
+    assert not read.done()
+    await read
+
+
+async def test_an_order_on_one_pair_is_not_held_up_by_another_pairs_trading_counter(exchange, context, exchange_url):
+    slow_trading = Tier("slow-trading", rest_max=10_000, rest_decay_per_s=1000.0, trading_max=3,
+                        trading_decay_per_s=0.5, max_open_orders_per_pair=1000)
+    exchange.create_account("busy-pair", balances={"ZUSD": Decimal("1000")}, tier=slow_trading)
+    client = client_for(exchange, "busy-pair", context, base_url=exchange_url)
+    for _ in range(2):
+        await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)
+    xbt = asyncio.ensure_future(client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE))
+    await asyncio.sleep(0.05)  # XBTUSD's counter is full: that add waits about 2 s
+    await client.add_order("ETHUSD", "buy", Decimal("0.01"), ordertype="limit", price=Decimal("1000"))
+    assert not xbt.done()
+    await xbt

@@ -98,3 +98,9 @@ def test_add_order_and_dead_mans_switch_examples():
     assert result.order_id == "OUF4EM-FRGI2-MQMWZD"
     switch = CancelAllAfterResult.model_validate(_inline("POST /private/CancelAllOrdersAfter"))
     assert switch.trigger_time == "2023-03-24T17:42:56Z"
+
+
+def test_open_orders_example_with_an_empty_userref():
+    result = json.loads((OFFICIAL / "user__orders__open.json").read_text())["result"]
+    order = orders_from_mapping(result["open"])["O7ICPO-F4CLJ-MVBLHC"]
+    assert order.status == "open" and order.volume_base == Decimal("3.00000000") and order.userref is None
