@@ -228,6 +228,7 @@ class CopyEngine:
         # cl_ord_id → its outcome, when a later signal's hold settled it (until its own signal is reconciled)
         self._settled_early: dict[str, CopyResult] = {}
         self._last_master_equity: Decimal | None = None
+        self._today_number, self._today_text = -1, ""  # see _today
         self._background: list[asyncio.Task] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -754,8 +755,15 @@ class CopyEngine:
             equity_usd=equity,
             free_cash_usd=portfolio.cash_usd(),
             position_base=portfolio.held(rules.base),
-            daily_loss_reached=portfolio.daily_loss_reached(account.config.max_daily_loss, equity),
+            daily_loss_reached=portfolio.daily_loss_reached(account.config.max_daily_loss, equity, self._today()),
         )
+
+    def _today(self) -> str:
+        """The UTC day, formatted once per day (unix time has 86,400 s in every day)."""
+        now_s = self.clock()
+        if int(now_s // 86_400) != self._today_number:
+            self._today_number, self._today_text = int(now_s // 86_400), utc_day(now_s)
+        return self._today_text
 
     def _apply(self, account: FollowerAccount, rules: PairRules, side: str, fill: Fill) -> None:
         account.portfolio.apply_fill(rules.base, side, fill.executed_base, fill.cost_usd, fill.fee_usd)

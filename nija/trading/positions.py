@@ -119,9 +119,10 @@ class Portfolio:
             self.holdings.pop(base)
         self.generation += 1
 
-    def daily_loss_reached(self, max_daily_loss: Decimal | None, equity_usd: Decimal | None) -> bool:
-        """True once equity fell by `max_daily_loss` (a fraction) from the start of the UTC day."""
-        if max_daily_loss is None or equity_usd is None or not self.day_start_equity_usd:
+    def daily_loss_reached(self, max_daily_loss: Decimal | None, equity_usd: Decimal | None, today: str) -> bool:
+        """True once equity fell by `max_daily_loss` (a fraction) from the start of UTC day `today`. A mark from
+        an earlier day blocks nothing: the block lifts at midnight, not at the next balance read."""
+        if max_daily_loss is None or equity_usd is None or not self.day_start_equity_usd or self.day != today:
             return False
         lost = (self.day_start_equity_usd - equity_usd) / self.day_start_equity_usd
         return lost >= max_daily_loss

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from enum import Enum
 
-from nija.kraken.pairs import PairInfo
+from nija.kraken.pairs import PairInfo, kraken_asset_name
 from nija.trading.signals import Side, Signal
 
 __all__ = [
@@ -50,8 +50,9 @@ class PairRules:
     def of(cls, info: PairInfo) -> PairRules:
         """Orders go out under the altname; holdings use common asset names."""
         base_common = info.base_common or info.base
-        names = {info.key, info.altname, info.wsname, base_common, info.base,
-                 f"{base_common}/{info.quote_common}", f"{base_common}{info.quote_common}"}
+        names = {info.key, info.altname, info.wsname, base_common, info.base, kraken_asset_name(base_common)}
+        for base in {base_common, kraken_asset_name(base_common)}:  # BTC/USD, XBTUSD, BTC-USD, ...
+            names.update(f"{base}{separator}{info.quote_common}" for separator in ("/", "", "-"))
         return cls(info, base_common, frozenset(name.upper() for name in names if name))
 
     @property

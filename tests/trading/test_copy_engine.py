@@ -16,6 +16,7 @@ from nija.kraken.pairs import Pairs
 from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
 from nija.trading.copy import CopyEngine, Fill, FollowerAccount, Placed
+from nija.trading.positions import utc_day
 from nija.trading.signals import Signal, cl_ord_id_for
 from nija.trading.sizing import OrderPlan
 
@@ -113,12 +114,25 @@ async def test_disabled_and_non_copying_followers_are_not_targets(store):
     assert summary.followers == 1 and not off.orders and not own.orders
 
 
+async def test_the_daily_loss_block_lifts_at_utc_midnight_before_the_next_balance_read(store):
+    now_s = [1_780_012_800.0 - 60]  # a minute before a UTC midnight
+    loser = FakeAccount(usd="1000")
+    engine = await engine_with(store, [account("l", loser, max_daily_loss=0.05)], clock=lambda: now_s[0])
+    loser.balances["USD"] = D("900")  # 10 % down today
+    await engine.refresh_all()
+    blocked = await engine.copy(buy("before-midnight"))
+    assert blocked.results[0].reason.startswith("daily_loss_reached")
+    now_s[0] += 90  # the next day; the balances have not been read since
+    summary = await engine.copy(buy("after-midnight"))
+    assert summary.results[0].status == "succeeded" and loser.orders
+
+
 async def test_disabled_symbol_and_daily_loss(store):
     doge_hater, loser = FakeAccount(), FakeAccount(usd="1000")
     engine = await engine_with(store, [account("h", doge_hater, disabled_symbols=["BTC"]),
                                        account("l", loser, max_daily_loss=0.05)])
     engine.followers["l"].portfolio.day_start_equity_usd = D("1100")  # already down 9 % today
-    engine.followers["l"].portfolio.day = "today"
+    engine.followers["l"].portfolio.day = utc_day(time.time())
     summary = await engine.copy(buy())
     reasons = {r.name: r.reason for r in summary.results}
     assert reasons["h"].startswith("disabled_symbol") and reasons["l"].startswith("daily_loss_reached")

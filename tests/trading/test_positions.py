@@ -25,10 +25,11 @@ def test_fills_and_a_corrected_estimate():
 
 
 def test_daily_loss():
-    portfolio = Portfolio(day_start_equity_usd=D("1000"))
-    assert not portfolio.daily_loss_reached(D("0.05"), D("951"))
-    assert portfolio.daily_loss_reached(D("0.05"), D("950"))
-    assert not portfolio.daily_loss_reached(None, D("1"))
+    portfolio = Portfolio(day="2026-11-21", day_start_equity_usd=D("1000"))
+    assert not portfolio.daily_loss_reached(D("0.05"), D("951"), "2026-11-21")
+    assert portfolio.daily_loss_reached(D("0.05"), D("950"), "2026-11-21")
+    assert not portfolio.daily_loss_reached(None, D("1"), "2026-11-21")
+    assert not portfolio.daily_loss_reached(D("0.05"), D("950"), "2026-11-22")  # yesterday's mark blocks nothing
 
 
 def test_rate_profiles():

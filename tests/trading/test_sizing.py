@@ -72,10 +72,12 @@ def test_costmin_skip():
 
 
 def test_disabled_symbol_by_any_name():
-    for name in ("BTC", "XBTUSD", "XXBTZUSD"):
+    for name in ("BTC", "XBT", "XXBT", "XBTUSD", "XXBTZUSD", "XBT/USD", "BTC/USD", "BTCUSD", "BTC-USD", "XBT-USD"):
         result = size_copy(buy(), FollowerLimits(disabled_symbols=frozenset({name})),
                            FollowerBook(D("2000"), D("2000"), D(0)), XBT)
-        assert result.reason is SkipReason.DISABLED_SYMBOL
+        assert result.reason is SkipReason.DISABLED_SYMBOL, name
+    doge = PairRules.of(Pairs.from_results(json.loads(FIXTURE.read_text())["result"]).get("XDGUSDT"))
+    assert {"DOGE", "XDG", "XXDG", "DOGE/USDT", "XDGUSDT", "DOGE-USDT"} <= doge.symbols
 
 
 def test_daily_loss_blocks_entries_but_not_exits():
