@@ -669,6 +669,10 @@ class CopyEngine:
         if fill is not None:
             self._apply(account, rules, plan.side, fill)
             volume_base, notional_usd = fill.executed_base, fill.cost_usd  # an IOC limit says what it really got
+            if not volume_base:
+                return CopyResult(**base, status="skipped", volume_base=volume_base, notional_usd=notional_usd,
+                                  order_id=placed.order_id, acked_at_s=acked_at_s,
+                                  reason=f"beyond_entry_slippage: nothing filled at or below {plan.limit_price_usd}")
         else:
             # A market order fills at once: book the planned volume at the master's price now, and read the real
             # fill once every follower of this signal has its answer (that read must not slow the fan-out).

@@ -369,6 +369,25 @@ async def test_an_ioc_entry_read_while_pending_is_booked_once_the_exchange_close
     assert exit_.succeeded == 1 and alice.balances["BTC"] == 0
 
 
+class NothingWithinTheCap(FakeAccount):
+    """The price ran past the follower's entry_slippage cap: its IOC limit is canceled with nothing executed."""
+
+    async def place(self, plan, cl_ord_id):
+        fill = Fill("OIOC-1", "canceled", D(0), D(0), D(0))
+        self.orders.setdefault(cl_ord_id, []).append(fill)
+        return Placed(fill.order_id, fill)
+
+
+async def test_an_ioc_entry_that_got_nothing_is_a_skip_not_a_success(store):
+    alice = NothingWithinTheCap(usd="1000")
+    engine = await engine_with(store, [account("alice", alice, entry_slippage=0.005)])
+    summary = await engine.copy(buy("b1", price="50000"))
+    [result] = summary.results
+    assert (summary.succeeded, summary.skipped) == (0, 1) and result.order_id == "OIOC-1"
+    assert result.reason == "beyond_entry_slippage: nothing filled at or below 50250.0"
+    assert engine.followers["alice"].portfolio.held("BTC") in (None, D(0))
+
+
 class FoundPendingFirst(FakeAccount):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
