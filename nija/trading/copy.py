@@ -40,7 +40,15 @@ from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
 from nija.trading.positions import Portfolio, PriceBook, refresh_interval_s, utc_day
 from nija.trading.signals import ENTRY_MAX_AGE_S, Signal, cl_ord_id_for
-from nija.trading.sizing import FollowerBook, FollowerLimits, OrderPlan, PairRules, Skip, size_copy
+from nija.trading.sizing import (
+    MARKET_BUY_PRICE_BUFFER,
+    FollowerBook,
+    FollowerLimits,
+    OrderPlan,
+    PairRules,
+    Skip,
+    size_copy,
+)
 
 __all__ = [
     "CopyEngine",
@@ -112,6 +120,8 @@ class FollowerAccount:
     portfolio: Portfolio = field(default_factory=Portfolio)
     in_flight: int = 0  # copy tasks running for this follower (a balance refresh waits for 0)
     unbooked: int = 0  # orders sent whose fill is not booked yet: a balance read now may hold what the book lacks
+    #: cash that buys sent but not booked yet may spend: entries on other pairs, sized meanwhile, must not count it
+    committed_usd: Decimal = Decimal(0)
     #: why the account cannot trade (its key was rejected); set by a balance read, cleared by the next good one
     unusable: str | None = None
     limits: FollowerLimits | None = None  # the config's sizing knobs, built once
@@ -637,11 +647,14 @@ class CopyEngine:
         if isinstance(plan, Skip):
             return CopyResult(**base, status="skipped", reason=str(plan))
         self._loads_at_send[cl_ord_id] = account.portfolio.loads
+        committed_usd = self._worst_cost_usd(plan) if plan.side == "buy" else Decimal(0)
         account.unbooked += 1
+        account.committed_usd += committed_usd
         try:
             result = await self._send_and_book(signal, account, rules, plan, cl_ord_id, base)
         finally:
             account.unbooked -= 1
+            account.committed_usd -= committed_usd
         if result.status != "unsettled":
             self._loads_at_send.pop(cl_ord_id, None)
         return result
@@ -752,12 +765,19 @@ class CopyEngine:
                 raise _Unsettled(f"order outcome unknown: {_describe(exc)}") from None
             raise
 
+    def _worst_cost_usd(self, plan: OrderPlan) -> Decimal:
+        """What a buy can spend at most: its IOC limit, or the market buffer sizing allowed for, plus the fee."""
+        worst_usd = (plan.volume_base * plan.limit_price_usd if plan.limit_price_usd is not None
+                     else plan.notional_usd * (1 + MARKET_BUY_PRICE_BUFFER))
+        return worst_usd * (1 + self.taker_fee_rate)
+
     def _book(self, account: FollowerAccount, rules: PairRules) -> FollowerBook:
         portfolio = account.portfolio
         equity = portfolio.equity_usd(self.prices)
+        cash = portfolio.cash_usd()
         return FollowerBook(
             equity_usd=equity,
-            free_cash_usd=portfolio.cash_usd(),
+            free_cash_usd=None if cash is None else cash - account.committed_usd,
             position_base=portfolio.held(rules.base),
             daily_loss_reached=portfolio.daily_loss_reached(account.config.max_daily_loss, equity, self._today()),
         )

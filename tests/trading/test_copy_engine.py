@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nija.accounts import FollowerConfig
-from nija.kraken.errors import AmbiguousOrderError, ConfigurationError, TransportError
+from nija.kraken.errors import AmbiguousOrderError, ConfigurationError, InsufficientFundsError, TransportError
 from nija.kraken.pairs import Pairs
 from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
@@ -367,6 +367,58 @@ async def test_an_ioc_entry_read_while_pending_is_booked_once_the_exchange_close
     assert entry.results[0].volume_base == D("0.002") and alice.balances["BTC"] == D("0.002")
     exit_ = await engine.copy(sell("s1", closes=True))  # sized from the booked entry, not from a pending 0
     assert exit_.succeeded == 1 and alice.balances["BTC"] == 0
+
+
+class BtcAndXrpAccount:
+    """A follower trading BTC and XRP whose exchange refuses a buy its USD cannot pay (cost + 0.4 % fee)."""
+
+    BASE = {"XBTUSD": "BTC", "XRPUSD": "XRP"}
+
+    def __init__(self, balances, prices):
+        self.balances = {asset: D(amount) for asset, amount in balances.items()}
+        self.prices = {pair: D(price) for pair, price in prices.items()}
+        self.orders = {}
+
+    async def place(self, plan, cl_ord_id):
+        await asyncio.sleep(0.05)  # the round trip: the other pair's entry is sized meanwhile
+        cost = plan.volume_base * self.prices[plan.pair]
+        fee = cost * D("0.004")
+        if cost + fee > self.balances["USD"]:
+            raise InsufficientFundsError(["EOrder:Insufficient funds"], method="AddOrder")
+        base = self.BASE[plan.pair]
+        self.balances[base] = self.balances.get(base, D(0)) + plan.volume_base
+        self.balances["USD"] -= cost + fee
+        fill = self.orders[cl_ord_id] = Fill(f"O{len(self.orders)}", "closed", plan.volume_base, cost, fee)
+        return Placed(fill.order_id, fill)
+
+    async def find(self, cl_ord_id):
+        return self.orders.get(cl_ord_id)
+
+    def settle_delay_s(self, cl_ord_id, sent_at_s=None):
+        return 0.0
+
+    async def fill_of(self, order_id):
+        return next((fill for fill in self.orders.values() if fill.order_id == order_id), None)
+
+    async def available_balances(self):
+        return dict(self.balances)
+
+
+async def test_entries_on_two_pairs_at_once_share_the_followers_free_cash(store):
+    # 1,000 USD of equity, 150 of it cash: each entry is capped at 100 USD, and the second gets what is left.
+    alice = BtcAndXrpAccount({"USD": "150", "BTC": "0.017"}, {"XBTUSD": "50000", "XRPUSD": "0.5"})
+    engine = CopyEngine(store, PAIRS, [account("alice", alice)])
+    engine.prices.set("BTC", D("50000"))
+    await engine.refresh_all()
+    await engine.start(refresh_first=False)
+    assert await engine.submit(buy("e1"))
+    assert await engine.submit(Signal("e2", "OM-e2", "XRPUSD", "buy", D("10000"), D("0.5"), D("2"), D("10000")))
+    await engine.wait_idle()
+    results = [(await engine.summary_of(sid)).results[0] for sid in ("e1", "e2")]
+    await engine.stop()
+    assert [r.status for r in results] == ["succeeded", "succeeded"], [r.reason for r in results]
+    assert results[0].notional_usd == D("100") and D("40") < results[1].notional_usd < D("50")
+    assert alice.balances["USD"] >= 0
 
 
 class NothingWithinTheCap(FakeAccount):
