@@ -33,7 +33,7 @@ class Pacer:
         if decay_per_s <= 0:
             raise ValueError(f"rate counter decay must be positive, got {decay_per_s}")
         self.counter = DecayingCounter(max_level, decay_per_s)
-        self._lock: asyncio.Lock | None = None  # created on first contention: most keys never wait
+        self._lock: asyncio.Lock | None = None
         self._clock = clock
         self._margin = margin
         self.waited_s = 0.0  # total time callers spent waiting here (for logs, tests and benchmarks)
@@ -46,31 +46,31 @@ class Pacer:
         """Wait until `cost` fits, then charge it. Returns the seconds waited."""
         if cost <= 0:
             return 0.0
-        if (self._lock is None or not self._lock.locked()) and self._wait_s(cost) <= 0:
-            self.counter.add(cost, self._clock())
-            return 0.0
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        start = self._clock()
-        async with self._lock:
-            while (wait_s := self._wait_s(cost)) > 0:
-                await asyncio.sleep(wait_s)
-            self.counter.add(cost, self._clock())
-        waited = self._clock() - start
-        self.waited_s += waited
-        return waited
+        if self._must_wait(cost):
+            return await self._wait_in_turn(cost, charge=True)
+        self.counter.add(cost, self._clock())
+        return 0.0
 
     async def ready(self, cost: float) -> None:
         """Wait, in turn with `take`'s waiters, until `cost` fits; charge nothing (`take` does, when the call leaves)."""
-        if cost <= 0 or ((self._lock is None or not self._lock.locked()) and self._wait_s(cost) <= 0):
-            return
+        if cost > 0 and self._must_wait(cost):
+            await self._wait_in_turn(cost, charge=False)
+
+    def _must_wait(self, cost: float) -> bool:
+        return (self._lock is not None and self._lock.locked()) or self._wait_s(cost) > 0
+
+    async def _wait_in_turn(self, cost: float, *, charge: bool) -> float:
         if self._lock is None:
-            self._lock = asyncio.Lock()
+            self._lock = asyncio.Lock()  # created on first contention: most keys never wait
         start = self._clock()
         async with self._lock:
             while (wait_s := self._wait_s(cost)) > 0:
                 await asyncio.sleep(wait_s)
-        self.waited_s += self._clock() - start
+            if charge:
+                self.counter.add(cost, self._clock())
+        waited = self._clock() - start
+        self.waited_s += waited
+        return waited
 
     def now(self) -> float:
         return self._clock()
