@@ -54,7 +54,7 @@ from nija.kraken.errors import (
     TransportError,
     error_from_kraken,
 )
-from nija.kraken.limits import Tier, rest_cost, tier_named, trading_cost
+from nija.kraken.limits import Tier, rest_cost, tier_named
 from nija.kraken.models import (
     OHLC,
     AddOrderResult,
@@ -71,7 +71,7 @@ from nija.kraken.models import (
 )
 from nija.kraken.nonce import NonceCoordinator, NonceLane
 from nija.kraken.pairs import PairInfo, Pairs
-from nija.kraken.scheduler import KeyBudget, RateScheduler
+from nija.kraken.scheduler import KeyBudget, Pacer, RateScheduler
 from nija.logs import get_logger
 
 __all__ = ["KrakenClient", "KrakenContext", "default_context", "derive_cl_ord_id", "DEFAULT_BASE_URL"]
@@ -83,6 +83,9 @@ USER_AGENT = "nija/0.1 (+https://github.com/nija)"
 DEFAULT_KEEPALIVE_S = 70.0
 # Calls that change state: never repeated after an ambiguous failure (add_order has its own lookup-then-resend).
 _NOT_REPEATABLE = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder"})
+# Calls charged on a pair's trading counter (API.md §3), and those Kraken takes as JSON only.
+_TRADING_METHODS = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder", "CancelOrder", "CancelOrderBatch"})
+_JSON_METHODS = frozenset({"AddOrderBatch", "CancelOrderBatch"})
 # Kraken takes an AddOrder `deadline` between now + 2 s and now + 60 s; whole seconds, rounded up, stay inside it.
 MIN_ORDER_DEADLINE_S, MAX_ORDER_DEADLINE_S = 2.0, 59.0
 DEFAULT_ORDER_DEADLINE_S = 5.0
@@ -148,6 +151,22 @@ def _form_body(nonce: int, params: dict[str, Any]) -> bytes:
         text = value if type(value) is str else _encode_value(value)
         parts.append(f"{name}={text}" if _PLAIN.fullmatch(text) else f"{name}={_quote(text)}")
     return "&".join(parts).encode()
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {name: _json_value(item) for name, item in value.items() if item is not None}
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    if isinstance(value, bool | int | str):
+        return value
+    return _encode_value(value)  # Decimal as plain text; float refused
+
+
+def _json_body(nonce: int, params: dict[str, Any]) -> bytes:
+    """The JSON private-call body (the batch endpoints take nothing else), nonce first, as a string."""
+    body = {"nonce": str(nonce), **{name: _json_value(value) for name, value in params.items() if value is not None}}
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 @functools.lru_cache(maxsize=4)  # every order leaving within the same second carries the same deadline
@@ -494,37 +513,44 @@ class KrakenClient:
             raise TransportError(f"{method}: {type(exc).__name__} talking to {self.base_url}") from None
         return _parse_envelope(method, status, raw)
 
-    async def _private_once(self, method: str, params: dict[str, Any], trading_pair: str | None = None,
-                            deadline_s: float | None = None) -> Any:
+    async def _private_once(self, method: str, params: dict[str, Any], deadline_s: float | None = None) -> Any:
         if self._context is None:
             self._bind(default_context())
         lane, budget = self._lane, self._budget
         assert lane is not None and budget is not None
+        trading: list[tuple[Pacer, float]] = []
+        if method in _TRADING_METHODS:
+            if budget.unknown_orders(method, params):
+                await self._learn_open_orders()
+            trading = [(budget.trading(pair), cost)
+                       for pair, cost in budget.order_charges(method, params, self._pair_key).items()]
+        rest = rest_cost(method)
         # Short of budget, wait before taking a turn on the key: calls behind this one that fit (an AddOrder costs
         # nothing on the REST counter; another pair has its own trading counter) must not wait for it.
-        await budget.ready(method, trading_pair)
+        await budget.rest.ready(rest)
+        for pacer, cost in trading:
+            await pacer.ready(cost)
         nonce = await lane.acquire()
         try:
             # Charged when the call leaves (after its turn on the key came), as the server counts arrivals;
             # re-timed to the reply in `finally` (see nija.kraken.scheduler).
-            await budget.take_rest(method)
-            trading = None
-            if trading_pair is not None:
-                await budget.take_add(trading_pair)
-                trading = budget.trading(trading_pair)
-            elif method == "CancelOrder":
-                await budget.take_cancel(params.get("txid") or params.get("cl_ord_id"))
+            await budget.rest.take(rest)
+            for pacer, cost in trading:
+                await pacer.take(cost)
             charged_at_s = budget.rest.now()
             if deadline_s is not None:
                 # Stamped when the request leaves (after any wait for the key or the counters), and remembered
                 # before it leaves: until then plus a margin, a lookup that finds nothing proves nothing.
                 params = {**params, "deadline": self._stamp_deadline(params.get("cl_ord_id"), deadline_s)}
             path = f"/0/private/{method}"
-            body = _form_body(nonce, params)
+            if method in _JSON_METHODS:
+                body, content_type = _json_body(nonce, params), "application/json"
+            else:
+                body, content_type = _form_body(nonce, params), "application/x-www-form-urlencoded"
             headers = {
                 "API-Key": self._api_key.get_secret_value(),
                 "API-Sign": sign(path, nonce, body, self._hmac_key),
-                "Content-Type": "application/x-www-form-urlencoded",
+                "Content-Type": content_type,
             }
             context = self._context
             try:
@@ -547,7 +573,10 @@ class KrakenClient:
                     raise TransportError(f"{method}: {type(exc).__name__} talking to {self.base_url}") from None
                 finally:
                     context.timeouts.leave(slot, task)
-                return _parse_envelope(method, status, raw)
+                result = _parse_envelope(method, status, raw)
+                if trading:
+                    budget.note_placed(method, params, result, self._pair_key)
+                return result
             except InvalidNonceError:
                 # last + 1 cannot beat a nonce an earlier run (with a lost mark) used ahead of the clock: re-sign
                 # from a reservation past the clock instead.
@@ -558,13 +587,14 @@ class KrakenClient:
                 first = exc.errors[0] if exc.errors else ""
                 if first.startswith("EAPI:Rate limit"):
                     budget.rest.fill()
-                elif first.startswith("EOrder:Rate limit") and trading is not None:
-                    trading.fill()
+                elif first.startswith("EOrder:Rate limit"):
+                    for pacer, _cost in trading:
+                        pacer.fill()
                 raise
             finally:
-                budget.rest.settle(rest_cost(method), charged_at_s)
-                if trading is not None:
-                    trading.settle(trading_cost("add"), charged_at_s)
+                budget.rest.settle(rest, charged_at_s)
+                for pacer, cost in trading:
+                    pacer.settle(cost, charged_at_s)
         finally:
             lane.release(nonce)
 
@@ -802,13 +832,11 @@ class KrakenClient:
             "timeinforce": timeinforce, "expiretm": expiretm, "deadline": deadline,
             "validate": True if validate else None, **params,
         }
-        counter_pair = self._pair_key(pair)
         sends = 0
         while True:
             sends += 1
             try:
-                result = await self._private_once("AddOrder", request, trading_pair=counter_pair,
-                                                  deadline_s=deadline_s)
+                result = await self._private_once("AddOrder", request, deadline_s=deadline_s)
                 break
             except KrakenError as exc:
                 if isinstance(exc, InvalidNonceError | RateLimitedError) or (validate and exc.retryable):
@@ -825,7 +853,8 @@ class KrakenClient:
                         "kraken_order_recovered", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id,
                         txid=found.txid, status=found.status, cause=type(exc).__name__,
                     )
-                    self._budget_remember([found.txid, cl_ord_id], counter_pair)
+                    if self._budget is not None:
+                        self._budget.remember_order([found.txid, cl_ord_id], self._pair_key(pair))
                     return AddOrderResult(
                         cl_ord_id=cl_ord_id, txid=[found.txid], description=found.descr.order, recovered=True,
                         order=found, attempts=sends,
@@ -843,7 +872,6 @@ class KrakenClient:
                 await self._sleep_before_retry("AddOrder", exc, sends, quiet=True)
         txids = [str(t) for t in result.get("txid", [])]
         descr = result.get("descr") or {}
-        self._budget_remember(txids + [cl_ord_id], counter_pair)
         order = None
         if fetch_order and txids:
             order = (await self.query_orders(txids[0])).get(txids[0])
@@ -859,9 +887,20 @@ class KrakenClient:
             return pairs.get(pair).key
         return pair.strip().upper()
 
-    def _budget_remember(self, order_ids: list[str], pair: str) -> None:
-        if self._budget is not None:
-            self._budget.remember_order([i for i in order_ids if i], pair)
+    async def _learn_open_orders(self) -> None:
+        """Learn the pair and age of every open order (one OpenOrders read), so that cancelling, amending or
+        editing an order placed before a restart, or by another program, is charged at Kraken's price."""
+        try:
+            opened = await self.open_orders()
+        except KrakenError as exc:
+            # Uncharged, the call may meet `EOrder:Rate limit exceeded`: retryable, after the wait Kraken asks.
+            log.warning("kraken_open_orders_unread", key=self.key_id, account=self.name, error=type(exc).__name__,
+                        detail=str(exc))
+            return
+        now_s = time.time()
+        for order in opened.values():
+            self._budget.remember_order([order.txid, order.cl_ord_id], self._pair_key(order.descr.pair),
+                                        age_s=max(0.0, now_s - order.opentm))
 
     async def _sleep_before_retry(self, method: str, exc: KrakenError, attempt: int, *, quiet: bool = False) -> None:
         wait_s = self._retry_wait_s(exc, attempt)

@@ -2,7 +2,8 @@
 
 Three kinds of budget, all `nija.kraken.limits.DecayingCounter`s on the event loop's monotonic clock:
   - the REST counter of each API key, sized by the key's tier (Starter 15 at 0.33/s ...), charged `rest_cost`;
-  - the trading counter of each (key, pair), charged `trading_cost` for add/cancel (cancel by order age);
+  - the trading counter of each (key, pair), charged `trading_cost` for adds, and for cancels, amends and edits
+    by the age of the order touched (`KeyBudget.order_charges`);
   - one public pacer per process (Kraken limits public calls per IP), about 1 call/s by default.
 
 A call is charged when it leaves, not when it starts waiting: the server counts arrivals, and a call that queued
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from nija.kraken.limits import DecayingCounter, Tier, rest_cost, trading_cost
 
@@ -114,38 +116,91 @@ class KeyBudget:
             )
         return pacer
 
-    async def ready(self, method: str, pair: str | None = None) -> None:
-        """Wait until `method` (an add on `pair`, if given) fits the counters, charging nothing. A call waits here
-        before its turn on the key, so that it does not hold up the calls behind it that fit already."""
-        await self.rest.ready(rest_cost(method))
-        if pair is not None:
-            await self.trading(pair).ready(trading_cost("add"))
+    def order_charges(self, method: str, params: Mapping[str, Any], pair_key: Callable[[str], str]) -> dict[str, float]:
+        """What `method` adds to each pair's trading counter (API.md §3), as {pair key: cost}.
 
-    async def take_rest(self, method: str) -> float:
-        return await self.rest.take(rest_cost(method))
+        Cancels, amends and edits are priced by the age of the order they touch. An order this key neither placed
+        nor learned from OpenOrders (see `unknown_orders`) is not open: Kraken rejects the call, charging nothing.
+        An edit of such an order is priced as if the order were new, the dearest case.
+        """
+        if method == "AddOrder":
+            return {pair_key(str(params["pair"])): trading_cost("add")}
+        if method == "AddOrderBatch":
+            batch_size = len(params.get("orders") or ())
+            return {pair_key(str(params["pair"])): trading_cost("batch_add", batch_size=batch_size)}
+        action = _ACTIONS_BY_REF.get(method)
+        if action is None:
+            return {}
+        charges: dict[str, float] = {}
+        for ref in order_refs(method, params):
+            placed = self._placed(ref)
+            if placed is not None:
+                pair, age_s = placed
+            elif method == "EditOrder" and params.get("pair"):
+                pair, age_s = pair_key(str(params["pair"])), 0.0
+            else:
+                continue
+            charges[pair] = charges.get(pair, 0.0) + trading_cost(action, age_s)
+        return charges
 
-    async def take_add(self, pair: str) -> float:
-        return await self.trading(pair).take(trading_cost("add"))
+    def unknown_orders(self, method: str, params: Mapping[str, Any]) -> list[str]:
+        """The orders `method` touches whose pair and age this key does not know (placed by another process)."""
+        if method not in _ACTIONS_BY_REF:
+            return []
+        return [ref for ref in order_refs(method, params) if self._placed(ref) is None]
 
-    def remember_order(self, order_ids: list[str], pair: str) -> None:
-        """Note when an order was placed so its cancel can be charged at Kraken's age-dependent price."""
+    def remember_order(self, order_ids: Iterable[str], pair: str, age_s: float = 0.0) -> None:
+        """Note an order's pair and age (0: placed now), so that cancelling, amending or editing it is charged at
+        Kraken's price. Every id the order is known by (txid, cl_ord_id) may be given."""
         if self._order_placed is None:
             self._order_placed = {}
         now = self._clock()
-        # Cancels after 300 s cost nothing, so older entries are useless; prune as we go.
+        # Only amends and edits of older orders still cost something (1, with no penalty): an order forgotten
+        # here is learned again from OpenOrders when one of those comes.
         if len(self._order_placed) > 256:
-            self._order_placed = {k: v for k, v in self._order_placed.items() if now - v[1] < 300}
+            self._order_placed = {k: v for k, v in self._order_placed.items() if now - v[1] < _CANCEL_FREE_AFTER_S}
         for order_id in order_ids:
-            self._order_placed[order_id] = (pair, now)
+            if order_id:
+                self._order_placed[order_id] = (pair, now - age_s)
 
-    async def take_cancel(self, order_id: str | None) -> float:
-        """Charge a cancel when we know the order's pair and age; unknown orders (placed elsewhere) are not charged
-        because CancelOrder names no pair."""
-        placed = (self._order_placed or {}).get(order_id) if order_id else None
-        if placed is None:
-            return 0.0
-        pair, placed_at = placed
-        return await self.trading(pair).take(trading_cost("cancel", self._clock() - placed_at))
+    def note_placed(self, method: str, params: Mapping[str, Any], result: Any,
+                    pair_key: Callable[[str], str]) -> None:
+        """Remember the orders an AddOrder, AddOrderBatch or EditOrder just placed (its `result`)."""
+        if method not in ("AddOrder", "AddOrderBatch", "EditOrder") or not isinstance(result, dict):
+            return
+        pair = pair_key(str(params.get("pair") or ""))
+        if method == "AddOrderBatch":
+            requested = params.get("orders") or ()
+            for index, placed in enumerate(result.get("orders") or ()):
+                if isinstance(placed, dict) and placed.get("txid"):
+                    asked = requested[index] if index < len(requested) else {}
+                    cl_ord_id = asked.get("cl_ord_id") if isinstance(asked, dict) else None
+                    self.remember_order([str(placed["txid"]), cl_ord_id], pair)
+            return
+        txids = result.get("txid") or ()
+        self.remember_order([*(txids if isinstance(txids, list) else [txids]), params.get("cl_ord_id")], pair)
+
+    def _placed(self, ref: str) -> tuple[str, float] | None:
+        placed = (self._order_placed or {}).get(ref)
+        return None if placed is None else (placed[0], self._clock() - placed[1])
+
+
+_ACTIONS_BY_REF = {"CancelOrder": "cancel", "CancelOrderBatch": "cancel", "AmendOrder": "amend", "EditOrder": "edit"}
+_CANCEL_FREE_AFTER_S = 300.0
+
+
+def order_refs(method: str, params: Mapping[str, Any]) -> list[str]:
+    """The ids (txid or cl_ord_id) of the orders a cancel, amend or edit touches."""
+    if method == "CancelOrderBatch":
+        items = params.get("orders") or ()
+    else:
+        items = [params]
+    refs = []
+    for item in items:
+        ref = (item.get("txid") or item.get("cl_ord_id")) if isinstance(item, Mapping) else item
+        if ref:
+            refs.append(str(ref))
+    return refs
 
 
 class RateScheduler:

@@ -287,3 +287,33 @@ async def test_an_order_on_one_pair_is_not_held_up_by_another_pairs_trading_coun
     await client.add_order("ETHUSD", "buy", Decimal("0.01"), ordertype="limit", price=Decimal("1000"))
     assert not xbt.done()
     await xbt
+
+
+async def test_cancels_of_orders_placed_before_a_restart_wait_for_the_trading_counter(exchange, exchange_url, tmp_path):
+    """Kraken charges a cancel by the order's age (8 under 5 s). After a restart the client does not know the orders
+    it cancels: it learns their pair and age from OpenOrders, so the cancels wait instead of being refused."""
+    tight = Tier("tight-trading", rest_max=10_000, rest_decay_per_s=1000.0, trading_max=20, trading_decay_per_s=10.0,
+                 max_open_orders_per_pair=1000)
+    exchange.create_account("restarted", balances={"ZUSD": Decimal("1000")}, tier=tight)
+    async with KrakenContext(state_dir=tmp_path) as before:
+        placer = client_for(exchange, "restarted", before, base_url=exchange_url)
+        placed = [await placer.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE) for _ in range(3)]
+    await asyncio.sleep(0.4)  # what the adds cost has decayed: the restarted client could not know of it
+    async with KrakenContext(state_dir=tmp_path) as after:
+        client = client_for(exchange, "restarted", after, base_url=exchange_url, read_attempts=1)
+        results = [await client.cancel_order(result.txid[0]) for result in placed]  # 3 + 3 × 8 > 20: one waits
+        assert [r.count for r in results] == [1, 1, 1]
+        assert client._budget.trading(client._pair_key("XBTUSD")).waited_s > 0
+        assert await client.open_orders() == {}
+
+
+async def test_a_batch_of_orders_is_sent_as_json_and_its_orders_are_known_to_the_counter(exchange, context,
+                                                                                          exchange_url):
+    exchange.create_account("batcher", balances={"ZUSD": Decimal("1000")}, tier=ROOMY)
+    client = client_for(exchange, "batcher", context, base_url=exchange_url)
+    orders = [{"type": "buy", "ordertype": "limit", "volume": VOLUME, "price": PRICE, "cl_ord_id": f"batch-{i}"}
+              for i in range(2)]
+    result = await client.private("AddOrderBatch", pair="XBTUSD", orders=orders)
+    txids = [entry["txid"] for entry in result["orders"]]
+    assert len(txids) == 2 and set((await client.open_orders()).keys()) == set(txids)
+    assert client._budget.unknown_orders("CancelOrderBatch", {"orders": [txids[0], {"cl_ord_id": "batch-1"}]}) == []

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from nija.kraken.limits import Tier, rest_cost, trading_cost
+from nija.kraken.limits import Tier, rest_cost
 from nija.kraken.scheduler import Pacer, RateScheduler
 
 FAST = Tier("fast-test", rest_max=3, rest_decay_per_s=50.0, trading_max=2, trading_decay_per_s=50.0,
@@ -28,7 +28,7 @@ def test_burst_then_waits_on_a_manual_clock():
 async def test_rest_calls_beyond_the_burst_wait_and_never_exceed_the_counter():
     scheduler = RateScheduler(safety_margin=0.1)
     budget = scheduler.budget("k", FAST)
-    waited = [await budget.take_rest("Balance") for _ in range(8)]
+    waited = [await budget.rest.take(rest_cost("Balance")) for _ in range(8)]
     assert waited[:2] == [0.0, 0.0]  # 3 with margin 0.1: two fit at once, the third waits a little
     assert all(w > 0 for w in waited[3:])
     assert budget.rest.counter.level(asyncio.get_running_loop().time()) <= FAST.rest_max
@@ -38,8 +38,8 @@ async def test_order_calls_cost_nothing_on_the_rest_counter_and_ledgers_cost_two
     scheduler = RateScheduler()
     budget = scheduler.budget("k", FAST)
     for _ in range(20):
-        assert await budget.take_rest("AddOrder") == 0.0
-    await budget.take_rest("Ledgers")
+        assert await budget.rest.take(rest_cost("AddOrder")) == 0.0
+    await budget.rest.take(rest_cost("Ledgers"))
     assert budget.rest.counter.level(asyncio.get_running_loop().time()) > 1.5
 
 
@@ -49,15 +49,28 @@ def test_cancel_all_and_the_dead_mans_switch_count_on_the_rest_counter():
     assert [rest_cost(m) for m in ("CancelAll", "CancelAllOrdersAfter", "CancelOrder", "AddOrder")] == [1, 1, 0, 0]
 
 
-async def test_cancel_of_a_young_order_is_charged_its_penalty():
-    scheduler = RateScheduler(safety_margin=0.0)
-    budget = scheduler.budget("k", Tier("t", 15, 0.33, 60, 1.0, 60))
-    await budget.take_add("XBTUSD")
-    budget.remember_order(["OABC"], "XBTUSD")
-    await budget.take_cancel("OABC")
-    level = budget.trading("XBTUSD").counter.level(asyncio.get_running_loop().time())
-    assert abs(level - (1 + trading_cost("cancel", 0.0))) < 0.1
-    assert await budget.take_cancel("unknown-order") == 0.0
+def test_order_calls_are_charged_on_their_pairs_trading_counter_by_the_age_of_the_order():
+    clock = FakeClock()
+    budget = RateScheduler(clock=clock).budget("k", FAST)
+    key = str.upper
+    assert budget.order_charges("AddOrder", {"pair": "xbtusd"}, key) == {"XBTUSD": 1}
+    assert budget.order_charges("AddOrderBatch", {"pair": "XBTUSD", "orders": [{}] * 4}, key) == {"XBTUSD": 2}
+    budget.remember_order(["OABC", "my-order"], "XBTUSD")
+    budget.remember_order(["OOLD"], "ETHUSD", age_s=100)
+    clock.now = 4.0
+    assert budget.order_charges("CancelOrder", {"txid": "OABC"}, key) == {"XBTUSD": 8}
+    assert budget.order_charges("CancelOrder", {"cl_ord_id": "my-order"}, key) == {"XBTUSD": 8}
+    assert budget.order_charges("AmendOrder", {"txid": "OABC"}, key) == {"XBTUSD": 1 + 3}
+    assert budget.order_charges("EditOrder", {"txid": "OOLD", "pair": "ETHUSD"}, key) == {"ETHUSD": 1}
+    assert budget.order_charges("CancelOrderBatch", {"orders": ["OABC", {"txid": "OOLD"}]}, key) == {
+        "XBTUSD": 8, "ETHUSD": 1}
+    clock.now = 400.0
+    assert budget.order_charges("CancelOrder", {"txid": "OABC"}, key) == {"XBTUSD": 0}
+    # Neither placed nor learned here: not open, so Kraken charges nothing; an edit is priced as the dearest case.
+    assert budget.unknown_orders("CancelOrder", {"txid": "OELSE"}) == ["OELSE"]
+    assert budget.order_charges("CancelOrder", {"txid": "OELSE"}, key) == {}
+    assert budget.order_charges("EditOrder", {"txid": "OELSE", "pair": "XBTUSD"}, key) == {"XBTUSD": 1 + 6}
+    assert budget.order_charges("Balance", {}, key) == {}
 
 
 async def test_public_calls_are_paced_across_callers():
