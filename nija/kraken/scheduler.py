@@ -123,11 +123,12 @@ class KeyBudget:
         nor learned from OpenOrders (see `unknown_orders`) is not open: Kraken rejects the call, charging nothing.
         An edit of such an order is priced as if the order were new, the dearest case.
         """
-        if method == "AddOrder":
-            return {pair_key(str(params["pair"])): trading_cost("add")}
-        if method == "AddOrderBatch":
-            batch_size = len(params.get("orders") or ())
-            return {pair_key(str(params["pair"])): trading_cost("batch_add", batch_size=batch_size)}
+        if method in ("AddOrder", "AddOrderBatch"):
+            if not params.get("pair"):
+                return {}  # Kraken refuses it, charging nothing
+            cost = trading_cost("add") if method == "AddOrder" else trading_cost(
+                "batch_add", batch_size=len(params.get("orders") or ()))
+            return {pair_key(str(params["pair"])): cost}
         action = _ACTIONS_BY_REF.get(method)
         if action is None:
             return {}
