@@ -325,6 +325,7 @@ class MasterFillWatcher:
                 fee_usd=fill.fee_usd,
                 master_equity_usd=equity,
                 position_before_base=before if side == "sell" else None,
+                ordermin_base=pair.ordermin,
                 reason=None,
                 filled_at_s=fill.earliest_s,
                 fill_ref=str(fill.order.vol_exec),  # one fill per order per poll: its cumulative volume

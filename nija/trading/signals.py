@@ -108,6 +108,7 @@ def signal_from_master_order(
     fee_usd: Decimal,
     master_equity_usd: Decimal,
     position_before_base: Decimal | None = None,
+    ordermin_base: Decimal = Decimal(0),
     reason: str | None = None,
     filled_at_s: float | None = None,
     fill_ref: str = "",
@@ -115,7 +116,8 @@ def signal_from_master_order(
     """The bridge from a master order's fill (as QueryOrders reports it) to a Signal.
 
     For sells, `position_before_base` is the master's position before the fill; the fraction closed is
-    `vol_exec / position_before_base`, and a fill that sells all of it closes the position.
+    `vol_exec / position_before_base`. A fill that leaves less than the pair's `ordermin_base` closes the position:
+    what is left is dust no order can sell, and followers must not keep a position the master has left.
     """
     if vol_exec <= 0:
         raise ValueError(f"master order {order_id} has no executed volume: nothing to copy")
@@ -125,7 +127,8 @@ def signal_from_master_order(
         if position_before_base is None or position_before_base <= 0:
             raise ValueError(f"master sell {order_id}: position_before_base must be the position held before it")
         fraction = min(Decimal(1), vol_exec / position_before_base)
-        closes = vol_exec >= position_before_base
+        left_base = position_before_base - vol_exec
+        closes = left_base <= 0 or left_base < ordermin_base
     return Signal(
         signal_id=signal_id_for(order_id, fill_ref or str(vol_exec)),
         master_order_id=order_id,

@@ -153,8 +153,11 @@ def _size_sell(signal: Signal, book: FollowerBook, rules: PairRules, price: Deci
         return Skip(SkipReason.POSITION_UNKNOWN, f"{rules.base} balance could not be read")
     if held <= ZERO:
         return Skip(SkipReason.NO_POSITION, f"holds no {rules.base}")
-    wanted = held if signal.closes_position else signal.sell_fraction * held
-    volume = min(rules.info.round_volume_down(wanted), rules.info.round_volume_down(held))
+    all_of_it = rules.info.round_volume_down(held)
+    volume = all_of_it if signal.closes_position else min(rules.info.round_volume_down(signal.sell_fraction * held),
+                                                          all_of_it)
+    if ZERO < all_of_it - volume and rules.info.minimum_shortfall(all_of_it - volume, price) is not None:
+        volume = all_of_it  # what would be left could never be sold on its own: sell it with this step
     skipped = _minimums(volume, price, rules, "sell")
     if skipped:
         return skipped

@@ -39,3 +39,15 @@ def test_bridge_from_master_sell_fill():
     closing = signal_from_master_order("OY", pair="XBTUSD", side="sell", vol_exec=D("0.1"), cost_usd=D("5000"),
                                        fee_usd=D(0), master_equity_usd=D("1000"), position_before_base=D("0.1"))
     assert closing.closes_position and closing.sell_fraction == 1
+
+
+def test_a_master_sell_that_leaves_only_dust_closes_the_position():
+    # Balances have 10 decimals, lots 8: the master sold its whole lot and 4.2e-9 BTC stays behind, unsellable.
+    leaves_dust = signal_from_master_order("OZ", pair="XBTUSD", side="sell", vol_exec=D("0.05"), cost_usd=D("2500"),
+                                           fee_usd=D(0), master_equity_usd=D("1000"),
+                                           position_before_base=D("0.0500000042"), ordermin_base=D("0.0001"))
+    assert leaves_dust.closes_position and leaves_dust.sell_fraction == 1
+    partial = signal_from_master_order("OW", pair="XBTUSD", side="sell", vol_exec=D("0.05"), cost_usd=D("2500"),
+                                       fee_usd=D(0), master_equity_usd=D("1000"), position_before_base=D("0.0502"),
+                                       ordermin_base=D("0.0001"))
+    assert not partial.closes_position

@@ -107,6 +107,14 @@ def test_closing_sell_sells_everything_held():
     assert plan.volume_base == D("0.01234567") and plan.limit_price_usd is None
 
 
+def test_a_partial_exit_that_would_leave_an_unsellable_remainder_sells_everything():
+    # 55 % of 0.00019 leaves 0.0000855 BTC, below XBTUSD's ordermin of 0.0001: that could never be sold later.
+    plan = size_copy(sell("0.55"), FollowerLimits(), FollowerBook(D(1), D(1), D("0.00019")), XBT)
+    assert plan.volume_base == D("0.00019")
+    plan = size_copy(sell("0.25"), FollowerLimits(), FollowerBook(D(1), D(1), D("0.01")), XBT)
+    assert plan.volume_base == D("0.0025")  # a sellable remainder stays
+
+
 def test_exit_is_never_capped_by_entry_slippage():
     plan = size_copy(sell("0.5"), FollowerLimits(entry_slippage=D("0.001")),
                      FollowerBook(D(1), D(1), D("0.01")), XBT)
@@ -158,6 +166,11 @@ def test_sell_properties(held, fraction, closes):
         assert result.reason in {SkipReason.NO_POSITION, SkipReason.BELOW_ORDERMIN, SkipReason.BELOW_COSTMIN}
         return
     assert result.volume_base <= held  # never more than held
-    expected = held if closes else held * fraction
-    assert expected - result.volume_base < D("0.00000001")
     assert result.volume_base == round_volume_down(result.volume_base, 8)
+    everything = round_volume_down(held, 8)
+    if result.volume_base == everything:
+        return  # closed, or the remainder could not have been sold on its own
+    assert not closes
+    assert held * fraction - result.volume_base < D("0.00000001")
+    left = everything - result.volume_base  # a sellable remainder
+    assert left >= XBT_INFO.ordermin and left * D("50000") >= XBT_INFO.costmin
