@@ -11,6 +11,7 @@ Tables
                   failed    rejected / not sent because of an error, with the reason
               pending and unknown are "unfinished": resume looks them up by cl_ord_id, then finishes or sends them.
     day_marks a follower's equity at the start of a UTC day (for max_daily_loss across restarts)
+    loss_limits the UTC days on which a follower reached max_daily_loss (no entries for the rest of the day)
 
 Results are written as they arrive but committed in small batches: losing the last batch in a crash is safe, because
 the intent stays unfinished and is reconciled by its client order id, never resent blindly.
@@ -64,6 +65,11 @@ CREATE TABLE IF NOT EXISTS day_marks (
     follower         TEXT NOT NULL,
     day              TEXT NOT NULL,
     start_equity_usd TEXT NOT NULL,
+    PRIMARY KEY (follower, day)
+);
+CREATE TABLE IF NOT EXISTS loss_limits (
+    follower TEXT NOT NULL,
+    day      TEXT NOT NULL,
     PRIMARY KEY (follower, day)
 );
 """
@@ -240,3 +246,13 @@ class Store:
         ((value,),) = await self._db.execute_fetchall(
             "SELECT start_equity_usd FROM day_marks WHERE follower = ? AND day = ?", (follower, day))
         return Decimal(value)
+
+    async def mark_loss_limit(self, follower: str, day: str) -> None:
+        """Remember that `follower` reached max_daily_loss on `day`: entries stay blocked that day after a restart."""
+        async with self._lock:
+            await self._db.execute("INSERT OR IGNORE INTO loss_limits(follower, day) VALUES (?, ?)", (follower, day))
+
+    async def loss_limit_reached(self, follower: str, day: str) -> bool:
+        rows = await self._db.execute_fetchall(
+            "SELECT 1 FROM loss_limits WHERE follower = ? AND day = ?", (follower, day))
+        return bool(rows)

@@ -38,7 +38,7 @@ from nija.kraken.errors import (
 from nija.logs import get_logger
 from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
-from nija.trading.positions import Portfolio, PriceBook, refresh_interval_s, utc_day
+from nija.trading.positions import BalanceRead, Portfolio, PriceBook, refresh_interval_s, utc_day
 from nija.trading.signals import ENTRY_MAX_AGE_S, Signal, cl_ord_id_for
 from nija.trading.sizing import (
     MARKET_BUY_PRICE_BUFFER,
@@ -109,8 +109,8 @@ class OrderGateway(Protocol):
 
     async def fill_of(self, order_id: str) -> Fill | None: ...
 
-    async def available_balances(self) -> Mapping[str, Decimal]:
-        """Spendable amount per common asset name (USD, BTC, ...)."""
+    async def read_balances(self) -> BalanceRead:
+        """What the account can trade now and what else it owns, per common asset name (USD, BTC, ...)."""
 
 
 @dataclass(slots=True)
@@ -122,6 +122,8 @@ class FollowerAccount:
     unbooked: int = 0  # orders sent whose fill is not booked yet: a balance read now may hold what the book lacks
     #: cash that buys sent but not booked yet may spend: entries on other pairs, sized meanwhile, must not count it
     committed_usd: Decimal = Decimal(0)
+    #: the UTC day whose max_daily_loss block is in the store
+    loss_limit_stored: str | None = None
     #: why the account cannot trade (its key was rejected); set by a balance read, cleared by the next good one
     unusable: str | None = None
     limits: FollowerLimits | None = None  # the config's sizing knobs, built once
@@ -642,8 +644,10 @@ class CopyEngine:
         if account.unusable and not account.portfolio.known:
             # The exchange refused this account's key: report that, rather than "balance unknown".
             return CopyResult(**base, status="failed", reason=f"account unusable: {account.unusable}")
-        plan = size_copy(signal, account.limits, self._book(account, rules), rules,
-                         taker_fee_rate=self.taker_fee_rate)
+        book = self._book(account, rules)
+        if book.daily_loss_reached:
+            await self._keep_loss_limit(account)
+        plan = size_copy(signal, account.limits, book, rules, taker_fee_rate=self.taker_fee_rate)
         if isinstance(plan, Skip):
             return CopyResult(**base, status="skipped", reason=str(plan))
         self._loads_at_send[cl_ord_id] = account.portfolio.loads
@@ -782,6 +786,16 @@ class CopyEngine:
             daily_loss_reached=portfolio.daily_loss_reached(account.config.max_daily_loss, equity, self._today()),
         )
 
+    async def _keep_loss_limit(self, account: FollowerAccount) -> None:
+        """Store the day a follower reached max_daily_loss, once: a restart later that day keeps the block."""
+        portfolio = account.portfolio
+        if portfolio.loss_limit_day is not None and portfolio.loss_limit_day != account.loss_limit_stored:
+            log.warning("daily_loss_limit_reached", name=account.name, day=portfolio.loss_limit_day,
+                        max_daily_loss=str(account.config.max_daily_loss),
+                        day_start_equity_usd=str(portfolio.day_start_equity_usd))
+            await self.store.mark_loss_limit(account.name, portfolio.loss_limit_day)
+            account.loss_limit_stored = portfolio.loss_limit_day
+
     def _today(self) -> str:
         """The UTC day, formatted once per day (unix time has 86,400 s in every day)."""
         now_s = self.clock()
@@ -862,7 +876,7 @@ class CopyEngine:
         try:
             async with self._semaphore:
                 async with asyncio.timeout(self.order_timeout_s):
-                    balances = await account.gateway.available_balances()
+                    balances = await account.gateway.read_balances()
         except (KrakenError, TimeoutError) as exc:
             log.warning("balance_refresh_failed", name=account.name, error=_describe(exc))
             if isinstance(exc, ConfigurationError):
@@ -885,6 +899,8 @@ class CopyEngine:
             return
         portfolio.day = day
         portfolio.day_start_equity_usd = await self.store.day_start_equity(account.name, day, equity)
+        if await self.store.loss_limit_reached(account.name, day):
+            portfolio.loss_limit_day = account.loss_limit_stored = day
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -1,7 +1,7 @@
 """The copy engine's view of one Kraken account, on top of nija.kraken.KrakenClient.
 
 Places the sized order (market, or IOC limit for capped entries) with the intent's client order id, looks orders up
-by that id, reads fills and spendable balances. The client already never places an AddOrder twice; this module only
+by that id, reads fills and balances. The client already never places an AddOrder twice; this module only
 translates between its models and the engine's small types.
 """
 
@@ -13,6 +13,7 @@ from nija.kraken.client import KrakenClient
 from nija.kraken.models import Order
 from nija.kraken.pairs import Pairs, split_balance_suffix
 from nija.trading.copy import Fill, Placed
+from nija.trading.positions import BalanceRead
 from nija.trading.sizing import OrderPlan
 
 __all__ = ["KrakenGateway", "fill_from_order"]
@@ -59,14 +60,20 @@ class KrakenGateway:
         order = (await self.client.query_orders(order_id)).get(order_id)
         return None if order is None else fill_from_order(order)
 
-    async def available_balances(self) -> dict[str, Decimal]:
-        totals: dict[str, Decimal] = {}
+    async def read_balances(self) -> BalanceRead:
+        available: dict[str, Decimal] = {}
+        locked: dict[str, Decimal] = {}
         for key, entry in (await self.client.balance_ex()).by_asset.items():
-            if split_balance_suffix(key)[1] is not None:
-                continue  # earn/staking sub-balances cannot be sold or spent as they are
             asset = self.pairs.asset_name(key)
-            totals[asset] = totals.get(asset, Decimal(0)) + entry.available
-        return totals
+            if split_balance_suffix(key)[1] is not None:
+                # Earn and staking sub-balances (XBT.F, USD.M, ...) cannot be sold or spent as they are, but they
+                # are the account's as much as its cash: part of the equity entries are sized from.
+                locked[asset] = locked.get(asset, Decimal(0)) + entry.balance
+                continue
+            available[asset] = available.get(asset, Decimal(0)) + entry.available
+            # Held by the account's own open orders (less credit, which is not the account's)
+            locked[asset] = locked.get(asset, Decimal(0)) + entry.balance - entry.available
+        return BalanceRead(available, locked)
 
 
 def follower_accounts(followers, pairs: Pairs, *, base_url: str, tier: str = "starter", context=None,

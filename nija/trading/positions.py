@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from nija.trading.profiles import profile_for
 
-__all__ = ["PriceBook", "Portfolio", "refresh_interval_s", "utc_day", "CASH_ASSET"]
+__all__ = ["PriceBook", "Portfolio", "BalanceRead", "refresh_interval_s", "utc_day", "CASH_ASSET"]
 
 ZERO = Decimal(0)
 CASH_ASSET = "USD"
@@ -49,23 +49,38 @@ class PriceBook:
         return self.usd_by_asset.get(asset)
 
 
+@dataclass(frozen=True, slots=True)
+class BalanceRead:
+    """One read of an account's balances, per common asset name (USD, BTC, ...).
+
+    `available`: what can be spent or sold now. `locked`: what the account owns beyond that — held by its own open
+    orders, staked, in Earn (less any credit counted in `available`) — part of its equity, never spent or sold.
+    """
+
+    available: Mapping[str, Decimal]
+    locked: Mapping[str, Decimal] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class Portfolio:
     """One follower's holdings (available amounts, common asset names) and its daily-loss bookkeeping."""
 
     holdings: dict[str, Decimal] | None = None  # None until the first successful balance read
+    locked: dict[str, Decimal] = field(default_factory=dict)  # owned, not tradable now: counted in equity only
     generation: int = 0  # bumped on every local change; a refresh started before a change is discarded
     loads: int = 0  # balance reads taken: an estimate booked before the latest one is already in it
     day: str | None = None
     day_start_equity_usd: Decimal | None = None
+    loss_limit_day: str | None = None  # the UTC day max_daily_loss was reached: no entries for the rest of it
 
     @property
     def known(self) -> bool:
         return self.holdings is not None
 
-    def load(self, available_by_asset: Mapping[str, Decimal]) -> None:
-        """Replace holdings with a fresh balance read (available amounts per common asset name)."""
-        self.holdings = {asset: amount for asset, amount in available_by_asset.items() if amount != ZERO}
+    def load(self, read: BalanceRead) -> None:
+        """Replace holdings with a fresh balance read."""
+        self.holdings = {asset: amount for asset, amount in read.available.items() if amount != ZERO}
+        self.locked = {asset: amount for asset, amount in read.locked.items() if amount != ZERO}
         self.generation += 1
         self.loads += 1
 
@@ -80,12 +95,18 @@ class Portfolio:
         return None if self.holdings is None else self.holdings.get(asset, ZERO)
 
     def equity_usd(self, prices: PriceBook) -> Decimal | None:
-        """Cash plus every holding at its last price; unknown (None) while a holding that has a USD market has no
-        price yet, since leaving it out would understate the equity every entry is sized from (invariant 7)."""
+        """Everything the account owns at its last price: cash and holdings, and what is locked in open orders,
+        staking or Earn. Unknown (None) while a holding that has a USD market has no price yet, since leaving it
+        out would understate the equity every entry is sized from (invariant 7)."""
         if self.holdings is None:
             return None
+        owned = dict(self.holdings)
+        for asset, amount in self.locked.items():
+            owned[asset] = owned.get(asset, ZERO) + amount
         total = ZERO
-        for asset, amount in self.holdings.items():
+        for asset, amount in owned.items():
+            if amount == ZERO:
+                continue
             price = prices.get(asset)
             if price is None:
                 if prices.has_usd_market(asset):
@@ -120,9 +141,17 @@ class Portfolio:
         self.generation += 1
 
     def daily_loss_reached(self, max_daily_loss: Decimal | None, equity_usd: Decimal | None, today: str) -> bool:
-        """True once equity fell by `max_daily_loss` (a fraction) from the start of UTC day `today`. A mark from
-        an earlier day blocks nothing: the block lifts at midnight, not at the next balance read."""
-        if max_daily_loss is None or equity_usd is None or not self.day_start_equity_usd or self.day != today:
+        """True once equity fell by `max_daily_loss` (a fraction) from the start of UTC day `today`, and for the
+        rest of that day even if equity comes back. A mark from an earlier day blocks nothing: the block lifts at
+        midnight, not at the next balance read."""
+        if max_daily_loss is None:
+            return False
+        if self.loss_limit_day == today:
+            return True
+        if equity_usd is None or not self.day_start_equity_usd or self.day != today:
             return False
         lost = (self.day_start_equity_usd - equity_usd) / self.day_start_equity_usd
-        return lost >= max_daily_loss
+        if lost >= max_daily_loss:
+            self.loss_limit_day = today
+            return True
+        return False

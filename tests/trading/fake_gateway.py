@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from nija.kraken.errors import TransportError
 from nija.trading.copy import Fill, Placed
+from nija.trading.positions import BalanceRead
 
 
 class FakeAccount:
@@ -67,6 +68,6 @@ class FakeAccount:
                     return fill
         return None
 
-    async def available_balances(self):
+    async def read_balances(self):
         self.calls.append("balance")
-        return dict(self.balances)
+        return BalanceRead(dict(self.balances))

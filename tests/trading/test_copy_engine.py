@@ -16,7 +16,7 @@ from nija.kraken.pairs import Pairs
 from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
 from nija.trading.copy import CopyEngine, Fill, FollowerAccount, Placed
-from nija.trading.positions import utc_day
+from nija.trading.positions import BalanceRead, utc_day
 from nija.trading.signals import Signal, cl_ord_id_for
 from nija.trading.sizing import OrderPlan
 
@@ -125,6 +125,23 @@ async def test_the_daily_loss_block_lifts_at_utc_midnight_before_the_next_balanc
     now_s[0] += 90  # the next day; the balances have not been read since
     summary = await engine.copy(buy("after-midnight"))
     assert summary.results[0].status == "succeeded" and loser.orders
+
+
+async def test_the_daily_loss_block_outlives_a_recovery_and_a_restart_the_same_day(store):
+    now_s = [1_780_012_800.0 + 3600]  # an hour into a UTC day
+    loser = FakeAccount(usd="1000")
+    engine = await engine_with(store, [account("l", loser, max_daily_loss=0.05)], clock=lambda: now_s[0])
+    loser.balances["USD"] = D("900")
+    await engine.refresh_all()
+    assert (await engine.copy(buy("down"))).results[0].reason.startswith("daily_loss_reached")
+    loser.balances["USD"] = D("990")  # back to 1 % down, the same day
+    await engine.refresh_all()
+    assert (await engine.copy(buy("recovered"))).results[0].reason.startswith("daily_loss_reached")
+    restarted = await engine_with(store, [account("l", loser, max_daily_loss=0.05)], clock=lambda: now_s[0])
+    assert (await restarted.copy(buy("restarted"))).results[0].reason.startswith("daily_loss_reached")
+    now_s[0] += 86_400
+    await restarted.refresh_all()
+    assert (await restarted.copy(buy("next-day"))).results[0].status == "succeeded"
 
 
 async def test_disabled_symbol_and_daily_loss(store):
@@ -400,8 +417,8 @@ class BtcAndXrpAccount:
     async def fill_of(self, order_id):
         return next((fill for fill in self.orders.values() if fill.order_id == order_id), None)
 
-    async def available_balances(self):
-        return dict(self.balances)
+    async def read_balances(self):
+        return BalanceRead(dict(self.balances))
 
 
 async def test_entries_on_two_pairs_at_once_share_the_followers_free_cash(store):

@@ -14,7 +14,7 @@ from nija.kraken.client import KrakenClient
 from nija.store import IntentRow
 from nija.trading.signals import cl_ord_id_for
 
-from tests.trading.live import make_rig, round_volume_down
+from tests.trading.live import PAIR, make_rig, round_volume_down
 
 
 @pytest.fixture
@@ -162,5 +162,21 @@ async def test_restart_while_the_lost_order_is_still_on_its_way_never_places_it_
         await asyncio.sleep(1.5)  # past the moment the held request lands, whatever the engine did
         assert rig.orders_per_cl_ord_id("alice") == {cl: 1}
         assert rig.held("alice") == D("0.002")
+    finally:
+        await rig.close()
+
+
+async def test_cash_held_by_a_followers_own_open_order_still_counts_in_its_equity(served, tmp_path):
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "10000"}})
+    try:
+        own = exchange.account("alice")
+        alice = KrakenClient(own.api_key, own.api_secret, base_url=url, context=rig.context, name="alice-own")
+        await alice.add_order(PAIR, "buy", D("0.1"), ordertype="limit", price=D("30000"))  # holds ~3,012
+        await rig.engine.refresh_all()
+        signal = await rig.master_trade("buy", D("0.1"))  # half the master's equity
+        summary = await rig.engine.copy(signal)
+        # capped at 10 % of her 10,000 USD of equity, not of the 6,988 her resting order leaves free
+        assert [r.volume_base for r in summary.results] == [round_volume_down(D("1000") / signal.avg_price_usd, 8)]
     finally:
         await rig.close()
