@@ -257,14 +257,14 @@ def check_main(argv: list[str], *, environ: Mapping[str, str] | None = None, out
         for problem in exc.problems:
             print(f"  ✗ {problem}", file=out)
         failed = True
-        settings = Settings()
+        settings = Settings()  # only to find the follower files: nothing above is reported as configured
     else:
         print("settings: ok", file=out)
-    print(f"  mode             {settings.copy_trading_mode.value}", file=out)
-    print(f"  api url          {settings.kraken_api_url}", file=out)
-    print(f"  master keys      {'set' if settings.has_master_keys else 'not set (paper mode)'}", file=out)
-    print(f"  state dir        {settings.state_dir}", file=out)
-    print(f"  copy concurrency {settings.copy_concurrency}", file=out)
+        print(f"  mode             {settings.copy_trading_mode.value}", file=out)
+        print(f"  api url          {settings.kraken_api_url}", file=out)
+        print(f"  master keys      {'set' if settings.has_master_keys else 'not set (paper mode)'}", file=out)
+        print(f"  state dir        {settings.state_dir}", file=out)
+        print(f"  copy concurrency {settings.copy_concurrency}", file=out)
 
     directory = Path(users_dir) if users_dir else settings.users_dir
     load = load_followers(directory, environ, master_api_key=settings.master_api_key)

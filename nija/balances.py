@@ -17,11 +17,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 
+from nija import logs
 from nija.accounts import load_followers
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.errors import KrakenError
 from nija.kraken.nonce import NonceCoordinator
-from nija.lifecycle import AlreadyRunningError, InstanceLock
+from nija.lifecycle import AlreadyRunningError, InstanceLock, state_dir_problem
 from nija.settings import Settings, SettingsError, load_settings
 
 __all__ = ["AccountBalance", "read_balances", "main"]
@@ -49,11 +50,13 @@ async def read_balances(settings: Settings, environ: Mapping[str, str] | None = 
     loaded = load_followers(settings.users_dir, environ, master_api_key=settings.master_api_key)
     rows: list[AccountBalance] = []
     with ExitStack() as locks:
-        locks.enter_context(InstanceLock(settings.state_dir, settings.master_api_key.get_secret_value()))
+        locks.enter_context(InstanceLock(settings.state_dir, settings.master_api_key.get_secret_value(),
+                                         holder="nija balances"))
         accounts = [("master", "master", settings.master_api_key, settings.master_api_secret)]
         for follower in loaded.followers:
             try:
-                locks.enter_context(InstanceLock(settings.state_dir, follower.api_key.get_secret_value()))
+                locks.enter_context(InstanceLock(settings.state_dir, follower.api_key.get_secret_value(),
+                                                 holder="nija balances"))
             except AlreadyRunningError:
                 rows.append(AccountBalance(follower.name, "follower", problem="its key is in use by a running daemon"))
                 continue
@@ -87,6 +90,7 @@ def main(argv: list[str], *, environ: Mapping[str, str] | None = None, out=None)
     except SettingsError as exc:
         print(str(exc), file=out)
         return 2
+    logs.configure(to_stderr=True)  # the table on stdout, retries and warnings apart from it
     if not settings.has_master_keys:
         print("no master keys: set KRAKEN_MASTER_API_KEY and KRAKEN_MASTER_API_SECRET (paper mode has no "
               "accounts to read outside a running daemon)", file=out)
@@ -96,6 +100,9 @@ def main(argv: list[str], *, environ: Mapping[str, str] | None = None, out=None)
     except AlreadyRunningError as exc:
         print(f"{exc}\nThe running daemon logs every balance: see its balance_snapshot and heartbeat lines.", file=out)
         return 3
+    except OSError as exc:
+        print(state_dir_problem(exc, settings.state_dir), file=out)
+        return 2
     print(f"{'account':<20} {'role':<9} {'cash_usd':>14} {'equity_usd':>14}", file=out)
     for row in rows:
         if row.problem:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
+import os
 import signal
 import sys
 import time
@@ -30,7 +32,7 @@ from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.errors import ConfigurationError, KrakenError
 from nija.kraken.nonce import NonceCoordinator
 from nija.kraken.pairs import Pairs
-from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle, State
+from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle, State, state_dir_problem
 from nija.settings import Settings, SettingsError, load_settings
 from nija.store import Store
 from nija.trading.copy import CopyEngine
@@ -45,6 +47,8 @@ log = logs.get_logger("nija.daemon")
 HEARTBEAT_S = 60.0
 RECONCILE_S = 60.0
 HEALTH_S = 5.0
+#: the master's equity is read again this often to choose the rate profile (every minute while unknown)
+MASTER_EQUITY_S, MASTER_EQUITY_RETRY_S = 3600.0, 60.0
 PAIRS_REFRESH_S = 900.0
 #: how long orders in flight may take to finish once a stop is asked for (Render waits 30 s before SIGKILL)
 STOP_GRACE_S = 20.0
@@ -62,13 +66,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    logs.configure()
+    if not (args.speed >= 0 and math.isfinite(args.speed)):
+        print(f"nija run: --speed {args.speed} must be a finite number ≥ 0 (1 = real time)", file=sys.stderr)
+        return 2
     try:
         settings = load_settings()
     except SettingsError as exc:
+        logs.configure()
         for problem in exc.problems:
             log.error("settings_invalid", problem=problem)
         return 2
+    logs.configure()  # after load_settings: `.env` may set NIJA_LOG_LEVEL and NIJA_LOG_FORMAT
     try:
         return asyncio.run(run(settings, paper=args.paper or not settings.has_master_keys, speed=args.speed,
                                seed=args.seed, duration_s=args.duration))
@@ -77,6 +85,9 @@ def main(argv: list[str]) -> int:
         return 3
     except StartupError as exc:
         log.error("startup_failed", reason=str(exc))
+        return 2
+    except OSError as exc:  # the state directory: locks, nonce marks, the store
+        log.error("startup_failed", reason=state_dir_problem(exc, settings.state_dir))
         return 2
 
 
@@ -157,6 +168,7 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
                      equity_usd=_text(account.portfolio.equity_usd(engine.prices)),
                      copies=account.copies, unusable=account.unusable)
 
+        engine.master_equity_usd = master_equity_usd
         watcher = MasterFillWatcher(
             master, pairs, engine.submit, state_path=settings.state_dir / "master_fills.json",
             poll_s=master_poll_s or profile_for(master_equity_usd).order_status_refresh_s,
@@ -166,7 +178,9 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         tasks = [asyncio.create_task(_heartbeat(lifecycle, engine), name="heartbeat"),
                  asyncio.create_task(_pairs_refresh_loop(master, watcher, engine), name="pairs-refresh"),
                  asyncio.create_task(_reconcile_loop(engine), name="reconcile"),
-                 asyncio.create_task(_follower_health(lifecycle, engine), name="follower-health")]
+                 asyncio.create_task(_follower_health(lifecycle, engine), name="follower-health"),
+                 asyncio.create_task(_master_equity_loop(master, lifecycle, engine, watcher, master_poll_s),
+                                     name="master-equity")]
         if settings.copies:
             tasks.append(asyncio.create_task(watcher.run(), name="master-watch"))
         else:
@@ -255,8 +269,10 @@ async def _paper_exchange(stack: AsyncExitStack, settings: Settings, speed: floa
     server = await stack.enter_async_context(exchange.serve(host="127.0.0.1", port=0))
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     env_path = settings.state_dir / "keys.env"
-    env_path.write_text("\n".join(env_lines(server.url, exchange)) + "\n")
-    env_path.chmod(0o600)
+    fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
+    os.fchmod(fd, 0o600)  # a file left by an older version keeps its mode otherwise
+    with os.fdopen(fd, "w") as keys_file:
+        keys_file.write("\n".join(env_lines(server.url, exchange)) + "\n")
     master = exchange.account(master_name(exchange))
     followers = [
         Follower(FollowerConfig(name=account.name), SecretStr(account.api_key), SecretStr(account.api_secret))
@@ -288,7 +304,7 @@ async def _balance_snapshot(client: KrakenClient, name: str, lifecycle: Lifecycl
         raise
     except KrakenError as exc:
         log.error("balance_snapshot", account=name, role=name, error=str(exc), equity_usd=None)
-        lifecycle.problem(f"balance:{name}", str(exc))
+        lifecycle.problem(f"balance:{name}", str(exc))  # until _master_equity_loop reads it
         return None
     cash = balances.get("ZUSD", Decimal(0))
     log.info("balance_snapshot", account=name, role="master", cash_usd=str(cash), equity_usd=str(equity))
@@ -319,14 +335,41 @@ async def _pairs_refresh_loop(master: KrakenClient, watcher: MasterFillWatcher, 
 
 
 async def _follower_health(lifecycle: Lifecycle, engine: CopyEngine) -> None:
-    """Mirror each follower's usability into the lifecycle: degraded while a key is refused, recovered after."""
+    """Mirror each follower's health into the lifecycle: degraded while its key is refused or its balances could not
+    be read twice in a row (one miss is the network's business), recovered after."""
     while True:
         for account in engine.followers.values():
             if account.unusable:
                 lifecycle.problem(f"follower:{account.name}", account.unusable)
+            elif account.failed_reads >= 2:
+                lifecycle.problem(f"follower:{account.name}", f"cannot be reached: {account.read_problem}")
             else:
                 lifecycle.recovered(f"follower:{account.name}")
         await asyncio.sleep(HEALTH_S)
+
+
+async def _master_equity_loop(master: KrakenClient, lifecycle: Lifecycle, engine: CopyEngine,
+                              watcher: MasterFillWatcher, poll_override_s: float | None) -> None:
+    """Read the master's equity every hour (every minute while it is unknown) and choose the rate profile from it
+    again (APEX_V71.md), so that the polling and refresh intervals follow the account as it grows or shrinks."""
+    chosen = None if engine.master_equity_usd is None else profile_for(engine.master_equity_usd).name
+    while True:
+        await asyncio.sleep(MASTER_EQUITY_S if engine.master_equity_usd is not None else MASTER_EQUITY_RETRY_S)
+        try:
+            equity = (await master.trade_balance()).equivalent_balance
+        except KrakenError as exc:
+            log.warning("master_equity_unread", error=str(exc))
+            continue
+        lifecycle.recovered("balance:master")
+        engine.master_equity_usd = equity
+        profile = profile_for(equity)
+        if profile.name != chosen:
+            chosen = profile.name
+            log.info("rate_profile", profile=profile.name, master_equity_usd=str(equity),
+                     order_status_refresh_s=profile.order_status_refresh_s,
+                     balance_refresh_s=profile.balance_refresh_s)
+            if poll_override_s is None:
+                watcher.poll_s = profile.order_status_refresh_s
 
 
 async def _reconcile_loop(engine: CopyEngine) -> None:

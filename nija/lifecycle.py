@@ -12,6 +12,7 @@ import enum
 import fcntl
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from nija.logs import get_logger
@@ -87,6 +88,17 @@ class AlreadyRunningError(RuntimeError):
     pass
 
 
+def state_dir_problem(exc: OSError, state_dir: Path) -> str:
+    """What to tell an operator whose state directory cannot be used."""
+    where = f"{exc.filename}" if exc.filename else str(state_dir)
+    return (f"cannot use {where} ({exc.strerror or type(exc).__name__}): NIJA_STATE_DIR={state_dir} must be a "
+            "directory NIJA can create and write")
+
+
+#: lock holders that only hold a key for the seconds a command takes: a daemon starting meanwhile waits for them
+BRIEF_HOLDERS = frozenset({"nija balances"})
+
+
 class InstanceLock:
     """An exclusive lock per set of keys in the state directory (invariant 9: one daemon per set of keys).
 
@@ -94,25 +106,36 @@ class InstanceLock:
     process dies, so a crash never leaves a stale lock behind.
     """
 
-    def __init__(self, state_dir: Path, key_identity: str) -> None:
+    def __init__(self, state_dir: Path, key_identity: str, *, holder: str = "nija run",
+                 wait_for_brief_s: float = 15.0) -> None:
         digest = hashlib.sha256(key_identity.encode()).hexdigest()[:16]
         self.path = Path(state_dir) / f"daemon-{digest}.lock"
+        self.holder = holder
+        self.wait_for_brief_s = wait_for_brief_s
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the lock; a `nija balances` holding it (for the seconds its reads take) is waited for."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise AlreadyRunningError(
-                f"another NIJA daemon (pid {other}) is running with these keys (lock {self.path}); "
-                "stop it first: two daemons on one key would break its nonce sequence and double every copy"
-            ) from None
+        give_up_at = time.monotonic() + self.wait_for_brief_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pid, _, other = os.pread(fd, 200, 0).decode(errors="replace").strip().partition(" ")
+                other = other or "nija run"
+                if other in BRIEF_HOLDERS and time.monotonic() < give_up_at:
+                    time.sleep(0.2)
+                    continue
+                os.close(fd)
+                raise AlreadyRunningError(
+                    f"another NIJA process ({other}, pid {pid or 'unknown'}) is using these keys (lock {self.path}); "
+                    "stop it first: two processes on one key would break its nonce sequence and double every copy"
+                ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.pwrite(fd, f"{os.getpid()} {self.holder}".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

@@ -31,24 +31,28 @@ def _mask_secrets(_logger, _name, event_dict):
     return event_dict
 
 
-class _StdoutLogger:
-    """Writes each line to whatever `sys.stdout` is at that moment (a test runner may swap it after set-up)."""
+class _StreamLogger:
+    """Writes each line to whatever `sys.stdout` (or `sys.stderr`) is at that moment (a test runner may swap it
+    after set-up)."""
 
     __slots__ = ("name",)
+    stream_name = "stdout"
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name
 
     def msg(self, message: str) -> None:
-        stream = sys.stdout
+        stream = getattr(sys, self.stream_name)
         stream.write(message + "\n")
         stream.flush()
 
     log = debug = info = warning = warn = error = critical = exception = fatal = failure = err = msg
 
 
-def configure(level: str | None = None, *, json_lines: bool | None = None) -> None:
-    """Set up structlog once for the process. NIJA_LOG_LEVEL and NIJA_LOG_FORMAT (console|json) override."""
+def configure(level: str | None = None, *, json_lines: bool | None = None, to_stderr: bool = False) -> None:
+    """Set up structlog once for the process. NIJA_LOG_LEVEL and NIJA_LOG_FORMAT (console|json) override; call it
+    after `load_settings`, which puts `.env` into the environment. `to_stderr` keeps a command's report on stdout
+    apart from its log lines."""
     level_name = (level or os.environ.get("NIJA_LOG_LEVEL") or "INFO").upper()
     if level_name not in _LEVELS:
         print(f"NIJA_LOG_LEVEL={level_name!r} is not a level: use one of {', '.join(_LEVELS)}; using INFO",
@@ -61,7 +65,9 @@ def configure(level: str | None = None, *, json_lines: bool | None = None) -> No
             print(f"NIJA_LOG_FORMAT={wanted!r} is not a format: use json or console; choosing by terminal",
                   file=sys.stderr)
             wanted = ""
-        json_lines = wanted == "json" or (wanted != "console" and not sys.stdout.isatty())
+        stream = sys.stderr if to_stderr else sys.stdout
+        json_lines = wanted == "json" or (wanted != "console" and not stream.isatty())
+    _StreamLogger.stream_name = "stderr" if to_stderr else "stdout"
     renderer = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
@@ -73,7 +79,7 @@ def configure(level: str | None = None, *, json_lines: bool | None = None) -> No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(log_level),
-        logger_factory=_StdoutLogger,
+        logger_factory=_StreamLogger,
         cache_logger_on_first_use=True,
     )
 

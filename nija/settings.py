@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -128,8 +129,13 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
 
     raw = _text(env, "KRAKEN_API_URL")
     if raw is not None:
-        if not raw.startswith(("http://", "https://")):
+        url = urlsplit(raw)
+        if url.scheme not in ("http", "https") or not url.hostname:
             problems.append(f"KRAKEN_API_URL={raw!r} is not an http(s) URL: set it like https://api.kraken.com")
+        elif url.username or url.password:
+            # It would be shown in log lines; Kraken's API takes no credentials in the URL anyway.
+            problems.append("KRAKEN_API_URL carries a user name or password: leave them out, e.g. "
+                            "https://api.kraken.com")
         else:
             values["kraken_api_url"] = raw.rstrip("/")
 
@@ -171,18 +177,20 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
         except InvalidOperation:
             problems.append(f"NIJA_TAKER_FEE_RATE={raw!r} must be a fraction in [0, 0.1), e.g. 0.004 for 0.40 %")
 
-    for name, key, example in (("NIJA_BALANCE_REFRESH_S", "balance_refresh_s", "10"),
-                               ("NIJA_ORDER_TIMEOUT_S", "order_timeout_s", "10")):
+    # Bounds a trading daemon can live with: refreshes faster than 1 s would spend the followers' rate budget on
+    # balance reads, and an order that may take hours to count as failed holds its follower's pair that long.
+    for name, key, low_s, high_s, example in (("NIJA_BALANCE_REFRESH_S", "balance_refresh_s", 1, 3600, "10"),
+                                              ("NIJA_ORDER_TIMEOUT_S", "order_timeout_s", 1, 300, "10")):
         raw = _text(env, name)
         if raw is None:
             continue
         try:
             seconds = float(raw)
-            if not seconds > 0:
+            if not low_s <= seconds <= high_s:  # also refuses nan and inf
                 raise ValueError
             values[key] = seconds
         except ValueError:
-            problems.append(f"{name}={raw!r} must be a number of seconds > 0, e.g. {example}")
+            problems.append(f"{name}={raw!r} must be a number of seconds from {low_s} to {high_s}, e.g. {example}")
 
     if problems:
         raise SettingsError(problems)

@@ -122,6 +122,9 @@ class FollowerAccount:
     unbooked: int = 0  # orders sent whose fill is not booked yet: a balance read now may hold what the book lacks
     #: cash that buys sent but not booked yet may spend: entries on other pairs, sized meanwhile, must not count it
     committed_usd: Decimal = Decimal(0)
+    #: balance reads failed in a row, and why the last one did (the daemon reports the follower unreachable)
+    failed_reads: int = 0
+    read_problem: str | None = None
     #: the UTC day whose max_daily_loss block is in the store
     loss_limit_stored: str | None = None
     #: why the account cannot trade (its key was rejected); set by a balance read, cleared by the next good one
@@ -239,7 +242,8 @@ class CopyEngine:
         self._unsettled: dict[tuple[str, str], dict[str, Signal]] = {}
         # cl_ord_id → its outcome, when a later signal's hold settled it (until its own signal is reconciled)
         self._settled_early: dict[str, CopyResult] = {}
-        self._last_master_equity: Decimal | None = None
+        #: the master's latest equity (from its fills, and the daemon's hourly read): it picks the rate profile
+        self.master_equity_usd: Decimal | None = None
         self._today_number, self._today_text = -1, ""  # see _today
         self._background: list[asyncio.Task] = []
         self._idle = asyncio.Event()
@@ -365,7 +369,7 @@ class CopyEngine:
         # and looked up by client order id, never sent blind.
         existing = await self.store.intents_for(signal.signal_id)
         unfinished = sum(1 for r in existing if not r.finished)
-        self._last_master_equity = signal.master_equity_usd
+        self.master_equity_usd = signal.master_equity_usd
         if self.mode is not CopyTradingMode.MASTER_FOLLOW and unfinished:
             # Orders of unknown outcome from MASTER_FOLLOW: the signal stays open until that mode settles them.
             if signal.signal_id not in self._kept_open:
@@ -879,10 +883,13 @@ class CopyEngine:
                     balances = await account.gateway.read_balances()
         except (KrakenError, TimeoutError) as exc:
             log.warning("balance_refresh_failed", name=account.name, error=_describe(exc))
+            account.failed_reads += 1
+            account.read_problem = _describe(exc)
             if isinstance(exc, ConfigurationError):
                 account.unusable = _describe(exc)
             return False  # unknown stays unknown; known stays as last read (never zero)
         account.unusable = None
+        account.failed_reads = 0
         if busy() or account.portfolio.generation != generation:
             return False  # a fill landed while we read: our numbers may predate it
         account.portfolio.load(balances)
@@ -904,7 +911,7 @@ class CopyEngine:
 
     async def _refresh_loop(self) -> None:
         while True:
-            interval = self.refresh_s or refresh_interval_s(self._last_master_equity)
+            interval = self.refresh_s or refresh_interval_s(self.master_equity_usd)
             await asyncio.sleep(interval)
             while self._in_flight:  # never compete with a fan-out for the followers' keys
                 await asyncio.wait(list(self._in_flight.values()))

@@ -44,3 +44,44 @@ def test_a_master_secret_that_is_not_base64_is_named_without_echoing_it():
                       dotenv_path=None)
     assert "KRAKEN_MASTER_API_SECRET is not valid base64" in str(caught.value)
     assert "secret!with*stars" not in str(caught.value)
+
+
+def test_timings_outside_what_a_daemon_can_live_with_and_urls_with_credentials_are_refused():
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"NIJA_ORDER_TIMEOUT_S": "inf", "NIJA_BALANCE_REFRESH_S": "1e-9",
+                       "KRAKEN_API_URL": "https://user:hunter2@proxy.example"}, dotenv_path=None)
+    text = str(caught.value)
+    assert "NIJA_ORDER_TIMEOUT_S='inf' must be a number of seconds from 1 to 300" in text
+    assert "NIJA_BALANCE_REFRESH_S='1e-9' must be a number of seconds from 1 to 3600" in text
+    assert "KRAKEN_API_URL carries a user name or password" in text and "hunter2" not in text
+    with pytest.raises(SettingsError):
+        load_settings({"KRAKEN_API_URL": "http://"}, dotenv_path=None)
+
+
+def test_log_settings_in_dot_env_are_followed(tmp_path):
+    """`.env` is read before logging is set up, so its NIJA_LOG_FORMAT applies to the very first line."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / ".env").write_text("NIJA_LOG_FORMAT=console\nNIJA_ORDER_TIMEOUT_S=inf\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NIJA_", "KRAKEN_"))}
+    done = subprocess.run([sys.executable, "-m", "nija", "run"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    line = done.stdout.strip().splitlines()[-1]
+    assert "settings_invalid" in line and "NIJA_ORDER_TIMEOUT_S" in line and not line.startswith("{")
+
+
+def test_a_state_dir_that_cannot_be_written_stops_the_start_naming_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "afile").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NIJA_", "KRAKEN_"))}
+    env.update(NIJA_STATE_DIR="afile", NIJA_LOG_FORMAT="json")
+    done = subprocess.run([sys.executable, "-m", "nija", "run", "--duration", "5"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "startup_failed" in done.stdout and "NIJA_STATE_DIR=afile must be a directory" in done.stdout

@@ -87,7 +87,7 @@ async def test_a_second_daemon_on_the_same_keys_refuses_to_start(exchange, excha
             await asyncio.wait_for(second, 10)
             raise AssertionError("the second daemon started")
         except AlreadyRunningError as exc:
-            assert "another NIJA daemon" in str(exc)
+            assert "another NIJA process (nija run" in str(exc)
     finally:
         stop.set()
         assert await asyncio.wait_for(first, 30) == 0
@@ -183,3 +183,73 @@ async def test_a_stop_during_a_slow_start_ends_the_start_at_once(exchange, excha
     stop.set()
     assert await asyncio.wait_for(daemon, 10) == 0
     assert not (tmp_path / "state" / "master_fills.json").exists()  # it never got as far as watching
+
+
+async def test_a_follower_that_cannot_be_reached_degrades_the_daemon_until_it_answers_again(
+        exchange, exchange_url, tmp_path, monkeypatch, capsys):
+    import nija.daemon
+    from nija.exchange import Fault
+
+    monkeypatch.setattr(nija.daemon, "HEALTH_S", 0.05)
+    master = exchange.account("master")
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "bob.json").write_text(json.dumps({"name": "bob"}))
+    bob = exchange.account("bob")
+    env = {"KRAKEN_API_URL": exchange_url, "KRAKEN_MASTER_API_KEY": master.api_key,
+           "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
+           "NIJA_USERS_DIR": str(users), "NIJA_BALANCE_REFRESH_S": "1",
+           "KRAKEN_USER_BOB_API_KEY": bob.api_key, "KRAKEN_USER_BOB_API_SECRET": bob.api_secret}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # follower credentials are read from the environment
+    exchange.inject(Fault("service_unavailable", probability=1.0, account="bob"))
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run(load_settings(env, dotenv_path=None), stop=stop, master_poll_s=0.1))
+    output = []
+
+    def logged(event, **fields):
+        """A line of `event` with these fields, as the console renderer the tests use shows them."""
+        output.extend(capsys.readouterr().out.splitlines())
+        wanted = [f"{name}={value}" for name, value in fields.items()]
+        return any(f"] {event} " in line and all(w in line.split() for w in wanted) for line in output)
+
+    try:
+        await wait_for(lambda: logged("degraded", source="follower:bob") or daemon.done(), timeout_s=30)
+        assert not daemon.done()
+        exchange.clear_faults()
+        await wait_for(lambda: logged("recovered", source="follower:bob"), timeout_s=30)
+        assert logged("lifecycle", state="running")
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(daemon, 30) == 0
+
+
+async def test_a_master_balance_unread_at_start_is_read_again_and_sets_the_rate_profile(
+        exchange, exchange_url, tmp_path, monkeypatch, capsys):
+    import nija.daemon
+    from nija.exchange import Fault
+
+    monkeypatch.setattr(nija.daemon, "MASTER_EQUITY_RETRY_S", 0.1)
+    master = exchange.account("master")
+    (tmp_path / "users").mkdir()
+    env = {"KRAKEN_API_URL": exchange_url, "KRAKEN_MASTER_API_KEY": master.api_key,
+           "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
+           "NIJA_USERS_DIR": str(tmp_path / "users")}
+    exchange.inject(Fault("service_unavailable", next_n=6, account="master", method="Balance"))
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run(load_settings(env, dotenv_path=None), stop=stop))
+    output = []
+
+    def logged(event, *words):
+        output.extend(capsys.readouterr().out.splitlines())
+        return any(f"] {event} " in line and all(w in line.split() for w in words) for line in output)
+
+    try:
+        await wait_for(lambda: logged("recovered", "source=balance:master") or daemon.done(), timeout_s=30)
+        assert logged("degraded", "source=balance:master")
+        # $60.53 of master equity: LOW_CAPITAL, whose order-status interval is 15 s
+        assert logged("rate_profile", "profile=LOW_CAPITAL", "order_status_refresh_s=15.0")
+        assert logged("lifecycle", "state=running")
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(daemon, 30) == 0

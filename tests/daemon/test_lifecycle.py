@@ -6,6 +6,34 @@ import pytest
 from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle, State
 
 
+def _hold(tmp_path, holder: str, release_after_s: float) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from nija.lifecycle import InstanceLock\n"
+         "lock = InstanceLock(Path(sys.argv[1]), 'master-key', holder=sys.argv[2]); lock.acquire();"
+         " print('held', flush=True); time.sleep(float(sys.argv[3]))",
+         str(tmp_path), holder, str(release_after_s)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_daemon_starting_while_nija_balances_reads_waits_for_it(tmp_path):
+    balances = _hold(tmp_path, "nija balances", 0.5)
+    try:
+        with InstanceLock(tmp_path, "master-key"):  # waits the half second the balance read takes
+            pass
+        assert balances.wait(timeout=10) == 0
+        balances = _hold(tmp_path, "nija balances", 30)
+        with pytest.raises(AlreadyRunningError) as info:
+            InstanceLock(tmp_path, "master-key", wait_for_brief_s=0).acquire()
+        assert "(nija balances, pid" in str(info.value)
+    finally:
+        balances.kill()
+        balances.wait(timeout=10)
+
+
 def test_second_daemon_on_the_same_keys_refuses_to_start(tmp_path):
     # The holder is another process, as it would be on a VPS or during a Railway overlap.
     holder = subprocess.Popen(
