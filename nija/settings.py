@@ -100,19 +100,31 @@ def _text(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _unparsed_dotenv_lines(path: Path) -> list[str]:
+    """A line of `.env` that python-dotenv cannot parse is skipped with a mere warning: it may hold a setting the
+    operator counts on, so it is a problem to fix."""
+    from dotenv.parser import parse_stream
+
+    with path.open(encoding="utf-8", errors="replace") as stream:
+        # The line itself is not shown: it may hold a secret.
+        return [f"{path} line {binding.original.line} cannot be read: write it as NAME=value, or start it with # "
+                "to keep it as a comment" for binding in parse_stream(stream) if binding.error]
+
+
 def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str | Path | None = ".env") -> Settings:
     """Settings from `environ` (default: os.environ), after loading `dotenv_path` if it exists.
 
     Values already in the environment win over `.env`. Pass `dotenv_path=None` to skip `.env` (tests do).
     """
+    problems: list[str] = []
     if environ is None:
         if dotenv_path is not None and Path(dotenv_path).is_file():
             from dotenv import load_dotenv
 
+            problems += _unparsed_dotenv_lines(Path(dotenv_path))
             load_dotenv(dotenv_path, override=False)
         environ = os.environ
     env = environ
-    problems: list[str] = []
     values: dict[str, object] = {}
 
     for name, key in (("NIJA_STATE_DIR", "state_dir"), ("NIJA_USERS_DIR", "users_dir")):

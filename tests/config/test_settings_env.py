@@ -85,3 +85,13 @@ def test_a_state_dir_that_cannot_be_written_stops_the_start_naming_it(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "startup_failed" in done.stdout and "NIJA_STATE_DIR=afile must be a directory" in done.stdout
+
+
+def test_a_line_of_dot_env_that_cannot_be_read_is_a_problem_to_fix(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("KRAKEN_TIER=pro\nKRAKEN_MASTER_API_SECRET hunter2\n# a comment\n")
+    monkeypatch.delenv("KRAKEN_TIER", raising=False)  # what load_dotenv sets goes again after the test
+    with pytest.raises(SettingsError) as caught:
+        load_settings(dotenv_path=tmp_path / ".env")
+    assert caught.value.problems == [
+        f"{tmp_path / '.env'} line 2 cannot be read: write it as NAME=value, or start it with # to keep it as a "
+        "comment"]  # never the line itself: it may hold a secret
