@@ -133,13 +133,14 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         settings = replace(settings, state_dir=settings.state_dir / "paper")
     async with AsyncExitStack() as stack:
         if paper:
-            stack.enter_context(InstanceLock(settings.state_dir, "paper"))
+            await _lock(stack, InstanceLock(settings.state_dir, "paper"))
             base_url, master_key, master_secret, followers = await _paper_exchange(stack, settings, speed, seed)
         else:
             base_url, master_key, master_secret = (settings.kraken_api_url, settings.master_api_key,
                                                    settings.master_api_secret)
-            stack.enter_context(InstanceLock(settings.state_dir, master_key.get_secret_value()))
-            followers = _lock_follower_keys(stack, settings, _configured_followers(settings, lifecycle), lifecycle)
+            await _lock(stack, InstanceLock(settings.state_dir, master_key.get_secret_value()))
+            followers = await _lock_follower_keys(stack, settings, _configured_followers(settings, lifecycle),
+                                                  lifecycle)
 
         context = await stack.enter_async_context(
             KrakenContext(nonces=NonceCoordinator.for_state_dir(settings.state_dir)))
@@ -237,12 +238,18 @@ async def _connect_master(master: KrakenClient, base_url: str, lifecycle: Lifecy
     return pairs, equity
 
 
-def _lock_follower_keys(stack, settings: Settings, followers: list[Follower], lifecycle: Lifecycle) -> list[Follower]:
+async def _lock(stack: AsyncExitStack, lock: InstanceLock) -> None:
+    await lock.acquire_async()
+    stack.callback(lock.release)
+
+
+async def _lock_follower_keys(stack: AsyncExitStack, settings: Settings, followers: list[Follower],
+                              lifecycle: Lifecycle) -> list[Follower]:
     """Lock each follower's key too, so two daemons (with different masters) never trade one follower's key."""
     kept = []
     for follower in followers:
         try:
-            stack.enter_context(InstanceLock(settings.state_dir, follower.api_key.get_secret_value()))
+            await _lock(stack, InstanceLock(settings.state_dir, follower.api_key.get_secret_value()))
         except AlreadyRunningError as exc:
             log.error("follower_left_out", name=follower.name, reason=str(exc))
             lifecycle.problem(f"follower:{follower.name}", "its key is used by another NIJA daemon")

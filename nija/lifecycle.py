@@ -8,6 +8,7 @@ the failure that caused it.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import fcntl
 import hashlib
@@ -97,6 +98,7 @@ def state_dir_problem(exc: OSError, state_dir: Path) -> str:
 
 #: lock holders that only hold a key for the seconds a command takes: a daemon starting meanwhile waits for them
 BRIEF_HOLDERS = frozenset({"nija balances"})
+_RETRY_S = 0.2
 
 
 class InstanceLock:
@@ -116,27 +118,40 @@ class InstanceLock:
 
     def acquire(self) -> None:
         """Take the lock; a `nija balances` holding it (for the seconds its reads take) is waited for."""
+        give_up_at = time.monotonic() + self.wait_for_brief_s
+        while (holder := self._try_acquire()) is not None:
+            self._refuse_unless_brief(holder, give_up_at)
+            time.sleep(_RETRY_S)
+
+    async def acquire_async(self) -> None:
+        """`acquire` for a running event loop: waiting for a brief holder does not stop the loop."""
+        give_up_at = time.monotonic() + self.wait_for_brief_s
+        while (holder := self._try_acquire()) is not None:
+            self._refuse_unless_brief(holder, give_up_at)
+            await asyncio.sleep(_RETRY_S)
+
+    def _try_acquire(self) -> tuple[str, str] | None:
+        """Take the lock now; or (pid, command) of the process holding it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        give_up_at = time.monotonic() + self.wait_for_brief_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                pid, _, other = os.pread(fd, 200, 0).decode(errors="replace").strip().partition(" ")
-                other = other or "nija run"
-                if other in BRIEF_HOLDERS and time.monotonic() < give_up_at:
-                    time.sleep(0.2)
-                    continue
-                os.close(fd)
-                raise AlreadyRunningError(
-                    f"another NIJA process ({other}, pid {pid or 'unknown'}) is using these keys (lock {self.path}); "
-                    "stop it first: two processes on one key would break its nonce sequence and double every copy"
-                ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, _, holder = os.pread(fd, 200, 0).decode(errors="replace").strip().partition(" ")
+            os.close(fd)
+            return pid or "unknown", holder or "nija run"
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {self.holder}".encode(), 0)
         self._fd = fd
+        return None
+
+    def _refuse_unless_brief(self, holder: tuple[str, str], give_up_at: float) -> None:
+        pid, command = holder
+        if command in BRIEF_HOLDERS and time.monotonic() < give_up_at:
+            return
+        raise AlreadyRunningError(
+            f"another NIJA process ({command}, pid {pid}) is using these keys (lock {self.path}); stop it first: "
+            "two processes on one key would break its nonce sequence and double every copy")
 
     def release(self) -> None:
         if self._fd is not None:

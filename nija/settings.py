@@ -141,9 +141,14 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
 
     raw = _text(env, "KRAKEN_API_URL")
     if raw is not None:
-        url = urlsplit(raw)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            problems.append(f"KRAKEN_API_URL={raw!r} is not an http(s) URL: set it like https://api.kraken.com")
+        try:
+            url = urlsplit(raw)
+            has_host = bool(url.hostname)
+        except ValueError:  # e.g. an unclosed [IPv6] bracket
+            url, has_host = None, False
+        if url is None or url.scheme not in ("http", "https") or not has_host:
+            shown = raw if "@" not in raw else "…@" + raw.rsplit("@", 1)[1]  # what comes before @ may be a password
+            problems.append(f"KRAKEN_API_URL={shown!r} is not an http(s) URL: set it like https://api.kraken.com")
         elif url.username or url.password:
             # It would be shown in log lines; Kraken's API takes no credentials in the URL anyway.
             problems.append("KRAKEN_API_URL carries a user name or password: leave them out, e.g. "

@@ -898,9 +898,10 @@ class KrakenClient:
                         detail=str(exc))
             return
         now_s = time.time()
-        for order in opened.values():
-            self._budget.remember_order([order.txid, order.cl_ord_id], self._pair_key(order.descr.pair),
-                                        age_s=max(0.0, now_s - order.opentm))
+        self._budget.learned_open_orders(
+            ([i for i in (order.txid, order.cl_ord_id) if i], self._pair_key(order.descr.pair),
+             max(0.0, now_s - order.opentm), order.userref)
+            for order in opened.values())
 
     async def _sleep_before_retry(self, method: str, exc: KrakenError, attempt: int, *, quiet: bool = False) -> None:
         wait_s = self._retry_wait_s(exc, attempt)

@@ -96,13 +96,14 @@ class Pacer:
 class KeyBudget:
     """One API key's REST counter and its per-pair trading counters, plus the order ages cancels are priced by."""
 
-    __slots__ = ("tier", "rest", "_trading", "_order_placed", "_clock", "_margin")
+    __slots__ = ("tier", "rest", "_trading", "_order_placed", "_userref_orders", "_clock", "_margin")
 
     def __init__(self, tier: Tier, clock: Callable[[], float], margin: float) -> None:
         self.tier = tier
         self.rest = Pacer(tier.rest_max, tier.rest_decay_per_s, clock, margin)
         self._trading: dict[str, Pacer] | None = None
         self._order_placed: dict[str, tuple[str, float]] | None = None  # txid or cl_ord_id → (pair, placed at)
+        self._userref_orders: dict[str, list[str]] = {}  # userref → txids of the open orders carrying it
         self._clock = clock
         self._margin = margin
 
@@ -134,21 +135,27 @@ class KeyBudget:
             return {}
         charges: dict[str, float] = {}
         for ref in order_refs(method, params):
-            placed = self._placed(ref)
-            if placed is not None:
-                pair, age_s = placed
-            elif method == "EditOrder" and params.get("pair"):
-                pair, age_s = pair_key(str(params["pair"])), 0.0
-            else:
-                continue
-            charges[pair] = charges.get(pair, 0.0) + trading_cost(action, age_s)
+            touched = self._orders_named(ref)
+            if not touched and method == "EditOrder" and params.get("pair"):
+                touched = [(pair_key(str(params["pair"])), 0.0)]
+            for pair, age_s in touched:
+                charges[pair] = charges.get(pair, 0.0) + trading_cost(action, age_s)
         return charges
 
     def unknown_orders(self, method: str, params: Mapping[str, Any]) -> list[str]:
-        """The orders `method` touches whose pair and age this key does not know (placed by another process)."""
+        """The orders `method` touches whose pair and age this key does not know (placed by another process).
+        A userref is never known for sure: any open order may carry it."""
         if method not in _ACTIONS_BY_REF:
             return []
-        return [ref for ref in order_refs(method, params) if self._placed(ref) is None]
+        return [ref for ref in order_refs(method, params) if ref not in (self._order_placed or {})]
+
+    def learned_open_orders(self, orders: Iterable[tuple[list[str], str, float, int | None]]) -> None:
+        """What OpenOrders says: for each open order its ids, pair, age and userref."""
+        self._userref_orders = {}
+        for order_ids, pair, age_s, userref in orders:
+            self.remember_order(order_ids, pair, age_s)
+            if userref is not None and order_ids:
+                self._userref_orders.setdefault(str(userref), []).append(order_ids[0])
 
     def remember_order(self, order_ids: Iterable[str], pair: str, age_s: float = 0.0) -> None:
         """Note an order's pair and age (0: placed now), so that cancelling, amending or editing it is charged at
@@ -181,9 +188,12 @@ class KeyBudget:
         txids = result.get("txid") or ()
         self.remember_order([*(txids if isinstance(txids, list) else [txids]), params.get("cl_ord_id")], pair)
 
-    def _placed(self, ref: str) -> tuple[str, float] | None:
-        placed = (self._order_placed or {}).get(ref)
-        return None if placed is None else (placed[0], self._clock() - placed[1])
+    def _orders_named(self, ref: str) -> list[tuple[str, float]]:
+        """(pair, age) of each order `ref` names: one for a txid or cl_ord_id, each open one for a userref."""
+        placed_by_id = self._order_placed or {}
+        ids = [ref] if ref in placed_by_id else self._userref_orders.get(ref, ())
+        now = self._clock()
+        return [(placed_by_id[i][0], now - placed_by_id[i][1]) for i in ids if i in placed_by_id]
 
 
 _ACTIONS_BY_REF = {"CancelOrder": "cancel", "CancelOrderBatch": "cancel", "AmendOrder": "amend", "EditOrder": "edit"}
@@ -191,9 +201,9 @@ _CANCEL_FREE_AFTER_S = 300.0
 
 
 def order_refs(method: str, params: Mapping[str, Any]) -> list[str]:
-    """The ids (txid or cl_ord_id) of the orders a cancel, amend or edit touches."""
+    """The ids (txid, cl_ord_id or userref) of the orders a cancel, amend or edit touches."""
     if method == "CancelOrderBatch":
-        items = params.get("orders") or ()
+        items = [*(params.get("orders") or ()), *(params.get("cl_ord_ids") or ())]
     else:
         items = [params]
     refs = []

@@ -901,13 +901,14 @@ class CopyEngine:
         day = utc_day(self.clock())
         if portfolio.day == day:
             return
+        # A block stored today holds even while today's starting equity cannot be told (no price yet).
+        if account.loss_limit_stored != day and await self.store.loss_limit_reached(account.name, day):
+            portfolio.loss_limit_day = account.loss_limit_stored = day
         equity = portfolio.equity_usd(self.prices)
         if equity is None:
             return
         portfolio.day = day
         portfolio.day_start_equity_usd = await self.store.day_start_equity(account.name, day, equity)
-        if await self.store.loss_limit_reached(account.name, day):
-            portfolio.loss_limit_day = account.loss_limit_stored = day
 
     async def _refresh_loop(self) -> None:
         while True:

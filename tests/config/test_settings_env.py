@@ -54,8 +54,10 @@ def test_timings_outside_what_a_daemon_can_live_with_and_urls_with_credentials_a
     assert "NIJA_ORDER_TIMEOUT_S='inf' must be a number of seconds from 1 to 300" in text
     assert "NIJA_BALANCE_REFRESH_S='1e-9' must be a number of seconds from 1 to 3600" in text
     assert "KRAKEN_API_URL carries a user name or password" in text and "hunter2" not in text
-    with pytest.raises(SettingsError):
-        load_settings({"KRAKEN_API_URL": "http://"}, dotenv_path=None)
+    for bad in ("http://", "http://[::1", "https//op:hunter2@api.kraken.com"):
+        with pytest.raises(SettingsError) as caught:
+            load_settings({"KRAKEN_API_URL": bad}, dotenv_path=None)
+        assert "is not an http(s) URL" in str(caught.value) and "hunter2" not in str(caught.value)
 
 
 def test_log_settings_in_dot_env_are_followed(tmp_path):

@@ -148,8 +148,8 @@ async def test_an_unreachable_url_stops_the_start_naming_it(tmp_path):
     assert "KRAKEN_API_URL=http://127.0.0.1:9" in str(info.value)
 
 
-def test_a_follower_key_held_by_another_daemon_leaves_only_that_follower_out(tmp_path):
-    from contextlib import ExitStack
+async def test_a_follower_key_held_by_another_daemon_leaves_only_that_follower_out(tmp_path):
+    from contextlib import AsyncExitStack
 
     from pydantic import SecretStr
 
@@ -160,12 +160,13 @@ def test_a_follower_key_held_by_another_daemon_leaves_only_that_follower_out(tmp
     settings = load_settings({"NIJA_STATE_DIR": str(tmp_path)}, dotenv_path=None)
     alice = Follower(FollowerConfig(name="alice"), SecretStr("key-a"), SecretStr("c2E="))
     bob = Follower(FollowerConfig(name="bob"), SecretStr("key-b"), SecretStr("c2I="))
-    with InstanceLock(tmp_path, "key-a"), ExitStack() as other_daemon:
-        # flock locks belong to open files: a second open of the same lock file contends like another process.
-        lifecycle = Lifecycle()
-        kept = _lock_follower_keys(other_daemon, settings, [alice, bob], lifecycle)
-        assert [f.name for f in kept] == ["bob"]
-        assert "follower:alice" in lifecycle.problems
+    with InstanceLock(tmp_path, "key-a"):
+        async with AsyncExitStack() as other_daemon:
+            # flock locks belong to open files: a second open of the same lock file contends like another process.
+            lifecycle = Lifecycle()
+            kept = await _lock_follower_keys(other_daemon, settings, [alice, bob], lifecycle)
+            assert [f.name for f in kept] == ["bob"]
+            assert "follower:alice" in lifecycle.problems
 
 
 async def test_a_stop_during_a_slow_start_ends_the_start_at_once(exchange, exchange_server, tmp_path):

@@ -34,6 +34,30 @@ def test_a_daemon_starting_while_nija_balances_reads_waits_for_it(tmp_path):
         balances.wait(timeout=10)
 
 
+async def test_the_daemons_wait_for_nija_balances_leaves_its_event_loop_running(tmp_path):
+    import asyncio
+
+    balances = _hold(tmp_path, "nija balances", 0.6)
+    ticks = 0
+
+    async def tick():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        lock = InstanceLock(tmp_path, "master-key")
+        await lock.acquire_async()
+        lock.release()
+        assert ticks >= 5  # the loop went on while the daemon waited (a blocking wait gives 0)
+    finally:
+        ticker.cancel()
+        balances.kill()
+        balances.wait(timeout=10)
+
+
 def test_second_daemon_on_the_same_keys_refuses_to_start(tmp_path):
     # The holder is another process, as it would be on a VPS or during a Railway overlap.
     holder = subprocess.Popen(

@@ -317,3 +317,16 @@ async def test_a_batch_of_orders_is_sent_as_json_and_its_orders_are_known_to_the
     txids = [entry["txid"] for entry in result["orders"]]
     assert len(txids) == 2 and set((await client.open_orders()).keys()) == set(txids)
     assert client._budget.unknown_orders("CancelOrderBatch", {"orders": [txids[0], {"cl_ord_id": "batch-1"}]}) == []
+
+
+async def test_a_cancel_by_userref_is_charged_for_every_order_it_cancels(exchange, context, exchange_url):
+    tight = Tier("tight-userref", rest_max=10_000, rest_decay_per_s=1000.0, trading_max=20, trading_decay_per_s=10.0,
+                 max_open_orders_per_pair=1000)
+    exchange.create_account("tagger", balances={"ZUSD": Decimal("1000")}, tier=tight)
+    client = client_for(exchange, "tagger", context, base_url=exchange_url, read_attempts=1)
+    for _ in range(2):  # the client's own add_order tags by cl_ord_id; a raw AddOrder may carry a userref
+        await client.private("AddOrder", pair="XBTUSD", type="buy", ordertype="limit", volume=VOLUME, price=PRICE,
+                             userref=7)
+    third = await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)
+    assert (await client.cancel_order("7")).count == 2  # 3 adds + 2 × 8: the counter is nearly full
+    assert (await client.cancel_order(third.txid[0])).count == 1  # waits for room instead of being refused

@@ -71,6 +71,22 @@ def test_order_calls_are_charged_on_their_pairs_trading_counter_by_the_age_of_th
     assert budget.order_charges("CancelOrder", {"txid": "OELSE"}, key) == {}
     assert budget.order_charges("EditOrder", {"txid": "OELSE", "pair": "XBTUSD"}, key) == {"XBTUSD": 1 + 6}
     assert budget.order_charges("Balance", {}, key) == {}
+    # A batch names orders by txid in `orders` and by client id in `cl_ord_ids`.
+    clock.now = 401.0
+    budget.remember_order(["OC", "client-c"], "XBTUSD")
+    budget.remember_order(["OD", "client-d"], "XBTUSD")
+    assert budget.order_charges("CancelOrderBatch", {"orders": ["OC"], "cl_ord_ids": ["client-d"]}, key) == {
+        "XBTUSD": 16}
+
+
+def test_a_userref_names_every_open_order_carrying_it():
+    clock = FakeClock()
+    budget = RateScheduler(clock=clock).budget("k", FAST)
+    assert budget.unknown_orders("CancelOrder", {"txid": "7"}) == ["7"]
+    budget.learned_open_orders([(["OA"], "XBTUSD", 0.0, 7), (["OB", "mine"], "XBTUSD", 20.0, 7),
+                                (["OC"], "ETHUSD", 1.0, None)])
+    assert budget.order_charges("CancelOrder", {"txid": "7"}, str.upper) == {"XBTUSD": 8 + 4}
+    assert budget.unknown_orders("CancelOrder", {"txid": "7"}) == ["7"]  # any order may carry it: read again
 
 
 async def test_public_calls_are_paced_across_callers():

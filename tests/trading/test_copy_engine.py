@@ -137,7 +137,9 @@ async def test_the_daily_loss_block_outlives_a_recovery_and_a_restart_the_same_d
     loser.balances["USD"] = D("990")  # back to 1 % down, the same day
     await engine.refresh_all()
     assert (await engine.copy(buy("recovered"))).results[0].reason.startswith("daily_loss_reached")
+    loser.balances["BTC"] = D("0.0001")  # the restarted engine has no BTC price until the next signal's
     restarted = await engine_with(store, [account("l", loser, max_daily_loss=0.05)], clock=lambda: now_s[0])
+    assert restarted.followers["l"].portfolio.equity_usd(restarted.prices) is None
     assert (await restarted.copy(buy("restarted"))).results[0].reason.startswith("daily_loss_reached")
     now_s[0] += 86_400
     await restarted.refresh_all()
