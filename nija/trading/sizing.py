@@ -156,7 +156,9 @@ def _size_sell(signal: Signal, book: FollowerBook, rules: PairRules, price: Deci
     all_of_it = rules.info.round_volume_down(held)
     volume = all_of_it if signal.closes_position else min(rules.info.round_volume_down(signal.sell_fraction * held),
                                                           all_of_it)
-    if ZERO < all_of_it - volume and rules.info.minimum_shortfall(all_of_it - volume, price) is not None:
+    left = all_of_it - volume
+    if (left > ZERO and rules.info.minimum_shortfall(volume, price) is None
+            and rules.info.minimum_shortfall(left, price) is not None):
         volume = all_of_it  # what would be left could never be sold on its own: sell it with this step
     skipped = _minimums(volume, price, rules, "sell")
     if skipped:
@@ -188,8 +190,13 @@ def _size_buy(signal: Signal, limits: FollowerLimits, book: FollowerBook, rules:
     # Cash cap: the worst fill price plus the taker fee must still be paid from free cash.
     cash_cap_base = book.free_cash_usd / (worst_price * (ONE + taker_fee_rate))
 
+    wanted_base = rules.info.round_volume_down(target_usd / price)
     volume = rules.info.round_volume_down(min(target_usd / price, cash_cap_base))
     skipped = _minimums(volume, price, rules, "buy")
+    if skipped and volume < wanted_base and _minimums(wanted_base, price, rules, "buy") is None:
+        # The size was fine; the cash was short: say so rather than blame the pair's minimum.
+        return Skip(SkipReason.NO_CASH, f"free cash {book.free_cash_usd:.2f} USD buys {volume} {rules.base}, "
+                                        f"below the pair's minimum ({skipped.detail})")
     if skipped:
         return skipped
     return OrderPlan(rules.pair, "buy", volume, volume * price, limit_price)

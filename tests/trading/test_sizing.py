@@ -92,6 +92,12 @@ def test_unknown_balance_is_never_zero():
         is SkipReason.POSITION_UNKNOWN
 
 
+def test_an_entry_the_follower_lacks_the_cash_for_is_skipped_as_no_cash_not_below_the_minimum():
+    # 10 % of 2,000 USD would be 200 USD (0.004 BTC), but only 2 USD are free: 0.00003994 BTC, under the minimum.
+    result = size_copy(buy(), FollowerLimits(), FollowerBook(D("2000"), D("2"), D(0)), XBT, taker_fee_rate=FEE)
+    assert result.reason is SkipReason.NO_CASH and "free cash 2.00 USD" in result.detail
+
+
 def test_sell_without_position_is_skipped():
     result = size_copy(sell("0.5"), FollowerLimits(), FollowerBook(D(1), D(1), D(0)), XBT)
     assert result.reason is SkipReason.NO_POSITION
@@ -113,6 +119,10 @@ def test_a_partial_exit_that_would_leave_an_unsellable_remainder_sells_everythin
     assert plan.volume_base == D("0.00019")
     plan = size_copy(sell("0.25"), FollowerLimits(), FollowerBook(D(1), D(1), D("0.01")), XBT)
     assert plan.volume_base == D("0.0025")  # a sellable remainder stays
+    # Half of 0.00015 is below the minimum itself: skipped, not turned into a sale of everything (the position
+    # can still be sold whole when the master exits again).
+    skipped = size_copy(sell("0.5"), FollowerLimits(), FollowerBook(D(1), D(1), D("0.00015")), XBT)
+    assert skipped.reason is SkipReason.BELOW_ORDERMIN
 
 
 def test_exit_is_never_capped_by_entry_slippage():
