@@ -502,6 +502,15 @@ class KrakenClient:
             )
         return await self._with_retries(method, lambda: self._private_once(method, params), self.read_attempts)
 
+    async def rest_room(self, calls: float) -> None:
+        """Wait until the key's REST counter has room for `calls` calls in a row without a wait between them (as
+        many as the tier allows at most). A poller that waits here before each round keeps that burst free for
+        what the round finds, instead of running the counter full and then crawling at the tier's decay rate."""
+        if self._context is None:
+            self._bind(default_context())
+        assert self._budget is not None
+        await self._budget.rest.ready(min(calls, self._budget.tier.rest_max - 1))
+
     async def _public_once(self, method: str, params: dict[str, Any]) -> Any:
         await self.context.scheduler.take_public()
         url = f"{self.base_url}/0/public/{method}"

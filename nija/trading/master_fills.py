@@ -49,6 +49,8 @@ _OVERLAP_S = 120.0
 _READ_ATTEMPTS = 3
 #: a poll this long after the previous one follows a gap (a restart, a stall) rather than the usual interval
 _GAP_S = 60.0
+#: REST calls of a poll that finds fills: the order reads, the balances and equity, the order reads again
+_POLL_WITH_FILLS_CALLS = 6
 #: TradesHistory pages (50 executions each, 2 on the REST counter) read to date the entries found after a gap
 _TRADE_PAGES = 4
 
@@ -139,6 +141,9 @@ class MasterFillWatcher:
         failing = False
         while True:
             try:
+                # On a Starter key two order reads every 3 s already outrun the counter's decay: wait for room for
+                # a whole round with fills, so that a fill found is read out and signalled at once.
+                await self.client.rest_room(_POLL_WITH_FILLS_CALLS)
                 await self.poll()
                 if failing:
                     log.warning("master_watch_recovered")

@@ -9,6 +9,7 @@ from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.models import Balances, ClosedOrdersPage, Order, Trade, TradeBalance, TradesPage
 from nija.kraken.limits import Tier
 from nija.kraken.nonce import NonceCoordinator
+from nija.kraken.scheduler import Pacer
 from nija.trading.master_fills import MasterFillWatcher
 
 PAIR = "XBTUSD"
@@ -419,3 +420,44 @@ async def test_a_fill_just_after_the_first_start_counts_though_our_clock_runs_ah
     kraken.xbt = Decimal("0.7")
     await watcher.poll()
     assert [signal.volume_base for signal in emitted] == [Decimal("0.5")]
+
+
+async def test_polling_as_often_as_asked_never_leaves_a_found_fill_waiting_for_the_rate_counter(exchange, exchange_url,
+                                                                                               tmp_path):
+    """A Starter key cannot sustain two order reads every 3 s. The watcher waits for room for a whole round with
+    fills before each poll, so the round that finds a fill reads balances and orders again without waiting."""
+    import asyncio
+
+    short = Tier("short-rest", rest_max=8, rest_decay_per_s=4.0, trading_max=1000, trading_decay_per_s=1000.0,
+                 max_open_orders_per_pair=100)
+    exchange.set_price(PAIR, Decimal("50000"))
+    account = exchange.create_account("starter-whale", {"ZUSD": Decimal("10000")}, tier=short)
+    context = KrakenContext(nonces=NonceCoordinator(tmp_path / "nonces"), public_rate_per_s=1000.0)
+    client = KrakenClient(account.api_key, account.api_secret, base_url=exchange_url, context=context, tier=short)
+    trader = KrakenClient(account.api_key, account.api_secret, base_url=exchange_url, context=context, tier=short)
+    pairs = await client.pairs()
+    emitted, waits = [], []
+    watcher = MasterFillWatcher(client, pairs, lambda s: asyncio.sleep(0, emitted.append(s)), poll_s=0.01,
+                                state_path=tmp_path / "fills.json")
+    class RecordingPacer(Pacer):  # how long each call of the watcher waited for the counter
+        async def ready(self, cost):
+            started = time.monotonic()
+            await super().ready(cost)
+            if cost == 1:  # a call's own wait (the watcher's wait for room before a poll asks for more)
+                waits.append(time.monotonic() - started)
+
+    watching = asyncio.create_task(watcher.run())
+    try:
+        await asyncio.sleep(1.5)  # polls as fast as the counter lets it
+        recording = RecordingPacer(short.rest_max, short.rest_decay_per_s, time.monotonic, 0.1)
+        recording.counter = client._budget.rest.counter
+        client._budget.rest = recording
+        await trader.add_order(PAIR, "buy", Decimal("0.01"))
+        deadline = asyncio.get_running_loop().time() + 10
+        while not emitted:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        watching.cancel()
+        await context.close()
+    assert len(emitted) == 1 and waits and max(waits) < 0.05  # every call of the round went out at once
