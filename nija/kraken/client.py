@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import time
@@ -81,6 +82,8 @@ USER_AGENT = "nija/0.1 (+https://github.com/nija)"
 # Longer than the slowest balance refresh (60 s) so refreshes keep the pool warm; below the 75 s after which
 # aiohttp's server (the embedded exchange) drops an idle connection, so the server's close never races a send.
 DEFAULT_KEEPALIVE_S = 70.0
+#: beside the nonce mark: each key's REST counter level when the last run stopped
+REST_LEVELS_FILE = "rest_levels.json"
 # Calls that change state: never repeated after an ambiguous failure (add_order has its own lookup-then-resend).
 _NOT_REPEATABLE = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder"})
 # Calls charged on a pair's trading counter (API.md §3), and those Kraken takes as JSON only.
@@ -226,6 +229,10 @@ class KrakenContext:
         self._urls: dict[str, URL] = {}
         self.timeouts = RequestTimeouts()
         self._users = 0
+        # Kraken's REST counters outlive a restart: start from what the last run left (see `close`).
+        self._levels_path = self.nonces.mark_path.parent / REST_LEVELS_FILE
+        if scheduler is None:
+            self._carry_over_rest_levels()
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -286,9 +293,29 @@ class KrakenContext:
             await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP session if this context created it (a later call opens a new one)."""
+        """Close the HTTP session if this context created it (a later call opens a new one), and leave the keys'
+        REST counter levels for the next run."""
         if self._session is not None and self._owns_session and not self._session.closed:
             await self._session.close()
+        levels = self.scheduler.rest_levels()
+        if levels:
+            try:
+                self._levels_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self._levels_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"saved_at_s": time.time(), "rest_levels": levels}))
+                os.replace(tmp, self._levels_path)
+            except OSError as exc:  # only a restart within a minute or so would miss it
+                log.warning("rest_levels_unsaved", path=str(self._levels_path), error=str(exc))
+
+    def _carry_over_rest_levels(self) -> None:
+        try:
+            saved = json.loads(self._levels_path.read_text())
+            self.scheduler.carry_over({str(k): float(v) for k, v in saved["rest_levels"].items()},
+                                      float(saved["saved_at_s"]))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("rest_levels_unreadable", path=str(self._levels_path), error=str(exc))
 
     async def __aenter__(self) -> KrakenContext:
         return self

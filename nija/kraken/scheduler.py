@@ -230,13 +230,29 @@ class RateScheduler:
         self._clock = clock or time.monotonic  # the same clock asyncio's loop uses
         self._margin = safety_margin
         self._keys: dict[str, KeyBudget] = {}
+        self._carried: dict[str, float] = {}  # key id → REST level an earlier run left, as of `_carried_at_s`
+        self._carried_at_s = 0.0
         self.public = Pacer(public_burst, public_rate_per_s, self._clock)
+
+    def carry_over(self, rest_levels: Mapping[str, float], saved_at_s: float) -> None:
+        """Start from the REST levels an earlier run left at unix time `saved_at_s` (Kraken still counts them),
+        each decayed at its key's rate when the key is first used."""
+        self._carried, self._carried_at_s = dict(rest_levels), saved_at_s
+
+    def rest_levels(self) -> dict[str, float]:
+        """Each key's REST counter level now (what a later run should start from)."""
+        now = self._clock()
+        levels = {key_id: budget.rest.counter.level(now) for key_id, budget in self._keys.items()}
+        return {key_id: level for key_id, level in levels.items() if level > 0}
 
     def budget(self, key_id: str, tier: Tier) -> KeyBudget:
         """The budget of a key; every client of the key must declare the same tier."""
         budget = self._keys.get(key_id)
         if budget is None:
             budget = self._keys[key_id] = KeyBudget(tier, self._clock, self._margin)
+            carried = self._carried.pop(key_id, 0.0) - (time.time() - self._carried_at_s) * tier.rest_decay_per_s
+            if carried > 0:
+                budget.rest.counter.add(min(carried, tier.rest_max), self._clock())
         elif budget.tier != tier:
             raise ValueError(
                 f"API key {key_id} is already used with tier {budget.tier.name!r}; a second client asked for "

@@ -330,3 +330,19 @@ async def test_a_cancel_by_userref_is_charged_for_every_order_it_cancels(exchang
     third = await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)
     assert (await client.cancel_order("7")).count == 2  # 3 adds + 2 × 8: the counter is nearly full
     assert (await client.cancel_order(third.txid[0])).count == 1  # waits for room instead of being refused
+
+
+async def test_a_restart_starts_from_the_rest_counter_the_last_run_left(exchange, exchange_url, tmp_path):
+    """Kraken's counter does not restart with NIJA: a run that filled it and stopped leaves its level behind, and
+    the next run waits for it instead of earning EAPI:Rate limit exceeded."""
+    slow = Tier("slow-rest-restart", rest_max=4, rest_decay_per_s=2.0, trading_max=1000, trading_decay_per_s=100.0,
+                max_open_orders_per_pair=1000)
+    exchange.create_account("restarting", balances={"ZUSD": Decimal("1")}, tier=slow)
+    async with KrakenContext(state_dir=tmp_path) as before:
+        client = client_for(exchange, "restarting", before, base_url=exchange_url, read_attempts=1)
+        for _ in range(4):
+            await client.balance()
+    async with KrakenContext(state_dir=tmp_path) as after:
+        client = client_for(exchange, "restarting", after, base_url=exchange_url, read_attempts=1)
+        await client.balance()  # waits for room; no EAPI:Rate limit exceeded
+        assert client._budget.rest.waited_s > 0
