@@ -272,7 +272,8 @@ def check_main(argv: list[str], *, environ: Mapping[str, str] | None = None, out
     for follower in load.followers:
         c = follower.config
         state = "enabled" if c.enabled and c.copy_from_master else "not copying"
-        print(f"  ✓ {c.name:<16} {state}, risk ×{c.risk_multiplier}, max {c.max_risk_per_trade} of equity", file=out)
+        print(f"  ✓ {c.name:<16} {state}, risk ×{c.risk_multiplier}, max {float(c.max_risk_per_trade) * 100:g} % of "
+              "equity", file=out)
     for problem in load.problems:
         print(f"  ✗ {problem}", file=out)
     if load.problems:

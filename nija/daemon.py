@@ -7,7 +7,7 @@ It takes the lock for its master key (one daemon per set of keys), logs a balanc
 copies every master fill until SIGTERM/SIGINT, when it stops taking signals and lets the orders in flight finish
 (well inside Render's 30 s). With no master keys it runs in paper mode: the embedded exchange in-process, with a
 master and two followers funded like the first NIJA's live accounts; the exchange's URL and keys are written to
-`<state dir>/paper/keys.env` so any Kraken client can trade the paper master.
+`<state dir>/paper/keys.env`, with a second key of the master for the trader's own Kraken client.
 """
 
 from __future__ import annotations
@@ -163,11 +163,7 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         # Registered first: a stop that cancels the start while it resumes old work still ends those copies.
         stack.push_async_callback(engine.stop, grace_s=STOP_GRACE_S)
         await engine.start()
-        for account in accounts:
-            log.info("balance_snapshot", account=account.name, role="follower",
-                     cash_usd=_text(account.portfolio.cash_usd()),
-                     equity_usd=_text(account.portfolio.equity_usd(engine.prices)),
-                     copies=account.copies, unusable=account.unusable)
+        _follower_snapshots(engine)
 
         engine.master_equity_usd = master_equity_usd
         watcher = MasterFillWatcher(
@@ -279,8 +275,9 @@ async def _paper_exchange(stack: AsyncExitStack, settings: Settings, speed: floa
     fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
     os.fchmod(fd, 0o600)  # a file left by an older version keeps its mode otherwise
     with os.fdopen(fd, "w") as keys_file:
-        keys_file.write("\n".join(env_lines(server.url, exchange)) + "\n")
-    master = exchange.account(master_name(exchange))
+        master = exchange.account(master_name(exchange))
+        trader = exchange.add_key(master.name)  # the trader's own client: NIJA's nonces are on another scale
+        keys_file.write("\n".join(env_lines(server.url, exchange, trader)) + "\n")
     followers = [
         Follower(FollowerConfig(name=account.name), SecretStr(account.api_key), SecretStr(account.api_secret))
         for account in exchange.accounts() if account.name != master.name
@@ -316,6 +313,15 @@ async def _balance_snapshot(client: KrakenClient, name: str, lifecycle: Lifecycl
     cash = balances.get("ZUSD", Decimal(0))
     log.info("balance_snapshot", account=name, role="master", cash_usd=str(cash), equity_usd=str(equity))
     return equity
+
+
+def _follower_snapshots(engine: CopyEngine) -> None:
+    """Each follower's cash and equity as the engine holds them (kept current from fills and balance reads)."""
+    for account in engine.followers.values():
+        log.info("balance_snapshot", account=account.name, role="follower",
+                 cash_usd=_text(account.portfolio.cash_usd()),
+                 equity_usd=_text(account.portfolio.equity_usd(engine.prices)),
+                 copies=account.copies, unusable=account.unusable)
 
 
 async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:
@@ -357,16 +363,20 @@ async def _follower_health(lifecycle: Lifecycle, engine: CopyEngine) -> None:
 
 async def _master_equity_loop(master: KrakenClient, lifecycle: Lifecycle, engine: CopyEngine,
                               watcher: MasterFillWatcher, poll_override_s: float | None) -> None:
-    """Read the master's equity every hour (every minute while it is unknown) and choose the rate profile from it
-    again (APEX_V71.md), so that the polling and refresh intervals follow the account as it grows or shrinks."""
+    """Read the master's balances every hour (every minute while unknown), log a balance snapshot of every account,
+    and choose the rate profile again (APEX_V71.md), so that the polling and refresh intervals follow the account as
+    it grows or shrinks."""
     chosen = None if engine.master_equity_usd is None else profile_for(engine.master_equity_usd).name
     while True:
         await asyncio.sleep(MASTER_EQUITY_S if engine.master_equity_usd is not None else MASTER_EQUITY_RETRY_S)
         try:
-            equity = (await master.trade_balance()).equivalent_balance
-        except KrakenError as exc:
-            log.warning("master_equity_unread", error=str(exc))
+            equity = await _balance_snapshot(master, "master", lifecycle)
+        except ConfigurationError as exc:
+            log.error("balance_snapshot", account="master", role="master", error=str(exc), equity_usd=None)
             continue
+        if equity is None:
+            continue
+        _follower_snapshots(engine)  # an hourly snapshot of every account, as at start
         lifecycle.recovered("balance:master")
         engine.master_equity_usd = equity
         profile = profile_for(equity)

@@ -123,6 +123,41 @@ def _parse_time(value: Any, arg: str) -> float:
         raise _bad(arg) from None
 
 
+def _accept_nonce(key: Account | ApiKey, nonce: int) -> bool:
+    """Strictly increasing in arrival order, or within the key's nonce window (each value once)."""
+    high = key.highest_nonce
+    if nonce > high:
+        key.highest_nonce = nonce
+        if key.nonce_window:
+            recent = key._recent_nonces
+            recent.add(nonce)
+            if len(recent) > 4096:
+                floor = nonce - key.nonce_window
+                key._recent_nonces = {n for n in recent if n >= floor}
+        return True
+    if key.nonce_window and nonce >= high - key.nonce_window and nonce not in key._recent_nonces:
+        key._recent_nonces.add(nonce)
+        return True
+    return False
+
+
+class ApiKey:
+    """A further key of an account: its own secret and nonce sequence; balances, orders and counters are the
+    account's."""
+
+    __slots__ = ("api_key", "api_secret", "secret_bytes", "nonce_window", "highest_nonce", "_recent_nonces")
+
+    def __init__(self, api_key: str, api_secret: str, nonce_window: int = 0) -> None:
+        self.api_key, self.api_secret = api_key, api_secret
+        self.secret_bytes = base64.b64decode(api_secret)
+        self.nonce_window = int(nonce_window)
+        self.highest_nonce = 0
+        self._recent_nonces: set[int] = set()
+
+    def __repr__(self) -> str:  # never the secret
+        return f"ApiKey({self.api_key[:8]!r}…)"
+
+
 class Account:
     """One exchange account: its key and secret, balances, holds, orders, trades, nonce and rate counters."""
 
@@ -163,21 +198,7 @@ class Account:
         return self.balances.get(asset, Decimal(0)) - self.holds.get(asset, Decimal(0))
 
     def accept_nonce(self, nonce: int) -> bool:
-        """Strictly increasing in arrival order, or within the key's nonce window (each value once)."""
-        high = self.highest_nonce
-        if nonce > high:
-            self.highest_nonce = nonce
-            if self.nonce_window:
-                recent = self._recent_nonces
-                recent.add(nonce)
-                if len(recent) > 4096:
-                    floor = nonce - self.nonce_window
-                    self._recent_nonces = {n for n in recent if n >= floor}
-            return True
-        if self.nonce_window and nonce >= high - self.nonce_window and nonce not in self._recent_nonces:
-            self._recent_nonces.add(nonce)
-            return True
-        return False
+        return _accept_nonce(self, nonce)
 
     def trading_counter(self, pair_key: str) -> DecayingCounter:
         c = self.trading.get(pair_key)
@@ -325,6 +346,7 @@ class Exchange:
         self.pair_status: dict[str, str] = {}
         self._accounts: dict[str, Account] = {}
         self._by_key: dict[str, Account] = {}
+        self._extra_keys: dict[str, ApiKey] = {}  # keys beyond each account's own, by key
         self._resting: dict[str, dict[str, tuple[Account, Order]]] = {}
         self._deadman: set[str] = set()
         self._ids = random.Random(os.urandom(16))
@@ -375,6 +397,19 @@ class Exchange:
 
     def account_by_key(self, api_key: str) -> Account | None:
         return self._by_key.get(api_key)
+
+    def add_key(self, name: str, *, api_key: str | None = None, api_secret: str | None = None,
+                nonce_window: int = 0) -> ApiKey:
+        """Another API key for account `name`, with its own secret and nonce sequence (Kraken allows several per
+        account): e.g. one for NIJA and one for the trader's own client, whose nonces are on another scale."""
+        acct = self._accounts[name]
+        key = ApiKey(api_key or base64.b64encode(os.urandom(42)).decode(),
+                     api_secret or base64.b64encode(os.urandom(64)).decode(), nonce_window)
+        if key.api_key in self._by_key:
+            raise ValueError("API key already in use")
+        self._by_key[key.api_key] = acct
+        self._extra_keys[key.api_key] = key
+        return key
 
     def balances(self, name: str) -> dict[str, Decimal]:
         self.sync()
@@ -494,11 +529,12 @@ class Exchange:
         acct = self._by_key.get(api_key) if api_key else None
         if acct is None:
             raise KrakenReject("EAPI:Invalid key")
+        key = self._extra_keys.get(api_key, acct)  # the key's own secret and nonce sequence
         if nonce is None or nonce == "":
             raise KrakenReject("EAPI:Invalid nonce")
         nonce_text = str(nonce)
         digest = hashlib.sha256(nonce_text.encode() + raw_body).digest()
-        expected = base64.b64encode(hmac.new(acct.secret_bytes, uri_path.encode() + digest,
+        expected = base64.b64encode(hmac.new(key.secret_bytes, uri_path.encode() + digest,
                                              hashlib.sha512).digest()).decode()
         try:
             good = bool(api_sign) and hmac.compare_digest(expected.encode(), api_sign.strip().encode())
@@ -510,7 +546,7 @@ class Exchange:
             n = int(nonce_text)
         except ValueError:
             raise KrakenReject("EAPI:Invalid nonce") from None
-        if n <= 0 or n >= 1 << 64 or not acct.accept_nonce(n):
+        if n <= 0 or n >= 1 << 64 or not _accept_nonce(key, n):
             acct.rest.add(1, self.mono())  # rejected calls still cost points
             raise KrakenReject("EAPI:Invalid nonce")
         return acct

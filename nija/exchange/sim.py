@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from .accounts_file import accounts_from_file
-from .engine import DEMO_ACCOUNTS, Exchange, KrakenReject
+from .engine import DEMO_ACCOUNTS, ApiKey, Exchange, KrakenReject
 from .faults import FAULT_KINDS, Fault
 from .state import load_state, save_state
 
@@ -52,8 +52,10 @@ def master_name(ex: Exchange) -> str | None:
     return names[0] if names else None
 
 
-def env_lines(url: str, ex: Exchange) -> list[str]:
-    """The lines NIJA reads as is: base URL, the master's key and secret, each follower's."""
+def env_lines(url: str, ex: Exchange, trader_key: ApiKey | None = None) -> list[str]:
+    """The lines NIJA reads as is: base URL, the master's key and secret, each follower's; and `trader_key`, a
+    second key of the master for the trader's own client (a key's nonces are one sequence, and NIJA's are in
+    nanoseconds, above what most clients send)."""
     lines = [f"KRAKEN_API_URL={url}"]
     master = master_name(ex)
     for acct in ex.accounts():
@@ -62,6 +64,9 @@ def env_lines(url: str, ex: Exchange) -> list[str]:
         else:
             prefix = f"KRAKEN_USER_{acct.name.upper()}"
         lines += [f"{prefix}_API_KEY={acct.api_key}", f"{prefix}_API_SECRET={acct.api_secret}"]
+    if trader_key is not None:
+        lines += [f"PAPER_MASTER_TRADER_API_KEY={trader_key.api_key}",
+                  f"PAPER_MASTER_TRADER_API_SECRET={trader_key.api_secret}"]
     return lines
 
 
@@ -212,9 +217,14 @@ async def _run(ex: Exchange, args: argparse.Namespace) -> None:
             out.say(f"  {acct.name} ({role}, {acct.tier.name}): {bal}")
             out.say(f"    api_key    {acct.api_key}")
             out.say(f"    api_secret {acct.api_secret}")
+        trader = ex.add_key(master) if master else None
+        if trader is not None:
+            out.say(f"  {master}'s second key, for your own client (NIJA keeps the first):")
+            out.say(f"    api_key    {trader.api_key}")
+            out.say(f"    api_secret {trader.api_secret}")
         if args.env_out:
             path = Path(args.env_out)
-            _write_env(path, env_lines(server.url, ex))
+            _write_env(path, env_lines(server.url, ex, trader))
             out.say(f"wrote {path}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -465,7 +465,7 @@ class CopyEngine:
             for result in done:
                 log.info("copy_result", name=result.name, pair=result.pair, side=result.side, status=result.status,
                          volume=None if result.volume_base is None else str(result.volume_base),
-                         notional=None if result.notional_usd is None else str(result.notional_usd),
+                         notional=None if result.notional_usd is None else str(_cents(result.notional_usd)),
                          order_id=result.order_id, reason=result.reason, signal_id=signal.signal_id)
             results = prior + done
             acks = [r.acked_at_s for r in results if r.acked_at_s is not None]
@@ -925,3 +925,8 @@ class CopyEngine:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or "no detail"
     return f"{exc.__class__.__name__}: {text}"
+
+
+def _cents(usd: Decimal) -> Decimal:
+    """A notional for the logs: to the cent (the order itself is sized by volume, exactly)."""
+    return usd.quantize(Decimal("0.01"))

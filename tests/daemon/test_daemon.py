@@ -102,7 +102,8 @@ async def test_paper_mode_copies_the_paper_masters_fills(tmp_path):
     await wait_for(lambda: (paper / "master_fills.json").exists() or daemon.done())
     keys = dict(line.split("=", 1) for line in (paper / "keys.env").read_text().split())
     context = KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces"))
-    trader = KrakenClient(keys["KRAKEN_MASTER_API_KEY"], keys["KRAKEN_MASTER_API_SECRET"],
+    # The master's second key, for the trader's own client (NIJA's nonces own the first)
+    trader = KrakenClient(keys["PAPER_MASTER_TRADER_API_KEY"], keys["PAPER_MASTER_TRADER_API_SECRET"],
                           base_url=keys["KRAKEN_API_URL"], context=context)
     follower = KrakenClient(keys["KRAKEN_USER_ALICE_API_KEY"], keys["KRAKEN_USER_ALICE_API_SECRET"],
                             base_url=keys["KRAKEN_API_URL"], context=context)

@@ -167,3 +167,29 @@ async def test_krakenex_unchanged_drives_the_exchange(exchange, exchange_url):
     rows = out["ohlc"]["result"]["XXBTZUSD"]
     assert len(rows) == 720 and rows[-1][0] - rows[-2][0] == 300
     assert out["balance_after"]["result"]["XXBT"] == "0.0005000000"
+
+
+async def test_a_second_key_lets_a_millisecond_client_trade_an_account_nija_uses(exchange, exchange_url, tmp_path):
+    """NIJA's nanosecond nonces put a key out of reach of krakenex's milliseconds; the account's second key, with a
+    sequence of its own, trades the same balances (what paper mode writes to keys.env for the trader's client)."""
+    from nija.kraken.client import KrakenClient, KrakenContext
+
+    acct = exchange.account("master")
+    trader_key = exchange.add_key("master")
+    async with KrakenContext(state_dir=tmp_path) as context:
+        nija = KrakenClient(acct.api_key, acct.api_secret, base_url=exchange_url, context=context)
+        await nija.balance()
+
+        def session(key: str, secret: str) -> dict:
+            api = krakenex.API(key=key, secret=secret)
+            api.uri = exchange_url
+            try:
+                return api.query_private("Balance")
+            finally:
+                api.close()
+
+        refused = await asyncio.to_thread(session, acct.api_key, acct.api_secret)
+        accepted = await asyncio.to_thread(session, trader_key.api_key, trader_key.api_secret)
+        assert refused["error"] == ["EAPI:Invalid nonce"]
+        assert accepted["error"] == [] and accepted["result"] == (await nija.private("Balance"))
+    assert "secret" not in repr(trader_key).lower() and trader_key.api_secret not in repr(trader_key)
