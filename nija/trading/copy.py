@@ -65,6 +65,8 @@ log = get_logger("nija.copy")
 # Followers whose tasks a fan-out starts before it lets their orders leave. One at a time costs an event-loop turn
 # per follower; a handful keeps the first orders early at a fraction of the turns (4 was fastest at N = 100).
 _STARTED_PER_STEP = 4
+#: copy_result lines of followers already answered are written after this long, whoever is still being waited for
+RESULT_LOG_AFTER_S = 1.0
 
 ZERO = Decimal(0)
 
@@ -461,12 +463,15 @@ class CopyEngine:
                          prior: list[CopyResult]) -> CopySummary | None:
         failure: BaseException | None = None
         try:
-            done = [await task for task in tasks]
-            for result in done:
-                log.info("copy_result", name=result.name, pair=result.pair, side=result.side, status=result.status,
-                         volume=None if result.volume_base is None else str(result.volume_base),
-                         notional=None if result.notional_usd is None else str(_cents(result.notional_usd)),
-                         order_id=result.order_id, reason=result.reason, signal_id=signal.signal_id)
+            # Results are logged once the fan-out is answered (rendering must not delay sends or acks), or after
+            # a second for those in by then, so that one slow follower does not hold back every other's line.
+            pending = set(tasks)
+            while pending:
+                finished, pending = await asyncio.wait(pending, timeout=RESULT_LOG_AFTER_S)
+                for task in tasks:
+                    if task in finished:
+                        _log_result(task.result(), signal.signal_id)
+            done = [task.result() for task in tasks]
             results = prior + done
             acks = [r.acked_at_s for r in results if r.acked_at_s is not None]
             latency_ms = round((max(acks) - signal.filled_at_s) * 1000, 1) if acks else None
@@ -930,3 +935,10 @@ def _describe(exc: BaseException) -> str:
 def _cents(usd: Decimal) -> Decimal:
     """A notional for the logs: to the cent (the order itself is sized by volume, exactly)."""
     return usd.quantize(Decimal("0.01"))
+
+
+def _log_result(result: CopyResult, signal_id: str) -> None:
+    log.info("copy_result", name=result.name, pair=result.pair, side=result.side, status=result.status,
+             volume=None if result.volume_base is None else str(result.volume_base),
+             notional=None if result.notional_usd is None else str(_cents(result.notional_usd)),
+             order_id=result.order_id, reason=result.reason, signal_id=signal_id)

@@ -157,6 +157,26 @@ async def test_disabled_symbol_and_daily_loss(store):
     assert reasons["h"].startswith("disabled_symbol") and reasons["l"].startswith("daily_loss_reached")
 
 
+async def test_a_slow_follower_does_not_hold_back_the_others_copy_result_lines(store, monkeypatch):
+    import nija.trading.copy as copy_module
+    recorder = LogRecorder()
+    monkeypatch.setattr(copy_module, "log", recorder)
+    monkeypatch.setattr(copy_module, "RESULT_LOG_AFTER_S", 0.05)
+    alice, slow = FakeAccount(), FakeAccount()
+    slow.gate = asyncio.Event()  # its order hangs until let go
+    engine = await engine_with(store, [account("alice", alice), account("slow", slow)])
+    copying = asyncio.create_task(engine.copy(buy()))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if any(event == "copy_result" for event, _ in recorder.events):
+            break
+    assert [f["name"] for e, f in recorder.events if e == "copy_result"] == ["alice"]  # slow is still waited for
+    slow.gate.set()
+    summary = await copying
+    assert [f["name"] for e, f in recorder.events if e == "copy_result"] == ["alice", "slow"]
+    assert [r.name for r in summary.results] == ["alice", "slow"]
+
+
 async def test_a_signal_is_copied_once(store):
     alice = FakeAccount()
     engine = await engine_with(store, [account("alice", alice)])
