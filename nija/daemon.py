@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import gc
 import math
-import os
 import signal
 import sys
 import time
@@ -266,18 +265,15 @@ def _stop_event() -> asyncio.Event:
 
 
 async def _paper_exchange(stack: AsyncExitStack, settings: Settings, speed: float, seed: int):
-    from nija.exchange.sim import demo_exchange, env_lines, master_name
+    from nija.exchange.sim import demo_exchange, env_lines, master_name, write_private
 
     exchange = demo_exchange(seed=seed, speed=speed)
     server = await stack.enter_async_context(exchange.serve(host="127.0.0.1", port=0))
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     env_path = settings.state_dir / "keys.env"
-    fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
-    os.fchmod(fd, 0o600)  # a file left by an older version keeps its mode otherwise
-    with os.fdopen(fd, "w") as keys_file:
-        master = exchange.account(master_name(exchange))
-        trader = exchange.add_key(master.name)  # the trader's own client: NIJA's nonces are on another scale
-        keys_file.write("\n".join(env_lines(server.url, exchange, trader)) + "\n")
+    master = exchange.account(master_name(exchange))
+    trader = exchange.add_key(master.name)  # the trader's own client: NIJA's nonces are on another scale
+    write_private(env_path, env_lines(server.url, exchange, trader))
     followers = [
         Follower(FollowerConfig(name=account.name), SecretStr(account.api_key), SecretStr(account.api_secret))
         for account in exchange.accounts() if account.name != master.name
@@ -299,8 +295,9 @@ def _configured_followers(settings: Settings, lifecycle: Lifecycle) -> list[Foll
     return loaded.followers
 
 
-async def _balance_snapshot(client: KrakenClient, name: str, lifecycle: Lifecycle) -> Decimal | None:
-    """Log the account's USD cash and equity; unknown (None), never zero, when they cannot be read."""
+async def _balance_snapshot(client: KrakenClient, name: str, lifecycle: Lifecycle | None) -> Decimal | None:
+    """Log the account's USD cash and equity; unknown (None), never zero, when they cannot be read (a problem of
+    `lifecycle`, if given, until _master_equity_loop reads them)."""
     try:
         balances = await client.balance()
         equity = (await client.trade_balance()).equivalent_balance
@@ -308,7 +305,8 @@ async def _balance_snapshot(client: KrakenClient, name: str, lifecycle: Lifecycl
         raise
     except KrakenError as exc:
         log.error("balance_snapshot", account=name, role=name, error=str(exc), equity_usd=None)
-        lifecycle.problem(f"balance:{name}", str(exc))  # until _master_equity_loop reads it
+        if lifecycle is not None:
+            lifecycle.problem(f"balance:{name}", str(exc))
         return None
     cash = balances.get("ZUSD", Decimal(0))
     log.info("balance_snapshot", account=name, role="master", cash_usd=str(cash), equity_usd=str(equity))
@@ -367,13 +365,16 @@ async def _master_equity_loop(master: KrakenClient, lifecycle: Lifecycle, engine
     and choose the rate profile again (APEX_V71.md), so that the polling and refresh intervals follow the account as
     it grows or shrinks."""
     chosen = None if engine.master_equity_usd is None else profile_for(engine.master_equity_usd).name
+    read = engine.master_equity_usd is not None
     while True:
-        await asyncio.sleep(MASTER_EQUITY_S if engine.master_equity_usd is not None else MASTER_EQUITY_RETRY_S)
+        await asyncio.sleep(MASTER_EQUITY_S if read else MASTER_EQUITY_RETRY_S)
+        # A missed read is tried again in a minute; the master's reachability is the watcher's to report.
         try:
-            equity = await _balance_snapshot(master, "master", lifecycle)
+            equity = await _balance_snapshot(master, "master", None)
         except ConfigurationError as exc:
             log.error("balance_snapshot", account="master", role="master", error=str(exc), equity_usd=None)
-            continue
+            equity = None
+        read = equity is not None
         if equity is None:
             continue
         _follower_snapshots(engine)  # an hourly snapshot of every account, as at start

@@ -257,7 +257,7 @@ class ExchangeServer:
                     return _abort(request)
                 return await self._fault_response(request, fault, None)
         try:
-            body = _dumps({"error": [], "result": ex.call(acct, method, params)})
+            body = _dumps({"error": [], "result": ex.call(acct, method, params, api_key=headers.get("API-Key"))})
         except KrakenReject as exc:
             body = _dumps({"error": exc.errors})
         if fault is not None and fault.kind != "latency":

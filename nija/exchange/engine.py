@@ -142,17 +142,18 @@ def _accept_nonce(key: Account | ApiKey, nonce: int) -> bool:
 
 
 class ApiKey:
-    """A further key of an account: its own secret and nonce sequence; balances, orders and counters are the
-    account's."""
+    """A further key of an account: its own secret, nonce sequence and REST counter (Kraken counts REST calls per
+    key); balances, orders and the trading counters are the account's."""
 
-    __slots__ = ("api_key", "api_secret", "secret_bytes", "nonce_window", "highest_nonce", "_recent_nonces")
+    __slots__ = ("api_key", "api_secret", "secret_bytes", "nonce_window", "highest_nonce", "_recent_nonces", "rest")
 
-    def __init__(self, api_key: str, api_secret: str, nonce_window: int = 0) -> None:
+    def __init__(self, api_key: str, api_secret: str, tier: Tier, nonce_window: int = 0) -> None:
         self.api_key, self.api_secret = api_key, api_secret
         self.secret_bytes = base64.b64decode(api_secret)
         self.nonce_window = int(nonce_window)
         self.highest_nonce = 0
         self._recent_nonces: set[int] = set()
+        self.rest = DecayingCounter(tier.rest_max, tier.rest_decay_per_s)
 
     def __repr__(self) -> str:  # never the secret
         return f"ApiKey({self.api_key[:8]!r}…)"
@@ -404,7 +405,7 @@ class Exchange:
         account): e.g. one for NIJA and one for the trader's own client, whose nonces are on another scale."""
         acct = self._accounts[name]
         key = ApiKey(api_key or base64.b64encode(os.urandom(42)).decode(),
-                     api_secret or base64.b64encode(os.urandom(64)).decode(), nonce_window)
+                     api_secret or base64.b64encode(os.urandom(64)).decode(), acct.tier, nonce_window)
         if key.api_key in self._by_key:
             raise ValueError("API key already in use")
         self._by_key[key.api_key] = acct
@@ -547,13 +548,16 @@ class Exchange:
         except ValueError:
             raise KrakenReject("EAPI:Invalid nonce") from None
         if n <= 0 or n >= 1 << 64 or not _accept_nonce(key, n):
-            acct.rest.add(1, self.mono())  # rejected calls still cost points
+            key.rest.add(1, self.mono())  # rejected calls still cost points
             raise KrakenReject("EAPI:Invalid nonce")
         return acct
 
-    def call(self, account: Account | str, method: str, params: dict | None = None) -> Any:
-        """Run one private method for an account in-process (permissions and REST counter checked)."""
+    def call(self, account: Account | str, method: str, params: dict | None = None, *,
+             api_key: str | None = None) -> Any:
+        """Run one private method for an account in-process (permissions and the REST counter of the key it came
+        with, `api_key`, checked; the account's own key by default)."""
         acct = self._accounts[account] if isinstance(account, str) else account
+        key: Account | ApiKey = self._extra_keys.get(api_key, acct) if api_key else acct
         entry = self.methods_private.get(method)
         if entry is None:
             raise KrakenReject("EGeneral:Unknown method")
@@ -561,7 +565,7 @@ class Exchange:
         if perm not in acct.permissions:
             raise KrakenReject("EGeneral:Permission denied")
         cost = rest_cost(method)
-        if cost and not acct.rest.try_add(cost, self.mono()):
+        if cost and not key.rest.try_add(cost, self.mono()):
             raise KrakenReject("EAPI:Rate limit exceeded")
         self.sync()
         return fn(acct, _flat(params or {}, _NESTED))

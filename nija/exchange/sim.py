@@ -182,11 +182,18 @@ class _Out:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def write_private(path: Path, lines: list[str]) -> None:
+    """Write `lines` to `path`, readable by its owner only from the first byte (they hold API secrets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that existed keeps its mode otherwise
+    with os.fdopen(fd, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
 def _write_env(path: Path, lines: list[str]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n")
-        os.chmod(path, 0o600)
+        write_private(path, lines)
     except OSError as exc:
         raise CannotWrite(f"cannot write --env-out {path} ({exc.strerror or exc}): choose a writable path") \
             from None

@@ -55,7 +55,7 @@ from nija.kraken.errors import (
     TransportError,
     error_from_kraken,
 )
-from nija.kraken.limits import Tier, rest_cost, tier_named
+from nija.kraken.limits import TIERS, Tier, rest_cost, tier_named
 from nija.kraken.models import (
     OHLC,
     AddOrderResult,
@@ -297,13 +297,24 @@ class KrakenContext:
         REST counter levels for the next run."""
         if self._session is not None and self._owns_session and not self._session.closed:
             await self._session.close()
-        levels = self.scheduler.rest_levels()
+        levels, unused, unused_at_s = self.scheduler.rest_levels()
+        now_s = time.time()
+        # Keys this run did not touch keep what an earlier run left, decayed at the slowest tier's rate (their tier
+        # is not known here): never less than Kraken still counts.
+        slowest_decay_per_s = min(tier.rest_decay_per_s for tier in TIERS.values())
+        for key_id, level in unused.items():
+            left = level - (now_s - unused_at_s) * slowest_decay_per_s
+            if left > 0 and key_id not in levels:
+                levels[key_id] = left
         if levels:
             try:
                 self._levels_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self._levels_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"saved_at_s": time.time(), "rest_levels": levels}))
-                os.replace(tmp, self._levels_path)
+                tmp = self._levels_path.with_name(f"{self._levels_path.name}.{os.getpid()}.tmp")
+                with open(tmp, "w") as handle:
+                    handle.write(json.dumps({"saved_at_s": now_s, "rest_levels": levels}))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self._levels_path)  # a crash leaves the old file or the new one
             except OSError as exc:  # only a restart within a minute or so would miss it
                 log.warning("rest_levels_unsaved", path=str(self._levels_path), error=str(exc))
 

@@ -239,11 +239,13 @@ class RateScheduler:
         each decayed at its key's rate when the key is first used."""
         self._carried, self._carried_at_s = dict(rest_levels), saved_at_s
 
-    def rest_levels(self) -> dict[str, float]:
-        """Each key's REST counter level now (what a later run should start from)."""
+    def rest_levels(self) -> tuple[dict[str, float], dict[str, float], float]:
+        """What a later run should start from: each used key's REST counter level now, and the levels carried
+        over from an earlier run for keys this run did not use, as of the time they were saved."""
         now = self._clock()
         levels = {key_id: budget.rest.counter.level(now) for key_id, budget in self._keys.items()}
-        return {key_id: level for key_id, level in levels.items() if level > 0}
+        return ({key_id: level for key_id, level in levels.items() if level > 0}, dict(self._carried),
+                self._carried_at_s)
 
     def budget(self, key_id: str, tier: Tier) -> KeyBudget:
         """The budget of a key; every client of the key must declare the same tier."""

@@ -255,3 +255,34 @@ async def test_a_master_balance_unread_at_start_is_read_again_and_sets_the_rate_
     finally:
         stop.set()
         assert await asyncio.wait_for(daemon, 30) == 0
+
+
+async def test_a_missed_hourly_master_read_is_tried_again_soon_without_degrading(
+        exchange, exchange_url, tmp_path, monkeypatch, capsys):
+    import nija.daemon
+    from nija.exchange import Fault
+
+    monkeypatch.setattr(nija.daemon, "MASTER_EQUITY_S", 0.3)
+    monkeypatch.setattr(nija.daemon, "MASTER_EQUITY_RETRY_S", 0.1)
+    master = exchange.create_account("pro-master", {"ZUSD": Decimal("5000")}, tier="pro")
+    (tmp_path / "users").mkdir()
+    env = {"KRAKEN_API_URL": exchange_url, "KRAKEN_MASTER_API_KEY": master.api_key,
+           "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
+           "NIJA_USERS_DIR": str(tmp_path / "users"), "KRAKEN_TIER": "pro"}
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run(load_settings(env, dotenv_path=None), stop=stop, master_poll_s=5.0))
+    output = []
+
+    def master_snapshots():
+        output.extend(capsys.readouterr().out.splitlines())
+        return [line for line in output if "] balance_snapshot " in line and "account=master" in line.split()]
+
+    try:
+        await wait_for(lambda: len(master_snapshots()) >= 1 or daemon.done())
+        exchange.inject(Fault("service_unavailable", next_n=5, account="pro-master", method="TradeBalance"))
+        await wait_for(lambda: any("error=" in line for line in master_snapshots()), timeout_s=30)
+        await wait_for(lambda: "error=" not in master_snapshots()[-1], timeout_s=30)  # read again soon
+        assert not any("] degraded " in line for line in output)
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(daemon, 30) == 0

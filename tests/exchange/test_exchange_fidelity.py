@@ -193,3 +193,19 @@ async def test_a_second_key_lets_a_millisecond_client_trade_an_account_nija_uses
         assert refused["error"] == ["EAPI:Invalid nonce"]
         assert accepted["error"] == [] and accepted["result"] == (await nija.private("Balance"))
     assert "secret" not in repr(trader_key).lower() and trader_key.api_secret not in repr(trader_key)
+
+
+async def test_each_key_of_an_account_has_its_own_rest_counter(exchange, exchange_url, tmp_path):
+    """Kraken counts REST calls per key: the trader's own client spending its key's budget leaves NIJA's intact."""
+    from nija.kraken.client import KrakenClient, KrakenContext
+
+    acct = exchange.account("master")  # Starter: 15 calls at once
+    trader_key = exchange.add_key("master")
+    async with KrakenContext(state_dir=tmp_path / "trader") as theirs, \
+            KrakenContext(state_dir=tmp_path / "nija") as ours:
+        trader = KrakenClient(trader_key.api_key, trader_key.api_secret, base_url=exchange_url, context=theirs)
+        nija = KrakenClient(acct.api_key, acct.api_secret, base_url=exchange_url, context=ours, read_attempts=1)
+        for _ in range(14):
+            await trader.private("Balance")
+        for _ in range(14):
+            await nija.private("Balance")  # no EAPI:Rate limit exceeded: the trader's calls were not counted here

@@ -104,3 +104,21 @@ def test_a_key_keeps_one_tier():
         assert "same tier" in str(exc)
     else:
         raise AssertionError("a second tier for one key must be refused")
+
+
+async def test_levels_left_by_an_earlier_run_outlive_a_run_that_did_not_use_their_keys(tmp_path):
+    from nija.kraken.client import KrakenContext
+    from nija.kraken.limits import tier_named
+
+    starter = tier_named("starter")
+    first = KrakenContext(state_dir=tmp_path)
+    for key_id in ("master", "follower"):
+        first.scheduler.budget(key_id, starter).rest.counter.add(15, first.scheduler._clock())
+    await first.close()
+    second = KrakenContext(state_dir=tmp_path)  # a short run: only another key is used
+    second.scheduler.budget("other", starter).rest.counter.add(3, second.scheduler._clock())
+    await second.close()
+    third = KrakenContext(state_dir=tmp_path)
+    level = third.scheduler.budget("follower", starter).rest.counter.level(third.scheduler._clock())
+    assert level > 14  # what the first run left, barely decayed: the follower's first call will wait for it
+    await third.close()
