@@ -6,7 +6,9 @@ from decimal import Decimal
 
 import pytest
 
+import nija.daemon
 from nija.daemon import StartupError, run
+from nija.exchange import Fault
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.nonce import NonceCoordinator
 from nija.settings import load_settings
@@ -17,6 +19,29 @@ async def wait_for(condition, timeout_s=15.0):
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+def daemon_env(exchange_url, master, tmp_path, **extra) -> dict:
+    """The settings of a daemon whose master is `master` on the test exchange, state and users in `tmp_path`."""
+    (tmp_path / "users").mkdir(exist_ok=True)
+    return {"KRAKEN_API_URL": exchange_url, "KRAKEN_MASTER_API_KEY": master.api_key,
+            "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
+            "NIJA_USERS_DIR": str(tmp_path / "users"), **extra}
+
+
+class LogLines:
+    """What the daemon logged so far, as the console renderer the tests use shows it."""
+
+    def __init__(self, capsys):
+        self.capsys, self.lines = capsys, []
+
+    def read(self) -> list[str]:
+        self.lines.extend(self.capsys.readouterr().out.splitlines())
+        return self.lines
+
+    def logged(self, event, *words) -> bool:
+        """A line of `event` that has each of `words` (e.g. "source=master") among its fields."""
+        return any(f"] {event} " in line and all(w in line.split() for w in words) for line in self.read())
 
 
 async def test_master_fill_is_copied_and_a_bad_follower_file_leaves_only_itself_out(
@@ -189,38 +214,24 @@ async def test_a_stop_during_a_slow_start_ends_the_start_at_once(exchange, excha
 
 async def test_a_follower_that_cannot_be_reached_degrades_the_daemon_until_it_answers_again(
         exchange, exchange_url, tmp_path, monkeypatch, capsys):
-    import nija.daemon
-    from nija.exchange import Fault
-
     monkeypatch.setattr(nija.daemon, "HEALTH_S", 0.05)
-    master = exchange.account("master")
-    users = tmp_path / "users"
-    users.mkdir()
-    (users / "bob.json").write_text(json.dumps({"name": "bob"}))
     bob = exchange.account("bob")
-    env = {"KRAKEN_API_URL": exchange_url, "KRAKEN_MASTER_API_KEY": master.api_key,
-           "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
-           "NIJA_USERS_DIR": str(users), "NIJA_BALANCE_REFRESH_S": "1",
-           "KRAKEN_USER_BOB_API_KEY": bob.api_key, "KRAKEN_USER_BOB_API_SECRET": bob.api_secret}
+    env = daemon_env(exchange_url, exchange.account("master"), tmp_path, NIJA_BALANCE_REFRESH_S="1",
+                     KRAKEN_USER_BOB_API_KEY=bob.api_key, KRAKEN_USER_BOB_API_SECRET=bob.api_secret)
+    (tmp_path / "users" / "bob.json").write_text(json.dumps({"name": "bob"}))
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # follower credentials are read from the environment
     exchange.inject(Fault("service_unavailable", probability=1.0, account="bob"))
     stop = asyncio.Event()
     daemon = asyncio.create_task(run(load_settings(env, dotenv_path=None), stop=stop, master_poll_s=0.1))
-    output = []
-
-    def logged(event, **fields):
-        """A line of `event` with these fields, as the console renderer the tests use shows them."""
-        output.extend(capsys.readouterr().out.splitlines())
-        wanted = [f"{name}={value}" for name, value in fields.items()]
-        return any(f"] {event} " in line and all(w in line.split() for w in wanted) for line in output)
+    log = LogLines(capsys)
 
     try:
-        await wait_for(lambda: logged("degraded", source="follower:bob") or daemon.done(), timeout_s=30)
+        await wait_for(lambda: log.logged("degraded", "source=follower:bob") or daemon.done(), timeout_s=30)
         assert not daemon.done()
         exchange.clear_faults()
-        await wait_for(lambda: logged("recovered", source="follower:bob"), timeout_s=30)
-        assert logged("lifecycle", state="running")
+        await wait_for(lambda: log.logged("recovered", "source=follower:bob"), timeout_s=30)
+        assert log.logged("lifecycle", "state=running")
     finally:
         stop.set()
         assert await asyncio.wait_for(daemon, 30) == 0
@@ -228,23 +239,12 @@ async def test_a_follower_that_cannot_be_reached_degrades_the_daemon_until_it_an
 
 async def test_a_master_balance_unread_at_start_is_read_again_and_sets_the_rate_profile(
         exchange, exchange_url, tmp_path, monkeypatch, capsys):
-    import nija.daemon
-    from nija.exchange import Fault
-
     monkeypatch.setattr(nija.daemon, "MASTER_EQUITY_RETRY_S", 0.1)
-    master = exchange.account("master")
-    (tmp_path / "users").mkdir()
-    env = {"KRAKEN_API_URL": exchange_url, "KRAKEN_MASTER_API_KEY": master.api_key,
-           "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
-           "NIJA_USERS_DIR": str(tmp_path / "users")}
+    env = daemon_env(exchange_url, exchange.account("master"), tmp_path)
     exchange.inject(Fault("service_unavailable", next_n=6, account="master", method="Balance"))
     stop = asyncio.Event()
     daemon = asyncio.create_task(run(load_settings(env, dotenv_path=None), stop=stop))
-    output = []
-
-    def logged(event, *words):
-        output.extend(capsys.readouterr().out.splitlines())
-        return any(f"] {event} " in line and all(w in line.split() for w in words) for line in output)
+    logged = LogLines(capsys).logged
 
     try:
         await wait_for(lambda: logged("recovered", "source=balance:master") or daemon.done(), timeout_s=30)
@@ -259,30 +259,23 @@ async def test_a_master_balance_unread_at_start_is_read_again_and_sets_the_rate_
 
 async def test_a_missed_hourly_master_read_is_tried_again_soon_without_degrading(
         exchange, exchange_url, tmp_path, monkeypatch, capsys):
-    import nija.daemon
-    from nija.exchange import Fault
-
     monkeypatch.setattr(nija.daemon, "MASTER_EQUITY_S", 0.3)
     monkeypatch.setattr(nija.daemon, "MASTER_EQUITY_RETRY_S", 0.1)
     master = exchange.create_account("pro-master", {"ZUSD": Decimal("5000")}, tier="pro")
-    (tmp_path / "users").mkdir()
-    env = {"KRAKEN_API_URL": exchange_url, "KRAKEN_MASTER_API_KEY": master.api_key,
-           "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
-           "NIJA_USERS_DIR": str(tmp_path / "users"), "KRAKEN_TIER": "pro"}
+    env = daemon_env(exchange_url, master, tmp_path, KRAKEN_TIER="pro")
     stop = asyncio.Event()
     daemon = asyncio.create_task(run(load_settings(env, dotenv_path=None), stop=stop, master_poll_s=5.0))
-    output = []
+    log = LogLines(capsys)
 
     def master_snapshots():
-        output.extend(capsys.readouterr().out.splitlines())
-        return [line for line in output if "] balance_snapshot " in line and "account=master" in line.split()]
+        return [line for line in log.read() if "] balance_snapshot " in line and "account=master" in line.split()]
 
     try:
         await wait_for(lambda: len(master_snapshots()) >= 1 or daemon.done())
         exchange.inject(Fault("service_unavailable", next_n=5, account="pro-master", method="TradeBalance"))
         await wait_for(lambda: any("error=" in line for line in master_snapshots()), timeout_s=30)
         await wait_for(lambda: "error=" not in master_snapshots()[-1], timeout_s=30)  # read again soon
-        assert not any("] degraded " in line for line in output)
+        assert not log.logged("degraded")
     finally:
         stop.set()
         assert await asyncio.wait_for(daemon, 30) == 0
