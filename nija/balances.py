@@ -54,7 +54,7 @@ async def read_balances(settings: Settings, environ: Mapping[str, str] | None = 
                                          holder="nija balances"))
         accounts = [("master", "master", settings.master_api_key, settings.master_api_secret)]
         for follower in loaded.followers:
-            try:
+            try:  # taken at once or not at all: another `nija balances` would wait for this one
                 locks.enter_context(InstanceLock(settings.state_dir, follower.api_key.get_secret_value(),
                                                  holder="nija balances"))
             except AlreadyRunningError:

@@ -117,14 +117,14 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock; a `nija balances` holding it (for the seconds its reads take) is waited for."""
-        give_up_at = time.monotonic() + self.wait_for_brief_s
-        while (holder := self._try_acquire()) is not None:
-            self._refuse_unless_brief(holder, give_up_at)
-            time.sleep(_RETRY_S)
+        """Take the lock now, or raise AlreadyRunningError (`acquire_async` waits for a brief holder)."""
+        holder = self._try_acquire()
+        if holder is not None:
+            self._refuse_unless_brief(holder, give_up_at=0.0)
 
     async def acquire_async(self) -> None:
-        """`acquire` for a running event loop: waiting for a brief holder does not stop the loop."""
+        """Take the lock; a `nija balances` holding it (for the seconds its reads take) is waited for, without
+        stopping the event loop."""
         give_up_at = time.monotonic() + self.wait_for_brief_s
         while (holder := self._try_acquire()) is not None:
             self._refuse_unless_brief(holder, give_up_at)

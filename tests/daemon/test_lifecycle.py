@@ -19,11 +19,12 @@ def _hold(tmp_path, holder: str, release_after_s: float) -> subprocess.Popen:
     return process
 
 
-def test_a_daemon_starting_while_nija_balances_reads_waits_for_it(tmp_path):
+async def test_a_daemon_starting_while_nija_balances_reads_waits_for_it(tmp_path):
     balances = _hold(tmp_path, "nija balances", 0.5)
     try:
-        with InstanceLock(tmp_path, "master-key"):  # waits the half second the balance read takes
-            pass
+        lock = InstanceLock(tmp_path, "master-key")
+        await lock.acquire_async()  # waits the half second the balance read takes
+        lock.release()
         assert balances.wait(timeout=10) == 0
         balances = _hold(tmp_path, "nija balances", 30)
         with pytest.raises(AlreadyRunningError) as info:
