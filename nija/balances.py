@@ -98,7 +98,8 @@ def main(argv: list[str], *, environ: Mapping[str, str] | None = None, out=None)
     try:
         rows = asyncio.run(read_balances(settings, environ))
     except AlreadyRunningError as exc:
-        print(f"{exc}\nThe running daemon logs every account's balances at start and every hour: see its balance_snapshot lines.", file=out)
+        print(f"{exc}\nThe running daemon logs every account's balances at start and every hour: see its "
+              "balance_snapshot lines.", file=out)
         return 3
     except OSError as exc:
         print(state_dir_problem(exc, settings.state_dir), file=out)
