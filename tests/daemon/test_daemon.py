@@ -1,6 +1,7 @@
 """`nija run` end to end on the embedded exchange: a master fill is copied to every follower from the files."""
 
 import asyncio
+import contextlib
 import json
 from decimal import Decimal
 
@@ -27,6 +28,18 @@ def daemon_env(exchange_url, master, tmp_path, **extra) -> dict:
     return {"KRAKEN_API_URL": exchange_url, "KRAKEN_MASTER_API_KEY": master.api_key,
             "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
             "NIJA_USERS_DIR": str(tmp_path / "users"), **extra}
+
+
+@contextlib.asynccontextmanager
+async def running(settings, **options):
+    """The daemon in a task for the block; then stopped, as SIGTERM would, and its clean exit checked."""
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run(settings, stop=stop, **options))
+    try:
+        yield daemon
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(daemon, 30) == 0
 
 
 class LogLines:
@@ -66,14 +79,11 @@ async def test_master_fill_is_copied_and_a_bad_follower_file_leaves_only_itself_
         monkeypatch.setenv(key, value)
     settings = load_settings(env, dotenv_path=None)
 
-    stop = asyncio.Event()
-    daemon = asyncio.create_task(run(settings, stop=stop, master_poll_s=0.1))
-    await wait_for(lambda: (tmp_path / "state" / "master_fills.json").exists() or daemon.done())
-    assert not daemon.done()
-
-    context = KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces"))
-    trader = KrakenClient(master.api_key, master.api_secret, base_url=exchange_url, context=context)
-    try:
+    async with running(settings, master_poll_s=0.1) as daemon, \
+            KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces")) as context:
+        await wait_for(lambda: (tmp_path / "state" / "master_fills.json").exists() or daemon.done())
+        assert not daemon.done()
+        trader = KrakenClient(master.api_key, master.api_secret, base_url=exchange_url, context=context)
         # The master spends about 10 % of its equity: alice copies ~10 % of hers, bob (multiplier 0.5) ~5 %.
         await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
 
@@ -85,10 +95,6 @@ async def test_master_fill_is_copied_and_a_bad_follower_file_leaves_only_itself_
         assert Decimal("7.5") < alice_usd <= Decimal("8.46")  # 84.58 × 1000/10000, rounded down to the lot
         bob_usd = held("bob") * Decimal("50000")
         assert Decimal("3.0") < bob_usd <= Decimal("3.30")  # 65.87 × 1000/10000 × 0.5
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(daemon, 30) == 0
-        await context.close()
     # Exactly one order per follower for the one master fill.
     for name in ("alice", "bob"):
         assert [len(orders) for orders in exchange.orders_by_cl_ord_id(name).values()] == [1]
@@ -121,18 +127,16 @@ async def test_a_second_daemon_on_the_same_keys_refuses_to_start(exchange, excha
 async def test_paper_mode_copies_the_paper_masters_fills(tmp_path):
     """What `./start.sh` does with no keys: the embedded exchange in-process; its keys file lets you trade."""
     settings = load_settings({"NIJA_STATE_DIR": str(tmp_path / "state")}, dotenv_path=None)
-    stop = asyncio.Event()
-    daemon = asyncio.create_task(run(settings, paper=True, stop=stop, master_poll_s=0.1))
     paper = tmp_path / "state" / "paper"
-    await wait_for(lambda: (paper / "master_fills.json").exists() or daemon.done())
-    keys = dict(line.split("=", 1) for line in (paper / "keys.env").read_text().split())
-    context = KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces"))
-    # The master's second key, for the trader's own client (NIJA's nonces own the first)
-    trader = KrakenClient(keys["PAPER_MASTER_TRADER_API_KEY"], keys["PAPER_MASTER_TRADER_API_SECRET"],
-                          base_url=keys["KRAKEN_API_URL"], context=context)
-    follower = KrakenClient(keys["KRAKEN_USER_ALICE_API_KEY"], keys["KRAKEN_USER_ALICE_API_SECRET"],
-                            base_url=keys["KRAKEN_API_URL"], context=context)
-    try:
+    async with running(settings, paper=True, master_poll_s=0.1) as daemon, \
+            KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces")) as context:
+        await wait_for(lambda: (paper / "master_fills.json").exists() or daemon.done())
+        keys = dict(line.split("=", 1) for line in (paper / "keys.env").read_text().split())
+        # The master's second key, for the trader's own client (NIJA's nonces own the first)
+        trader = KrakenClient(keys["PAPER_MASTER_TRADER_API_KEY"], keys["PAPER_MASTER_TRADER_API_SECRET"],
+                              base_url=keys["KRAKEN_API_URL"], context=context)
+        follower = KrakenClient(keys["KRAKEN_USER_ALICE_API_KEY"], keys["KRAKEN_USER_ALICE_API_SECRET"],
+                                base_url=keys["KRAKEN_API_URL"], context=context)
         price = (await trader.ticker("XBTUSD"))["XXBTZUSD"].last
         volume = (Decimal("6") / price).quantize(Decimal("0.00000001"))  # ~10 % of the $60.53 master
         await trader.add_order("XBTUSD", "buy", volume)
@@ -146,10 +150,6 @@ async def test_paper_mode_copies_the_paper_masters_fills(tmp_path):
             await asyncio.sleep(0.2)
         # alice copies ~10 % of her $84.58, rounded down to the lot.
         assert Decimal("7") < await alice_btc() * price <= Decimal("8.5")
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(daemon, 30) == 0
-        await context.close()
 
 
 async def test_a_refused_master_key_stops_the_start_with_the_variable_to_fix(exchange, exchange_url, tmp_path):
@@ -222,19 +222,13 @@ async def test_a_follower_that_cannot_be_reached_degrades_the_daemon_until_it_an
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # follower credentials are read from the environment
     exchange.inject(Fault("service_unavailable", probability=1.0, account="bob"))
-    stop = asyncio.Event()
-    daemon = asyncio.create_task(run(load_settings(env, dotenv_path=None), stop=stop, master_poll_s=0.1))
     log = LogLines(capsys)
-
-    try:
+    async with running(load_settings(env, dotenv_path=None), master_poll_s=0.1) as daemon:
         await wait_for(lambda: log.logged("degraded", "source=follower:bob") or daemon.done(), timeout_s=30)
         assert not daemon.done()
         exchange.clear_faults()
         await wait_for(lambda: log.logged("recovered", "source=follower:bob"), timeout_s=30)
         assert log.logged("lifecycle", "state=running")
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(daemon, 30) == 0
 
 
 async def test_a_master_balance_unread_at_start_is_read_again_and_sets_the_rate_profile(
@@ -242,19 +236,13 @@ async def test_a_master_balance_unread_at_start_is_read_again_and_sets_the_rate_
     monkeypatch.setattr(nija.daemon, "MASTER_EQUITY_RETRY_S", 0.1)
     env = daemon_env(exchange_url, exchange.account("master"), tmp_path)
     exchange.inject(Fault("service_unavailable", next_n=6, account="master", method="Balance"))
-    stop = asyncio.Event()
-    daemon = asyncio.create_task(run(load_settings(env, dotenv_path=None), stop=stop))
     logged = LogLines(capsys).logged
-
-    try:
+    async with running(load_settings(env, dotenv_path=None)) as daemon:
         await wait_for(lambda: logged("recovered", "source=balance:master") or daemon.done(), timeout_s=30)
         assert logged("degraded", "source=balance:master")
         # $60.53 of master equity: LOW_CAPITAL, whose order-status interval is 15 s
         assert logged("rate_profile", "profile=LOW_CAPITAL", "order_status_refresh_s=15.0")
         assert logged("lifecycle", "state=running")
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(daemon, 30) == 0
 
 
 async def test_a_missed_hourly_master_read_is_tried_again_soon_without_degrading(
@@ -263,19 +251,14 @@ async def test_a_missed_hourly_master_read_is_tried_again_soon_without_degrading
     monkeypatch.setattr(nija.daemon, "MASTER_EQUITY_RETRY_S", 0.1)
     master = exchange.create_account("pro-master", {"ZUSD": Decimal("5000")}, tier="pro")
     env = daemon_env(exchange_url, master, tmp_path, KRAKEN_TIER="pro")
-    stop = asyncio.Event()
-    daemon = asyncio.create_task(run(load_settings(env, dotenv_path=None), stop=stop, master_poll_s=5.0))
     log = LogLines(capsys)
 
     def master_snapshots():
         return [line for line in log.read() if "] balance_snapshot " in line and "account=master" in line.split()]
 
-    try:
+    async with running(load_settings(env, dotenv_path=None), master_poll_s=5.0) as daemon:
         await wait_for(lambda: len(master_snapshots()) >= 1 or daemon.done())
         exchange.inject(Fault("service_unavailable", next_n=5, account="pro-master", method="TradeBalance"))
         await wait_for(lambda: any("error=" in line for line in master_snapshots()), timeout_s=30)
         await wait_for(lambda: "error=" not in master_snapshots()[-1], timeout_s=30)  # read again soon
         assert not log.logged("degraded")
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(daemon, 30) == 0
