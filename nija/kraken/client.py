@@ -29,7 +29,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import random
 import re
 import time
@@ -55,7 +54,7 @@ from nija.kraken.errors import (
     TransportError,
     error_from_kraken,
 )
-from nija.kraken.limits import TIERS, Tier, rest_cost, tier_named
+from nija.kraken.limits import Tier, rest_cost, tier_named
 from nija.kraken.models import (
     OHLC,
     AddOrderResult,
@@ -72,6 +71,7 @@ from nija.kraken.models import (
 )
 from nija.kraken.nonce import NonceCoordinator, NonceLane
 from nija.kraken.pairs import PairInfo, Pairs
+from nija.kraken.rest_levels import REST_LEVELS_FILE, SAVE_EVERY_S, RestLevelsFile
 from nija.kraken.scheduler import KeyBudget, Pacer, RateScheduler
 from nija.logs import get_logger
 
@@ -82,8 +82,6 @@ USER_AGENT = "nija/0.1 (+https://github.com/nija)"
 # Longer than the slowest balance refresh (60 s) so refreshes keep the pool warm; below the 75 s after which
 # aiohttp's server (the embedded exchange) drops an idle connection, so the server's close never races a send.
 DEFAULT_KEEPALIVE_S = 70.0
-#: beside the nonce mark: each key's REST counter level when the last run stopped
-REST_LEVELS_FILE = "rest_levels.json"
 # Calls that change state: never repeated after an ambiguous failure (add_order has its own lookup-then-resend).
 _NOT_REPEATABLE = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder"})
 # Calls charged on a pair's trading counter (API.md §3), and those Kraken takes as JSON only.
@@ -229,10 +227,11 @@ class KrakenContext:
         self._urls: dict[str, URL] = {}
         self.timeouts = RequestTimeouts()
         self._users = 0
-        # Kraken's REST counters outlive a restart: start from what the last run left (see `close`).
-        self._levels_path = self.nonces.mark_path.parent / REST_LEVELS_FILE
+        # Kraken's REST counters outlive a restart: start from what the last run left, and keep the file current.
+        self._levels = RestLevelsFile(self.nonces.mark_path.parent / REST_LEVELS_FILE)
+        self._levels_saver: asyncio.Task[None] | None = None
         if scheduler is None:
-            self._carry_over_rest_levels()
+            self._levels.carry_over_into(self.scheduler)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -292,41 +291,26 @@ class KrakenContext:
         if self._users == 0:
             await self.close()
 
+    def keep_rest_levels(self) -> None:
+        """Keep the REST levels file current while this context is used (called by every private call)."""
+        if self._levels_saver is None or self._levels_saver.done():
+            self._levels_saver = asyncio.get_running_loop().create_task(self._save_rest_levels_while_used())
+
+    async def _save_rest_levels_while_used(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_EVERY_S)
+            if self._levels.behind(self.scheduler):
+                self._levels.save(self.scheduler, durable=False)
+
     async def close(self) -> None:
         """Close the HTTP session if this context created it (a later call opens a new one), and leave the keys'
         REST counter levels for the next run."""
+        if self._levels_saver is not None:
+            self._levels_saver.cancel()
+            self._levels_saver = None
         if self._session is not None and self._owns_session and not self._session.closed:
             await self._session.close()
-        levels, unused, unused_at_s = self.scheduler.rest_levels()
-        now_s = time.time()
-        # Keys this run did not touch keep what an earlier run left, decayed at the slowest tier's rate (their tier
-        # is not known here): never less than Kraken still counts.
-        slowest_decay_per_s = min(tier.rest_decay_per_s for tier in TIERS.values())
-        for key_id, level in unused.items():
-            left = level - (now_s - unused_at_s) * slowest_decay_per_s
-            if left > 0 and key_id not in levels:
-                levels[key_id] = left
-        if levels:
-            try:
-                self._levels_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self._levels_path.with_name(f"{self._levels_path.name}.{os.getpid()}.tmp")
-                with open(tmp, "w") as handle:
-                    handle.write(json.dumps({"saved_at_s": now_s, "rest_levels": levels}))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self._levels_path)  # a crash leaves the old file or the new one
-            except OSError as exc:  # only a restart within a minute or so would miss it
-                log.warning("rest_levels_unsaved", path=str(self._levels_path), error=str(exc))
-
-    def _carry_over_rest_levels(self) -> None:
-        try:
-            saved = json.loads(self._levels_path.read_text())
-            self.scheduler.carry_over({str(k): float(v) for k, v in saved["rest_levels"].items()},
-                                      float(saved["saved_at_s"]))
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("rest_levels_unreadable", path=str(self._levels_path), error=str(exc))
+        self._levels.save(self.scheduler, durable=True)
 
     async def __aenter__(self) -> KrakenContext:
         return self
@@ -600,6 +584,7 @@ class KrakenClient:
                 "Content-Type": content_type,
             }
             context = self._context
+            context.keep_rest_levels()
             try:
                 slot, task = context.timeouts.enter(self._timeout_s)
                 try:

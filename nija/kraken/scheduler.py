@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from nija.kraken.limits import DecayingCounter, Tier, rest_cost, trading_cost
+from nija.kraken.limits import TIERS, DecayingCounter, Tier, rest_cost, trading_cost
 
 __all__ = ["RateScheduler", "KeyBudget", "Pacer"]
 
@@ -239,13 +239,17 @@ class RateScheduler:
         each decayed at its key's rate when the key is first used."""
         self._carried, self._carried_at_s = dict(rest_levels), saved_at_s
 
-    def rest_levels(self) -> tuple[dict[str, float], dict[str, float], float]:
-        """What a later run should start from: each used key's REST counter level now, and the levels carried
-        over from an earlier run for keys this run did not use, as of the time they were saved."""
+    def rest_levels(self, now_unix_s: float) -> dict[str, tuple[float, float]]:
+        """What a later run should start from, as of unix time `now_unix_s`: key id → (REST counter level, its
+        decay per second). Keys this run did not use keep what an earlier run left, decayed at the slowest tier's
+        rate (their tier is not known here): never less than Kraken still counts."""
         now = self._clock()
-        levels = {key_id: budget.rest.counter.level(now) for key_id, budget in self._keys.items()}
-        return ({key_id: level for key_id, level in levels.items() if level > 0}, dict(self._carried),
-                self._carried_at_s)
+        levels = {key_id: (budget.rest.counter.level(now), budget.tier.rest_decay_per_s)
+                  for key_id, budget in self._keys.items()}
+        slowest_decay_per_s = min(tier.rest_decay_per_s for tier in TIERS.values())
+        for key_id, level in self._carried.items():  # a key's carried level is dropped when the key is used
+            levels[key_id] = (level - (now_unix_s - self._carried_at_s) * slowest_decay_per_s, slowest_decay_per_s)
+        return {key_id: value for key_id, value in levels.items() if value[0] > 0}
 
     def budget(self, key_id: str, tier: Tier) -> KeyBudget:
         """The budget of a key; every client of the key must declare the same tier."""

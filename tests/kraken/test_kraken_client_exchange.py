@@ -4,6 +4,7 @@ Reads run with read_attempts=1 where the point is that an error never happens: a
 """
 
 import asyncio
+import sys
 import time
 from decimal import Decimal
 
@@ -14,6 +15,7 @@ from nija.kraken.client import KrakenClient, KrakenContext, derive_cl_ord_id
 from nija.kraken.errors import AmbiguousOrderError
 from nija.kraken.limits import Tier
 from nija.kraken.nonce import NonceCoordinator
+from nija.kraken.rest_levels import SAVE_EVERY_S
 
 # Roomy limits for tests about nonces and orders, so the rate counter never shapes them.
 ROOMY = Tier("roomy-test", rest_max=10_000, rest_decay_per_s=1000.0, trading_max=10_000, trading_decay_per_s=100.0,
@@ -344,5 +346,46 @@ async def test_a_restart_starts_from_the_rest_counter_the_last_run_left(exchange
             await client.balance()
     async with KrakenContext(state_dir=tmp_path) as after:
         client = client_for(exchange, "restarting", after, base_url=exchange_url, read_attempts=1)
+        await client.balance()  # waits for room; no EAPI:Rate limit exceeded
+        assert client._budget.rest.waited_s > 0
+
+
+# The killed run of the test below: fills the REST counter of a slow tier, says so, then waits to be killed.
+_FILL_THEN_HANG = """
+import asyncio, sys
+from nija.kraken.client import KrakenClient, KrakenContext
+from nija.kraken.limits import Tier
+
+async def main(url, key, secret, state_dir):
+    tier = Tier("slow-rest-kill", rest_max=6, rest_decay_per_s=0.5, trading_max=1000, trading_decay_per_s=100.0,
+                max_open_orders_per_pair=1000)
+    context = KrakenContext(state_dir=state_dir)
+    client = KrakenClient(key, secret, base_url=url, context=context, tier=tier, read_attempts=1)
+    for _ in range(6):
+        await client.balance()
+    print("counter full", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_a_run_killed_without_stopping_still_leaves_its_rest_counter_to_the_next(exchange, exchange_url, tmp_path):
+    """SIGKILL, an OOM kill or a crash skips the save at the stop: the level saved while running still tells the
+    next run to wait instead of earning EAPI:Rate limit exceeded."""
+    slow = Tier("slow-rest-kill", rest_max=6, rest_decay_per_s=0.5, trading_max=1000, trading_decay_per_s=100.0,
+                max_open_orders_per_pair=1000)
+    account = exchange.create_account("killed", balances={"ZUSD": Decimal("1")}, tier=slow)
+    run = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _FILL_THEN_HANG, exchange_url, account.api_key, account.api_secret, str(tmp_path),
+        stdout=asyncio.subprocess.PIPE)
+    try:
+        assert await asyncio.wait_for(run.stdout.readline(), 30) == b"counter full\n"
+        await asyncio.sleep(1.5 * SAVE_EVERY_S)  # the running context's check comes round once
+    finally:
+        run.kill()
+        await run.wait()
+    async with KrakenContext(state_dir=tmp_path) as after:
+        client = client_for(exchange, "killed", after, base_url=exchange_url, read_attempts=1)
         await client.balance()  # waits for room; no EAPI:Rate limit exceeded
         assert client._budget.rest.waited_s > 0

@@ -1,6 +1,7 @@
 """The rate scheduler makes calls wait for budget instead of exceeding Kraken's counters."""
 
 import asyncio
+import time
 
 from nija.kraken.limits import Tier, rest_cost
 from nija.kraken.scheduler import Pacer, RateScheduler
@@ -122,3 +123,24 @@ async def test_levels_left_by_an_earlier_run_outlive_a_run_that_did_not_use_thei
     level = third.scheduler.budget("follower", starter).rest.counter.level(third.scheduler._clock())
     assert level > 14  # what the first run left, barely decayed: the follower's first call will wait for it
     await third.close()
+
+
+def test_the_rest_levels_file_is_rewritten_only_when_a_counter_rose_above_it(tmp_path):
+    """A daemon that is idle, or only waits for its counters to drain, does not rewrite the file every second."""
+    from nija.kraken.limits import tier_named
+    from nija.kraken.rest_levels import RestLevelsFile
+
+    scheduler = RateScheduler()
+    levels = RestLevelsFile(tmp_path / "rest_levels.json")
+    assert not levels.behind(scheduler)  # nothing counted yet
+    counter = scheduler.budget("master", tier_named("starter")).rest.counter
+    counter.add(5, time.monotonic())
+    assert levels.behind(scheduler)
+    levels.save(scheduler, durable=False)
+    assert not levels.behind(scheduler)  # draining: the file, decayed alike, still covers it
+    counter.add(1, time.monotonic())
+    assert levels.behind(scheduler)
+    levels.save(scheduler, durable=False)
+    again = RateScheduler()
+    RestLevelsFile(tmp_path / "rest_levels.json").carry_over_into(again)
+    assert again.budget("master", tier_named("starter")).rest.counter.level(time.monotonic()) > 5.9
