@@ -15,6 +15,10 @@ Held signals: while an intent of a follower on a pair is unsettled, that followe
 order did, so the next signal on the same pair first settles it by lookup (retried with backoff) and is sized only
 from the settled position; if it stays unknown, the next signal is held (unsettled, not sent) for reconciliation.
 
+Exits are never dropped (invariant 4): an exit whose position cannot be read, or that the exchange refuses for now
+(market not online, rate limit, funds the book thought were there), stays unsettled and is retried by
+reconciliation. An entry in the same case is skipped or failed: buying later would be at a later price.
+
 One follower's error, slowness or rate limit never delays another: each has its own task, its own timeout, and
 the only shared resource is the semaphore, held just for the order call itself.
 """
@@ -33,7 +37,10 @@ from nija.accounts import FollowerConfig
 from nija.kraken.errors import (
     AmbiguousOrderError,
     ConfigurationError,
+    InsufficientFundsError,
     KrakenError,
+    MarketClosedError,
+    RateLimitedError,
 )
 from nija.logs import get_logger
 from nija.settings import CopyTradingMode
@@ -47,6 +54,7 @@ from nija.trading.sizing import (
     OrderPlan,
     PairRules,
     Skip,
+    SkipReason,
     size_copy,
 )
 
@@ -654,10 +662,14 @@ class CopyEngine:
             # The exchange refused this account's key: report that, rather than "balance unknown".
             return CopyResult(**base, status="failed", reason=f"account unusable: {account.unusable}")
         book = self._book(account, rules)
+        if signal.side == "sell" and book.position_base is None and await self._reload_book(account):
+            book = self._book(account, rules)  # e.g. the read at start-up failed: read again before giving up
         if book.daily_loss_reached:
             await self._keep_loss_limit(account)
         plan = size_copy(signal, account.limits, book, rules, taker_fee_rate=self.taker_fee_rate)
         if isinstance(plan, Skip):
+            if plan.reason is SkipReason.POSITION_UNKNOWN:  # an exit: never dropped, settled once it is known
+                return CopyResult(**base, status="unsettled", reason=f"{plan}; exit retried once it is read")
             return CopyResult(**base, status="skipped", reason=str(plan))
         self._loads_at_send[cl_ord_id] = account.portfolio.loads
         committed_usd = self._worst_cost_usd(plan) if plan.side == "buy" else Decimal(0)
@@ -679,6 +691,12 @@ class CopyEngine:
         except _Unsettled as exc:
             return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
                               notional_usd=plan.notional_usd, reason=str(exc))
+        except _REFUSED_FOR_NOW as exc:
+            if plan.side == "sell":  # nothing executed; reconciliation proves it absent, re-sizes and sends it
+                return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
+                                  notional_usd=plan.notional_usd, reason=f"exit retried later: {_describe(exc)}")
+            return CopyResult(**base, status="failed", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
+                              reason=_describe(exc), acked_at_s=self.clock())
         except KrakenError as exc:
             return CopyResult(**base, status="failed", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
                               reason=_describe(exc), acked_at_s=self.clock())
@@ -899,6 +917,12 @@ class CopyEngine:
             return False  # a fill landed while we read: our numbers may predate it
         account.portfolio.load(balances)
         await self._mark_day(account)
+        # Watched at every read, not only when a signal comes: a dip between two signals blocks entries for the
+        # rest of the day even if equity is back by the next one.
+        portfolio = account.portfolio
+        if portfolio.daily_loss_reached(account.config.max_daily_loss, portfolio.equity_usd(self.prices),
+                                        self._today()):
+            await self._keep_loss_limit(account)
         return True
 
     async def _mark_day(self, account: FollowerAccount) -> None:
@@ -925,6 +949,11 @@ class CopyEngine:
                 await self.refresh_all()
             except Exception:
                 log.exception("balance_refresh_crashed")
+
+
+# Refusals that executed nothing and may pass: the market not online yet, the trading counter full after the
+# client's retries, or funds the book counted that the exchange has not (an estimated fill, a transfer out).
+_REFUSED_FOR_NOW = (MarketClosedError, RateLimitedError, InsufficientFundsError)
 
 
 def _describe(exc: BaseException) -> str:

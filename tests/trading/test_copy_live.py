@@ -8,10 +8,14 @@ import asyncio
 from decimal import Decimal as D
 
 import pytest
+from pydantic import SecretStr
 
+from nija.accounts import Follower, FollowerConfig
 from nija.exchange import Exchange, Fault
 from nija.kraken.client import KrakenClient
 from nija.store import IntentRow
+from nija.trading.copy import CopyEngine
+from nija.trading.kraken_gateway import follower_accounts
 from nija.trading.signals import cl_ord_id_for
 
 from tests.trading.live import PAIR, make_rig, round_volume_down
@@ -178,5 +182,97 @@ async def test_cash_held_by_a_followers_own_open_order_still_counts_in_its_equit
         summary = await rig.engine.copy(signal)
         # capped at 10 % of her 10,000 USD of equity, not of the 6,988 her resting order leaves free
         assert [r.volume_base for r in summary.results] == [round_volume_down(D("1000") / signal.avg_price_usd, 8)]
+    finally:
+        await rig.close()
+
+
+async def restarted_engine(rig, names: list[str], **options) -> None:
+    """The next run of the engine on the same store: new clients and portfolios, nothing in memory."""
+    await rig.engine.stop()
+    pairs = await rig.master.pairs()
+    loaded = [Follower(FollowerConfig(name=name), SecretStr(rig.exchange.account(name).api_key),
+                       SecretStr(rig.exchange.account(name).api_secret)) for name in names]
+    accounts = follower_accounts(loaded, pairs, base_url=rig.url, context=rig.context, timeout_s=0.5,
+                                 retry_base_s=0.01, read_attempts=1, order_deadline_s=2, deadline_margin_s=0.05)
+    rig.engine = CopyEngine(rig.store, pairs, accounts, **options)
+    await rig.engine.start()
+
+
+async def test_an_exit_is_kept_when_the_followers_balances_could_not_be_read_at_start(served, tmp_path):
+    """Invariant 7 with invariant 4: a holding not read yet is unknown, not zero, so the exit waits for it."""
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
+    try:
+        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
+        assert rig.held("alice") > 0
+        exchange.inject(Fault(kind="service_unavailable", method="BalanceEx", account="alice", next_n=50))
+        await restarted_engine(rig, ["alice"], settle_retry_s=0.01)  # alice's first read meets an outage
+        assert not rig.engine.followers["alice"].portfolio.known
+        sell = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")  # the master closes its position
+        [result] = (await rig.engine.copy(sell)).results
+        assert result.status == "unsettled" and result.reason.startswith("position_unknown")
+        exchange.clear_faults()  # the outage passes
+        await rig.engine.reconcile()
+        assert rig.held("alice") == 0 and await rig.store.signal_status(sell.signal_id) == "done"
+    finally:
+        await rig.close()
+
+
+async def test_an_exit_read_again_at_once_when_the_balances_come_back(served, tmp_path):
+    """The read at start failed but the next one works: the exit goes out with the signal, not a minute later."""
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
+    try:
+        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
+        exchange.inject(Fault(kind="service_unavailable", method="BalanceEx", account="alice", next_n=1))
+        await restarted_engine(rig, ["alice"])
+        assert not rig.engine.followers["alice"].portfolio.known
+        [result] = (await rig.engine.copy(await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS"))).results
+        assert result.status == "succeeded" and rig.held("alice") == 0
+    finally:
+        await rig.close()
+
+
+@pytest.mark.parametrize("kind", ["cancel_only", "order_rate_limit"])
+async def test_an_exit_the_exchange_refuses_for_now_is_sent_again_by_reconciliation(served, tmp_path, kind):
+    """The pair goes cancel_only after the engine loaded it, or the trading counter is full: nothing executed,
+    and the exit must not be dropped."""
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
+    try:
+        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
+        sell = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
+        exchange.inject(Fault(kind=kind, method="AddOrder", account="alice", next_n=20))
+        [result] = (await rig.engine.copy(sell)).results
+        assert result.status == "unsettled" and result.reason.startswith("exit retried later")
+        exchange.clear_faults()  # the market takes orders again
+        await rig.engine.reconcile()
+        assert rig.held("alice") == 0 and await rig.store.signal_status(sell.signal_id) == "done"
+        assert list(rig.orders_per_cl_ord_id("alice").values()) == [1, 1]  # the buy and one sell
+    finally:
+        await rig.close()
+
+
+async def test_a_daily_loss_seen_by_a_refresh_blocks_entries_even_after_equity_comes_back(served, tmp_path):
+    exchange, url = served
+    prices = {"BTC": D("50000")}
+
+    async def price_source():
+        return dict(prices)
+
+    rig = await make_rig(exchange, url, tmp_path,
+                         {"alice": {"usd": "1000", "max_daily_loss": 0.05, "max_risk_per_trade": 1}},
+                         engine_options={"price_source": price_source})
+    try:
+        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))  # about half of alice's equity in BTC
+        await rig.engine.wait_idle()  # its fill read back, so the refreshes below are taken
+        alice = rig.engine.followers["alice"]
+        for price in (D("37500"), D("50000")):  # a 25 % dip between two signals, seen by a refresh, then back
+            prices["BTC"] = price
+            exchange.set_price(PAIR, price)
+            await rig.engine.refresh_all()
+        assert alice.portfolio.equity_usd(rig.engine.prices) > D("0.95") * alice.portfolio.day_start_equity_usd
+        [result] = (await rig.engine.copy(await rig.master_trade("buy", D("0.01")))).results
+        assert result.status == "skipped" and result.reason.startswith("daily_loss_reached")
     finally:
         await rig.close()
