@@ -82,8 +82,17 @@ USER_AGENT = "nija/0.1 (+https://github.com/nija)"
 # Longer than the slowest balance refresh (60 s) so refreshes keep the pool warm; below the 75 s after which
 # aiohttp's server (the embedded exchange) drops an idle connection, so the server's close never races a send.
 DEFAULT_KEEPALIVE_S = 70.0
-# Calls that change state: never repeated after an ambiguous failure (add_order has its own lookup-then-resend).
-_NOT_REPEATABLE = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder"})
+# Private calls sent again after a failure that leaves their outcome unknown: reads, and cancels (a cancel sent
+# twice cancels once). Any other call — orders, withdrawals, transfers, Earn allocations, methods added later — is
+# sent again only when the failure proves nothing was executed (add_order has its own lookup-then-resend).
+_REPEATABLE = frozenset({
+    "Balance", "BalanceEx", "TradeBalance", "OpenOrders", "ClosedOrders", "QueryOrders", "OrderAmends",
+    "TradesHistory", "QueryTrades", "OpenPositions", "Ledgers", "QueryLedgers", "TradeVolume", "GetWebSocketsToken",
+    "DepositMethods", "DepositStatus", "WithdrawInfo", "WithdrawMethods", "WithdrawAddresses", "WithdrawStatus",
+    "ExportStatus", "RetrieveExport", "Earn/Strategies", "Earn/Allocations", "Earn/AllocateStatus",
+    "Earn/DeallocateStatus",
+    "CancelOrder", "CancelAll", "CancelAllOrdersAfter", "CancelOrderBatch",
+})
 # Calls charged on a pair's trading counter (API.md §3), and those Kraken takes as JSON only.
 _TRADING_METHODS = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder", "CancelOrder", "CancelOrderBatch"})
 _JSON_METHODS = frozenset({"AddOrderBatch", "CancelOrderBatch"})
@@ -110,8 +119,8 @@ def derive_cl_ord_id(*parts: object) -> str:
 def _check_cl_ord_id(cl_ord_id: str) -> str:
     text = cl_ord_id.strip()
     try:
-        uuid.UUID(text)
-        return text
+        # One spelling (lower case, hyphens) however it was written: a lookup compares the id Kraken echoes.
+        return str(uuid.UUID(text))
     except ValueError:
         pass
     if 0 < len(text) <= 18 and text.isascii() and text.isprintable():
@@ -515,14 +524,21 @@ class KrakenClient:
     async def private(self, method: str, **params: Any) -> Any:
         """POST /0/private/<method>, signed, in nonce order, within the key's rate budget; returns `result`.
 
-        Reads (and idempotent cancels) are retried; AddOrder/EditOrder/AmendOrder are only repeated when the
-        failure proves nothing was executed (invalid nonce, rate limit). Use `add_order` to place orders.
+        Reads and cancels are retried; any other call is only repeated when the failure proves nothing was
+        executed (invalid nonce, rate limit). An AddOrder goes through `add_order`: it carries a client order id
+        (one is derived when neither `cl_ord_id` nor `userref` is given) and is looked up after an ambiguous failure.
         """
-        if method in _NOT_REPEATABLE:
-            return await self._with_retries(
-                method, lambda: self._private_once(method, params), self.order_attempts, only_unexecuted=True
-            )
-        return await self._with_retries(method, lambda: self._private_once(method, params), self.read_attempts)
+        if method == "AddOrder" and params.get("userref") is None and {"pair", "type", "volume"} <= params.keys():
+            fields = dict(params)
+            volume = fields.pop("volume")
+            placed = await self.add_order(fields.pop("pair"), fields.pop("type"),
+                                          Decimal(volume) if isinstance(volume, str | int) else volume, **fields)
+            return {"descr": {"order": placed.description}, **({"txid": placed.txid} if placed.txid else {})}
+        if method in _REPEATABLE:
+            return await self._with_retries(method, lambda: self._private_once(method, params), self.read_attempts)
+        return await self._with_retries(
+            method, lambda: self._private_once(method, params), self.order_attempts, only_unexecuted=True
+        )
 
     async def rest_room(self, calls: float) -> None:
         """Wait until the key's REST counter has room for `calls` calls in a row without a wait between them (as
@@ -542,7 +558,11 @@ class KrakenClient:
                 status, raw = response.status, await response.read()
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransportError(f"{method}: {type(exc).__name__} talking to {self.base_url}") from None
-        return _parse_envelope(method, status, raw)
+        try:
+            return _parse_envelope(method, status, raw)
+        except RateLimitedError:
+            self.context.scheduler.public.fill()  # Kraken counts public calls per IP: every client slows down
+            raise
 
     async def _private_once(self, method: str, params: dict[str, Any], deadline_s: float | None = None) -> Any:
         if self._context is None:
@@ -558,10 +578,16 @@ class KrakenClient:
         rest = rest_cost(method)
         # Short of budget, wait before taking a turn on the key: calls behind this one that fit (an AddOrder costs
         # nothing on the REST counter; another pair has its own trading counter) must not wait for it.
-        await budget.rest.ready(rest)
-        for pacer, cost in trading:
-            await pacer.ready(cost)
-        nonce = await lane.acquire()
+        while True:
+            await budget.rest.ready(rest)
+            for pacer, cost in trading:
+                await pacer.ready(cost)
+            nonce = await lane.acquire()
+            if budget.rest.fits(rest) and all(pacer.fits(cost) for pacer, cost in trading):
+                break
+            # Calls that went first on the key spent that budget meanwhile: wait again, off the key (a nonce not
+            # sent leaves only a gap in the sequence).
+            lane.release(nonce)
         try:
             # Charged when the call leaves (after its turn on the key came), as the server counts arrivals;
             # re-timed to the reply in `finally` (see nija.kraken.scheduler).
@@ -587,6 +613,7 @@ class KrakenClient:
             context.keep_rest_levels()
             try:
                 slot, task = context.timeouts.enter(self._timeout_s)
+                failure = None
                 try:
                     async with self._http().post(
                         context.url(self.base_url + path), data=body, headers=headers, timeout=_NO_TOTAL
@@ -598,13 +625,17 @@ class KrakenClient:
                     lane.skip_past(nonce + lane.window)
                     if not context.timeouts.leave(slot, task):
                         raise
-                    raise TransportError(f"{method}: TimeoutError talking to {self.base_url}") from None
+                    failure = "TimeoutError"
                 except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
                     # The request may still reach the server: later nonces must out-rank it even within the window.
                     lane.skip_past(nonce + lane.window)
-                    raise TransportError(f"{method}: {type(exc).__name__} talking to {self.base_url}") from None
+                    failure = type(exc).__name__
                 finally:
                     context.timeouts.leave(slot, task)
+                if failure is not None:
+                    # Raised outside the handler: aiohttp's exception (its request headers hold the key and the
+                    # signature) must not ride along as __context__.
+                    raise TransportError(f"{method}: {failure} talking to {self.base_url}")
                 result = _parse_envelope(method, status, raw)
                 if trading:
                     budget.note_placed(method, params, result, self._pair_key)

@@ -4,7 +4,8 @@
     ├── TransportError                no Kraken envelope: timeout, connection reset, non-200, HTML, non-JSON.
     │                                 Reads retry it; for an order the outcome is unknown (look it up).
     └── KrakenAPIError                Kraken answered with `error: [...]`; `.errors` holds the strings
-        ├── RetryableError            EService:Unavailable/Busy/Deadline elapsed, EGeneral/EDatabase:Internal error.
+        ├── RetryableError            EService:Unavailable/Busy/Deadline elapsed (and any EService:* not listed
+        │                             elsewhere), EGeneral/EDatabase:Internal error.
         │                             Reads retry with backoff; for an order the outcome is unknown (look it up).
         ├── RateLimitedError          EAPI:Rate limit exceeded, EGeneral:Too many requests, EOrder:Rate limit
         │   │                         exceeded, EService:Throttled: ts. Retry after `.retry_after_s`.
@@ -193,6 +194,8 @@ def classify(message: str) -> type[KrakenAPIError]:
     for prefix in _PREFIXES:
         if text.startswith(prefix):
             return _BY_PREFIX[prefix]
+    if text.startswith("EService:"):
+        return RetryableError  # the service failed in a way not listed: for an order, the outcome is unknown
     return UnknownKrakenError
 
 

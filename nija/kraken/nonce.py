@@ -153,6 +153,12 @@ class NonceCoordinator:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self._path)
+        # The rename itself must survive a power loss too, or the previous (lower) mark could come back.
+        directory = os.open(self._path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
         self._reserved_until = mark
         self.mark_writes += 1
 

@@ -194,14 +194,16 @@ class Pairs:
         self._by_assets: dict[tuple[str, str], PairInfo] = {}
         self._asset_altnames = {k.upper(): v.upper() for k, v in (asset_altnames or {}).items()}
         self._asset_ids_by_common: dict[str, str] = {}
-        for asset_id in self._asset_altnames:
-            self._asset_ids_by_common.setdefault(common_asset_name(asset_id, self._asset_altnames), asset_id)
         for pair in pairs:
             self._by_key[pair.key] = pair
             for name in (pair.key, pair.altname, pair.wsname):
                 self._by_name.setdefault(name.upper(), pair)
             self._by_assets.setdefault((pair.base_common, pair.quote_common), pair)
             for asset_id in (pair.base, pair.quote):
+                self._asset_ids_by_common.setdefault(common_asset_name(asset_id, self._asset_altnames), asset_id)
+        # Then assets no pair trades. Sub-balance ids (XBT.M, USD.HOLD) are never an asset's own id.
+        for asset_id in self._asset_altnames:
+            if not split_balance_suffix(asset_id)[1]:
                 self._asset_ids_by_common.setdefault(common_asset_name(asset_id, self._asset_altnames), asset_id)
 
     @classmethod

@@ -58,6 +58,10 @@ class Pacer:
         if cost > 0 and self._must_wait(cost):
             await self._wait_in_turn(cost, charge=False)
 
+    def fits(self, cost: float) -> bool:
+        """`take(cost)` would charge at once, without waiting (for budget, or behind callers already waiting)."""
+        return cost <= 0 or not self._must_wait(cost)
+
     def _must_wait(self, cost: float) -> bool:
         return (self._lock is not None and self._lock.locked()) or self._wait_s(cost) > 0
 

@@ -75,6 +75,7 @@ READ_REPLIES = [
                  "ClientOSError", True, id="connection-reset"),
     pytest.param(kraken_error("EService:Unavailable"), RetryableError, "EService:Unavailable", True, id="unavailable"),
     pytest.param(kraken_error("EGeneral:Internal error"), RetryableError, "Internal error", True, id="internal"),
+    pytest.param(kraken_error("EService:Timeout"), RetryableError, "EService:Timeout", True, id="eservice-unlisted"),
     pytest.param(kraken_error("EAPI:Rate limit exceeded"), RateLimitedError, "Rate limit", True, id="rate-limit"),
     pytest.param(kraken_error("EGeneral:Temporary lockout"), LockoutError, "lockout", True, id="lockout"),
     pytest.param(kraken_error("EAPI:Invalid key"), ConfigurationError, "EAPI:Invalid key", False, id="invalid-key"),
@@ -135,3 +136,15 @@ async def test_a_rejected_order_is_raised_once_without_a_lookup(client, kraken, 
         await client.add_order("XBTUSD", "buy", Decimal("0.01"), cl_ord_id="mapping-1")
     assert sent(kraken, ADD_ORDER_URL) == 1
     assert sent(kraken, f"{BASE_URL}/0/private/OpenOrders") == 0
+
+
+@pytest.mark.parametrize("error", ["EService:Unavailable", "EService:Timeout", "EGeneral:Internal error"])
+async def test_an_order_whose_outcome_the_service_left_unknown_is_looked_up_not_dropped(client, kraken, error):
+    """Any EService:* failure may come after the order was placed: it is found by its client order id."""
+    kraken.post(ADD_ORDER_URL, **kraken_error(error))
+    kraken.post(f"{BASE_URL}/0/private/OpenOrders", repeat=True, payload={"error": [], "result": {"open": {
+        "OAAAAA-BBBBB-CCCCCC": {"status": "open", "cl_ord_id": "mapping-2", "vol": "0.01", "vol_exec": "0",
+                                "descr": {"pair": "XBTUSD", "type": "buy", "ordertype": "market"}}}}})
+    placed = await client.add_order("XBTUSD", "buy", Decimal("0.01"), cl_ord_id="mapping-2")
+    assert placed.recovered and placed.txid == ["OAAAAA-BBBBB-CCCCCC"]
+    assert sent(kraken, ADD_ORDER_URL) == 1

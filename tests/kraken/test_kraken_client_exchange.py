@@ -277,6 +277,26 @@ async def test_an_order_is_not_held_up_by_a_read_waiting_for_rest_budget(exchang
     await read
 
 
+async def test_an_order_is_not_held_up_by_a_second_read_whose_budget_the_first_took(exchange, context, exchange_url):
+    """Two reads wait for one unit of budget; the first takes it while the second already had its turn on the key
+    coming. The second must wait off the key, not on it, or every order behind it waits too."""
+    slow_rest = Tier("slow-rest-2", rest_max=2, rest_decay_per_s=0.5, trading_max=1000, trading_decay_per_s=100.0,
+                     max_open_orders_per_pair=1000)
+    exchange.create_account("busy-reads-2", balances={"ZUSD": Decimal("1000")}, tier=slow_rest)
+    client = client_for(exchange, "busy-reads-2", context, base_url=exchange_url)
+    await client.balance()
+    await client.balance()  # the REST counter is full
+    reads = [asyncio.ensure_future(client.balance()) for _ in range(2)]
+    await asyncio.sleep(1.9)
+    exchange.inject(Fault(kind="latency", method="AddOrder", account="busy-reads-2", delay_s=1.0))
+    # This order holds the key while the first read's budget comes; both reads then queue for the key.
+    await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)
+    await asyncio.sleep(0.2)  # the first read is answered; the second waits for budget
+    await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE)
+    assert not all(read.done() for read in reads)  # the order went first: it did not wait out the read's budget
+    await asyncio.gather(*reads)
+
+
 async def test_an_order_on_one_pair_is_not_held_up_by_another_pairs_trading_counter(exchange, context, exchange_url):
     slow_trading = Tier("slow-trading", rest_max=10_000, rest_decay_per_s=1000.0, trading_max=3,
                         trading_decay_per_s=0.5, max_open_orders_per_pair=1000)

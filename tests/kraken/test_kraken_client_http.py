@@ -242,9 +242,26 @@ async def test_add_order_whose_lookup_fails_is_ambiguous_and_not_resent(client, 
 async def test_raw_private_add_order_is_never_repeated_after_an_ambiguous_failure(client, kraken, secret_b64):
     add = Recorder(secret_b64, Raw(504, body="gateway timeout"))
     kraken.on("AddOrder", add)
-    with pytest.raises(TransportError):
+    with pytest.raises(AmbiguousOrderError) as info:  # the lookup by client order id could not settle it
         await client.private("AddOrder", pair="XBTUSD", type="buy", ordertype="market", volume="1")
     assert len(add.requests) == 1
+    assert info.value.cl_ord_id == add.requests[0]["fields"]["cl_ord_id"]
+
+
+async def test_raw_private_add_order_carries_a_client_order_id_and_returns_krakens_result(client, kraken, secret_b64):
+    add = kraken.on("AddOrder", Recorder(secret_b64, envelope(
+        {"descr": {"order": "buy 1.00000000 XBTUSD @ market"}, "txid": ["OUF4EM-FRGI2-MQMWZD"]})))
+    result = await client.private("AddOrder", pair="XBTUSD", type="buy", ordertype="market", volume="1")
+    assert result == {"descr": {"order": "buy 1.00000000 XBTUSD @ market"}, "txid": ["OUF4EM-FRGI2-MQMWZD"]}
+    assert add.requests[0]["fields"]["cl_ord_id"] and add.requests[0]["fields"]["deadline"]
+
+
+async def test_a_withdrawal_whose_reply_was_lost_is_not_sent_again(client, kraken, secret_b64):
+    """Only reads and cancels are repeated after an unknown outcome: a second Withdraw could pay out twice."""
+    withdraw = kraken.on("Withdraw", Recorder(secret_b64, Raw(502, body="bad gateway")))
+    with pytest.raises(TransportError):
+        await client.private("Withdraw", asset="XBT", key="cold", amount="0.1")
+    assert len(withdraw.requests) == 1
 
 
 def test_derived_client_order_ids_are_stable_uuids():
@@ -252,6 +269,21 @@ def test_derived_client_order_ids_are_stable_uuids():
     assert a == derive_cl_ord_id("signal-42", "bob") != derive_cl_ord_id("signal-42", "carol")
     assert len(a) == 36 and a.count("-") == 4
     assert derive_cl_ord_id() != derive_cl_ord_id()
+
+
+async def test_a_uuid_client_order_id_is_sent_in_one_spelling_however_it_was_written(client, kraken, secret_b64):
+    add = kraken.on("AddOrder", Recorder(secret_b64, envelope({"descr": {"order": "buy"}, "txid": ["OX"]})))
+    written = "{6D3F2D1A-0B6E-4F7A-9C1B-2E5F8A7D4C3B}"
+    placed = await client.add_order("XBTUSD", "buy", Decimal("1"), cl_ord_id=written)
+    assert add.requests[0]["fields"]["cl_ord_id"] == placed.cl_ord_id == "6d3f2d1a-0b6e-4f7a-9c1b-2e5f8a7d4c3b"
+
+
+async def test_a_public_rate_limit_slows_every_public_call_of_the_process(context, kraken, secret_b64):
+    kraken.on("Ticker", Recorder(secret_b64, envelope(error=["EGeneral:Too many requests"])))
+    client = KrakenClient(API_KEY, secret_b64, base_url=kraken.url, context=context, read_attempts=1)
+    with pytest.raises(errors.RateLimitedError):
+        await client.public("Ticker", pair="XBTUSD")
+    assert not context.scheduler.public.fits(1)  # the next public call, of any client, waits its turn
 
 
 async def test_bad_client_order_id_is_refused_before_sending(client):
@@ -280,3 +312,28 @@ def test_malformed_secret_is_refused_without_echoing_it():
     with pytest.raises(ValueError) as info:
         KrakenClient("key", "%%%not-base64%%%")
     assert "%%%not-base64%%%" not in str(info.value)
+
+
+async def test_no_exception_chained_to_a_transport_error_holds_the_key_or_signature(context, secret_b64):
+    """A reply that is not HTTP makes aiohttp raise an error whose request headers hold API-Key and API-Sign: it
+    must not stay reachable as the TransportError's __context__ or __cause__."""
+    async def garbage(reader, writer):
+        await reader.read(1)
+        writer.write(b"NOT-HTTP garbage\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = KrakenClient(API_KEY, secret_b64, base_url=f"http://127.0.0.1:{port}", context=context,
+                          read_attempts=1)
+    try:
+        with pytest.raises(TransportError) as info:
+            await client.balance()
+    finally:
+        server.close()
+    chained, error = [], info.value
+    while error is not None:
+        chained.append(repr(error) + str(getattr(error, "request_info", "")))
+        error = error.__cause__ or error.__context__
+    assert not any(API_KEY in text for text in chained), chained

@@ -24,6 +24,7 @@ TABLE = [
     ("EGeneral:Internal error", e.RetryableError),
     ("EDatabase:Internal error", e.RetryableError),
     ("EService:Deadline elapsed", e.RetryableError),
+    ("EService:Timeout", e.RetryableError),  # any EService:* not listed: the service failed, maybe after acting
     ("EService:Market in cancel_only mode", e.MarketClosedError),
     ("EService:Market in post_only mode", e.MarketClosedError),
     ("EOrder:Insufficient funds", e.InsufficientFundsError),

@@ -154,3 +154,14 @@ def test_rounded_price_lies_on_the_tick_grid_within_half_a_tick(price, tick):
     rounded = pair.round_price(price)
     assert rounded % tick_size == 0
     assert abs(rounded - price) <= tick_size / 2
+
+
+def test_an_assets_id_is_never_one_of_its_sub_balances():
+    """Assets lists ids alphabetically: USD.HOLD before ZUSD, XBT.M before XXBT."""
+    assets = {"USD.HOLD": {"altname": "USD.HOLD"}, "XBT.M": {"altname": "XBT.M"}, "XXBT": {"altname": "XBT"},
+              "ZUSD": {"altname": "USD"}, "ETH2.S": {"altname": "ETH2.S"}, "ETH2": {"altname": "ETH2"}}
+    asset_pairs = {"XXBTZUSD": {"altname": "XBTUSD", "wsname": "XBT/USD", "base": "XXBT", "quote": "ZUSD",
+                                "pair_decimals": 1, "lot_decimals": 8, "ordermin": "0.0001", "costmin": "0.5",
+                                "tick_size": "0.1"}}
+    pairs = Pairs.from_results(asset_pairs, assets)
+    assert (pairs.asset_id("BTC"), pairs.asset_id("USD"), pairs.asset_id("ETH2")) == ("XXBT", "ZUSD", "ETH2")
