@@ -33,7 +33,7 @@ from nija.kraken.nonce import NonceCoordinator
 from nija.kraken.pairs import Pairs
 from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle, State, state_dir_problem
 from nija.settings import Settings, SettingsError, load_settings
-from nija.store import Store
+from nija.store import Store, StoreError
 from nija.trading.copy import CopyEngine
 from nija.trading.kraken_gateway import follower_accounts, ticker_price_source
 from nija.trading.master_fills import MasterFillWatcher
@@ -141,13 +141,16 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
             followers = await _lock_follower_keys(stack, settings, _configured_followers(settings, lifecycle),
                                                   lifecycle)
 
-        context = await stack.enter_async_context(
-            KrakenContext(nonces=NonceCoordinator.for_state_dir(settings.state_dir)))
+        context = await stack.enter_async_context(KrakenContext(nonces=_state(
+            lambda: NonceCoordinator.for_state_dir(settings.state_dir))))
         master = KrakenClient(master_key.get_secret_value(), master_secret.get_secret_value(), base_url=base_url,
                               tier=settings.kraken_tier, context=context, name="master")
         pairs, master_equity_usd = await _connect_master(master, base_url, lifecycle)
 
-        store = await Store.open(settings.store_path)
+        try:
+            store = await Store.open(settings.store_path)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
         stack.push_async_callback(store.close)
         # The engine's limit per order covers queueing for the key plus the client's own lookup after a lost
         # reply, so one HTTP attempt gets a third of it.
@@ -165,12 +168,12 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         _follower_snapshots(engine)
 
         engine.master_equity_usd = master_equity_usd
-        watcher = MasterFillWatcher(
+        watcher = _state(lambda: MasterFillWatcher(
             master, pairs, engine.submit, state_path=settings.state_dir / "master_fills.json",
             poll_s=master_poll_s or profile_for(master_equity_usd).order_status_refresh_s,
             report=lambda problem: (lifecycle.problem("master", problem) if problem
                                     else lifecycle.recovered("master")),
-            pairs_changed=engine.set_pairs)
+            pairs_changed=engine.set_pairs))
         tasks = [asyncio.create_task(_heartbeat(lifecycle, engine), name="heartbeat"),
                  asyncio.create_task(_pairs_refresh_loop(master, watcher, engine), name="pairs-refresh"),
                  asyncio.create_task(_reconcile_loop(engine), name="reconcile"),
@@ -181,6 +184,8 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
             tasks.append(asyncio.create_task(watcher.run(), name="master-watch"))
         else:
             log.info("copying_off", mode=settings.copy_trading_mode.value)
+            # The master's trades of this time are its own: never copied once copying is switched on again.
+            watcher.forget(f"COPY_TRADING_MODE={settings.copy_trading_mode.value}: the master trades on its own")
         # Everything built so far lives as long as the daemon: keep the collector from walking it on every
         # fan-out (measured in docs/benchmarks.md: about a fifth of the fan-out's CPU with 1,000 followers).
         gc.collect()
@@ -195,6 +200,14 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         await asyncio.gather(*tasks, return_exceptions=True)
     lifecycle.stopped()
     return exit_code
+
+
+def _state(load):
+    """`load()` of a state file; an unreadable one stops the start with its message (it names the file and the fix)."""
+    try:
+        return load()
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task], duration_s: float | None) -> tuple[int, str]:

@@ -32,7 +32,7 @@ import aiosqlite
 
 from nija.trading.signals import Signal
 
-__all__ = ["Store", "IntentRow", "UNFINISHED", "FINISHED"]
+__all__ = ["Store", "StoreError", "IntentRow", "UNFINISHED", "FINISHED"]
 
 UNFINISHED = ("pending", "unknown")
 FINISHED = ("done", "skipped", "failed")
@@ -73,6 +73,10 @@ CREATE TABLE IF NOT EXISTS loss_limits (
     PRIMARY KEY (follower, day)
 );
 """
+
+
+class StoreError(RuntimeError):
+    """The store file cannot be used; the message names it and the fix."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +122,18 @@ class Store:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(str(path), isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a process crash (not a power cut); FULL costs an fsync per commit.
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA busy_timeout=5000")
-        await db.executescript(_SCHEMA)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a process crash (not a power cut); FULL costs an fsync per commit.
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            await db.close()  # its worker thread would otherwise keep the process alive
+            raise StoreError(
+                f"{path}: the store cannot be opened ({exc}). Restore it from a backup, or move it away to start "
+                "with an empty one (copies left unfinished by the last run are then not resumed)"
+            ) from None
         return cls(db)
 
     async def close(self) -> None:

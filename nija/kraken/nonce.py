@@ -133,7 +133,7 @@ class NonceCoordinator:
 
     def _read_mark(self) -> int:
         try:
-            text = self._path.read_text().strip()
+            text = self._path.read_text(errors="replace").strip()  # damaged bytes fail the int check below
         except FileNotFoundError:
             return 0
         try:

@@ -18,7 +18,11 @@ restart, a stall) its age counts from the last poll before the gap, so an old en
 An entry that this makes too old to copy is dated by the master's executions instead (TradesHistory, read only
 then): a resting buy that filled just before NIJA came back is copied, one that filled early in the gap is not.
 
-State (watermark and per-order executed volume) lives in one small JSON file in the state directory.
+State (watermark and per-order executed volume) lives in one small JSON file in the state directory, stamped with
+the master key's fingerprint: a state file of another master key (a key rotated, paper keys swapped for live ones)
+is set aside as a first start, so that master's earlier trades are never taken for fills made while NIJA was down.
+`forget` does the same when NIJA runs without copying (COPY_TRADING_MODE=INDEPENDENT): the master's trades of that
+time are not copied once copying starts again.
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ class MasterFillWatcher:
         self._seen: dict[str, tuple[Decimal, Decimal, Decimal]] = {}
         # signals accounted for in `_seen` but maybe not emitted yet (a crash between the two)
         self._pending: list[Signal] = []
+        self._master = client.key_id  # the master key's fingerprint, never the key
         self._load()
 
     # --- state -----------------------------------------------------------------------------------------------------
@@ -117,6 +122,12 @@ class MasterFillWatcher:
                 f"{self.state_path}: master fill state is unreadable ({exc}); move the file away to start watching "
                 "from now (fills made while NIJA was down are then not copied)"
             ) from None
+        master = data.get("master")  # absent from files written before it was kept: taken as this master's
+        if master is not None and master != self._master:
+            log.warning("master_watch_reset", path=str(self.state_path), reason="the master key changed",
+                        previous_master=master, master=self._master,
+                        consequence="fills from before this start are not copied")
+            return
         self._since_s = float(data["since_s"])
         polled_s = data.get("polled_s")  # absent from files written before it was kept: no gap is assumed
         self._polled_s = self._saved_polled_s = None if polled_s is None else float(polled_s)
@@ -125,13 +136,23 @@ class MasterFillWatcher:
 
     def _save(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"since_s": self._since_s, "polled_s": self._polled_s,
+        data = {"master": self._master, "since_s": self._since_s, "polled_s": self._polled_s,
                 "seen": {t: [str(v) for v in vals] for t, vals in self._seen.items()},
                 "pending": [signal.to_json() for signal in self._pending]}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.state_path)  # atomic: a crash leaves the old file or the new one
         self._saved_polled_s = self._polled_s
+
+    def forget(self, reason: str) -> None:
+        """Drop the watch state: the next watch starts as a first start, copying nothing from before it."""
+        if self._since_s is None and not self.state_path.exists():
+            return
+        self.state_path.unlink(missing_ok=True)
+        self._since_s = self._polled_s = self._saved_polled_s = None
+        self._seen, self._pending = {}, []
+        log.info("master_watch_reset", path=str(self.state_path), reason=reason,
+                 consequence="fills from before copying starts again are not copied")
 
     # --- polling ---------------------------------------------------------------------------------------------------
 

@@ -262,3 +262,54 @@ async def test_a_missed_hourly_master_read_is_tried_again_soon_without_degrading
         await wait_for(lambda: any("error=" in line for line in master_snapshots()), timeout_s=30)
         await wait_for(lambda: "error=" not in master_snapshots()[-1], timeout_s=30)  # read again soon
         assert not log.logged("degraded")
+
+
+@pytest.mark.parametrize("damaged", ["nija.sqlite3", "master_fills.json", "nonces/nonce_high_water"])
+async def test_a_damaged_state_file_stops_the_start_with_one_line_naming_it(exchange, exchange_url, tmp_path, damaged):
+    """`nija run` as an operator's supervisor sees it: one startup_failed line with the file and the fix, exit code
+    2, and the process ends (a hung one looks healthy to systemd, Railway or Render and is never restarted)."""
+    import os
+    import sys
+
+    master = exchange.account("master")
+    env = {**os.environ, **daemon_env(exchange_url, master, tmp_path), "NIJA_LOG_FORMAT": "json"}
+    path = tmp_path / "state" / damaged
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00 not what NIJA wrote \xff" * 64)
+    daemon = await asyncio.create_subprocess_exec(sys.executable, "-m", "nija", "run", env=env,
+                                                  stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(daemon.communicate(), 60)
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+    lines = [json.loads(line) for line in (out + err).decode().splitlines() if line.startswith("{")]
+    [failed] = [line for line in lines if line["event"] == "startup_failed"]
+    assert daemon.returncode == 2 and str(path) in failed["reason"], (out + err).decode()[-2000:]
+    assert "Traceback" not in (out + err).decode()
+
+
+async def test_trades_the_master_made_while_copying_was_off_are_not_copied_later(exchange, exchange_url, tmp_path,
+                                                                                 capsys, monkeypatch):
+    exchange.set_price("XBTUSD", Decimal("50000"))
+    master = exchange.create_account("whale", {"ZUSD": Decimal("10000")})
+    alice = exchange.account("alice")
+    (tmp_path / "users").mkdir()
+    (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice"}))
+    env = daemon_env(exchange_url, master, tmp_path)
+    monkeypatch.setenv("KRAKEN_USER_ALICE_API_KEY", alice.api_key)  # follower keys come from the environment
+    monkeypatch.setenv("KRAKEN_USER_ALICE_API_SECRET", alice.api_secret)
+    fills_state = tmp_path / "state" / "master_fills.json"
+    async with running(load_settings(env, dotenv_path=None), master_poll_s=0.1):
+        await wait_for(fills_state.exists)  # copying, watched from here on
+    independent = load_settings({**env, "COPY_TRADING_MODE": "INDEPENDENT"}, dotenv_path=None)
+    async with running(independent, master_poll_s=0.1), \
+            KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces")) as context:
+        await wait_for(lambda: LogLines(capsys).logged("copying_off"))
+        trader = KrakenClient(master.api_key, master.api_secret, base_url=exchange_url, context=context)
+        await trader.add_order("XBTUSD", "buy", Decimal("0.02"))  # the master's own trade
+    async with running(load_settings(env, dotenv_path=None), master_poll_s=0.1):
+        with contextlib.suppress(AssertionError):  # a copy would come within a few polls of 0.1 s
+            await wait_for(lambda: exchange.orders_by_cl_ord_id("alice"), timeout_s=2.0)
+    assert exchange.orders_by_cl_ord_id("alice") == {}

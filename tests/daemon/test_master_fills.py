@@ -116,8 +116,37 @@ async def test_a_pair_listed_after_start_up_is_loaded_and_its_fill_copied(master
     assert changed and PAIR in changed[-1]
 
 
+async def test_a_state_file_of_another_master_key_is_a_first_start(master, exchange, exchange_url, tmp_path):
+    """Paper keys swapped for live ones, or a rotated key, on the same state directory: the new master's earlier
+    trades are history, not fills made while NIJA was down."""
+    pairs = await master.pairs()
+    emitted = []
+    assert await watcher_for(master, pairs, tmp_path, emitted, time.time).poll() == []  # the first master's watch
+    other = exchange.create_account("new-master", {"ZUSD": Decimal("10000")}, tier=FAST)
+    new_master = KrakenClient(other.api_key, other.api_secret, base_url=exchange_url, context=master.context, tier=FAST)
+    await new_master.add_order(PAIR, "buy", Decimal("0.02"))  # before NIJA watched this master
+    await new_master.add_order(PAIR, "sell", Decimal("0.01"))
+    assert await watcher_for(new_master, pairs, tmp_path, emitted, time.time).poll() == []
+    bought = await new_master.add_order(PAIR, "buy", Decimal("0.01"))  # watched from here on
+    [signal] = await watcher_for(new_master, pairs, tmp_path, emitted, time.time).poll()
+    assert signal.master_order_id == bought.order_id and len(emitted) == 1
+
+
+async def test_a_forgotten_watch_copies_nothing_from_before_copying_starts_again(master, tmp_path):
+    """COPY_TRADING_MODE=INDEPENDENT for a while: the master's trades of that time are its own."""
+    pairs = await master.pairs()
+    emitted = []
+    assert await watcher_for(master, pairs, tmp_path, emitted, time.time).poll() == []
+    watcher_for(master, pairs, tmp_path, emitted, time.time).forget("COPY_TRADING_MODE=INDEPENDENT")
+    await master.add_order(PAIR, "buy", Decimal("0.02"))  # traded while nothing was copied
+    assert await watcher_for(master, pairs, tmp_path, emitted, time.time).poll() == []
+    assert emitted == []
+
+
 class PartlyFilledMaster:
     """A master whose one open limit order fills in steps (as Kraken's OpenOrders shows it)."""
+
+    key_id = "kscripted"  # a key's fingerprint, as KrakenClient.key_id
 
     def __init__(self):
         self.vol_exec = Decimal("0")
@@ -175,6 +204,8 @@ def _order(txid, status, vol_exec, side="buy", closetm=None):
 
 class ScriptedMaster:
     """A master whose orders and balances a test sets, with hooks that run right after a read is answered."""
+
+    key_id = "kscripted"  # a key's fingerprint, as KrakenClient.key_id
 
     def __init__(self):
         self.open, self.closed, self.xbt, self.trades = {}, {}, Decimal(0), []
