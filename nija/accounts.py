@@ -72,7 +72,10 @@ class FollowerConfig(BaseModel):
     @field_validator("disabled_symbols")
     @classmethod
     def _upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(symbol.strip().upper() for symbol in value)
+        symbols = tuple(symbol.strip().upper() for symbol in value)
+        if "" in symbols:
+            raise ValueError("an empty symbol blocks nothing: remove it, or name a pair or asset such as \"DOGE\"")
+        return symbols
 
     @field_validator("risk_multiplier", "max_risk_per_trade", "max_daily_loss", "entry_slippage", mode="before")
     @classmethod
@@ -139,6 +142,22 @@ def _problem_from_validation(file: str, error: ValidationError) -> ConfigProblem
     return ConfigProblem(file, where, message)
 
 
+class _RepeatedField(ValueError):
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose fields each appear once: `json` would silently keep the last of a repeated one."""
+    data: dict[str, object] = {}
+    for name, value in pairs:
+        if name in data:
+            raise _RepeatedField(name)
+        data[name] = value
+    return data
+
+
 def load_followers(
     users_dir: str | Path,
     environ: Mapping[str, str] | None = None,
@@ -164,7 +183,11 @@ def load_followers(
             continue  # templates shipped with NIJA, not the operator's followers
         file = str(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_object_without_repeats)
+        except _RepeatedField as exc:
+            problems.append(ConfigProblem(file, exc.field, "appears twice in the file, and only one can count: "
+                                                           "keep the one you mean"))
+            continue
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(ConfigProblem(file, "(file)", f"cannot be read ({exc.__class__.__name__}): fix its "
                                                           "permissions or encoding (UTF-8)"))

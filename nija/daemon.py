@@ -76,6 +76,11 @@ def main(argv: list[str]) -> int:
             log.error("settings_invalid", problem=problem)
         return 2
     logs.configure()  # after load_settings: `.env` may set NIJA_LOG_LEVEL and NIJA_LOG_FORMAT
+    if not args.paper and not settings.has_master_keys and _has_follower_files(settings):
+        # Follower files say a live run was meant: paper mode would look like NIJA ignoring them.
+        log.warning("master_keys_missing", users_dir=str(settings.users_dir),
+                    consequence="paper mode on the embedded exchange; the follower files are not used",
+                    fix="set KRAKEN_MASTER_API_KEY and KRAKEN_MASTER_API_SECRET (environment or .env) for a live run")
     try:
         return asyncio.run(run(settings, paper=args.paper or not settings.has_master_keys, speed=args.speed,
                                seed=args.seed, duration_s=args.duration))
@@ -88,6 +93,13 @@ def main(argv: list[str]) -> int:
     except OSError as exc:  # the state directory: locks, nonce marks, the store
         log.error("startup_failed", reason=state_dir_problem(exc, settings.state_dir))
         return 2
+
+
+def _has_follower_files(settings: Settings) -> bool:
+    try:
+        return any(not path.name.endswith(".example.json") for path in settings.users_dir.glob("*.json"))
+    except OSError:
+        return False
 
 
 class StartupError(RuntimeError):
@@ -146,6 +158,7 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         master = KrakenClient(master_key.get_secret_value(), master_secret.get_secret_value(), base_url=base_url,
                               tier=settings.kraken_tier, context=context, name="master")
         pairs, master_equity_usd = await _connect_master(master, base_url, lifecycle)
+        _check_disabled_symbols(followers, pairs)
 
         try:
             store = await Store.open(settings.store_path)
@@ -322,17 +335,33 @@ async def _balance_snapshot(client: KrakenClient, name: str, lifecycle: Lifecycl
             lifecycle.problem(f"balance:{name}", str(exc))
         return None
     cash = balances.get("ZUSD", Decimal(0))
-    log.info("balance_snapshot", account=name, role="master", cash_usd=str(cash), equity_usd=str(equity))
+    log.info("balance_snapshot", account=name, role="master", cash_usd=_cents(cash), equity_usd=_cents(equity))
     return equity
 
 
 def _follower_snapshots(engine: CopyEngine) -> None:
-    """Each follower's cash and equity as the engine holds them (kept current from fills and balance reads)."""
+    """Each copying follower's cash and equity as the engine holds them (kept current from fills and balance
+    reads); a follower that copies nothing is not read, and says so rather than showing unknown balances."""
     for account in engine.followers.values():
+        if not account.copies:
+            log.info("balance_snapshot", account=account.name, role="follower", copies=False,
+                     note="not copying (enabled or copy_from_master is false): balances not read")
+            continue
         log.info("balance_snapshot", account=account.name, role="follower",
-                 cash_usd=_text(account.portfolio.cash_usd()),
-                 equity_usd=_text(account.portfolio.equity_usd(engine.prices)),
-                 copies=account.copies, unusable=account.unusable)
+                 cash_usd=_cents(account.portfolio.cash_usd()),
+                 equity_usd=_cents(account.portfolio.equity_usd(engine.prices)),
+                 copies=True, unusable=account.unusable)
+
+
+def _check_disabled_symbols(followers: list[Follower], pairs: Pairs) -> None:
+    """A misspelt disabled symbol blocks nothing: say so at start (the file stays in use)."""
+    for follower in followers:
+        for symbol in follower.config.disabled_symbols:
+            if not pairs.knows(symbol):
+                log.warning("follower_config_problem", file=str(follower.source or follower.name),
+                            field="disabled_symbols",
+                            problem=f"{symbol!r} is no pair or asset Kraken lists, so it blocks nothing: fix its "
+                                    "spelling (e.g. \"DOGE\", \"XBTUSD\", \"BTC/USD\")")
 
 
 async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:
@@ -415,8 +444,9 @@ async def _reconcile_loop(engine: CopyEngine) -> None:
             log.exception("reconcile_failed")
 
 
-def _text(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
+def _cents(usd: Decimal | None) -> str | None:
+    """USD for a log line, to the cent; unknown stays None (never 0)."""
+    return None if usd is None else str(usd.quantize(Decimal("0.01")))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ def master_name(ex: Exchange) -> str | None:
     return names[0] if names else None
 
 
+#: the state directory `--env-out` points NIJA at
+SIM_STATE_DIR = "state/sim"
+
+
 def env_lines(url: str, ex: Exchange, trader_key: ApiKey | None = None) -> list[str]:
     """The lines NIJA reads as is: base URL, the master's key and secret, each follower's; and `trader_key`, a
     second key of the master for the trader's own client (a key's nonces are one sequence, and NIJA's are in
@@ -231,7 +235,9 @@ async def _run(ex: Exchange, args: argparse.Namespace) -> None:
             out.say(f"    api_secret {trader.api_secret}")
         if args.env_out:
             path = Path(args.env_out)
-            _write_env(path, env_lines(server.url, ex, trader))
+            # A state directory of its own: what NIJA keeps of this exchange's accounts (unfinished copies, the
+            # watch of the master) must never be resumed against Kraken once live keys take their place.
+            _write_env(path, [*env_lines(server.url, ex, trader), f"NIJA_STATE_DIR={SIM_STATE_DIR}"])
             out.say(f"wrote {path}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

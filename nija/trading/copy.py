@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
-from nija.accounts import FollowerConfig
+from nija.accounts import FollowerConfig, credential_names
 from nija.kraken.errors import (
     AmbiguousOrderError,
     ConfigurationError,
@@ -909,6 +909,11 @@ class CopyEngine:
             account.failed_reads += 1
             account.read_problem = _describe(exc)
             if isinstance(exc, ConfigurationError):
+                if account.unusable is None:
+                    key_var, secret_var = credential_names(account.name)
+                    log.error("follower_key_refused", name=account.name, error=_describe(exc),
+                              fix=f"check {key_var} / {secret_var} and give the key the permissions to query funds, "
+                                  "query open and closed orders and trades, and create and modify orders")
                 account.unusable = _describe(exc)
             return False  # unknown stays unknown; known stays as last read (never zero)
         account.unusable = None
@@ -967,7 +972,9 @@ def _cents(usd: Decimal) -> Decimal:
 
 
 def _log_result(result: CopyResult, signal_id: str) -> None:
-    log.info("copy_result", name=result.name, pair=result.pair, side=result.side, status=result.status,
+    # A follower left without its copy (failed) or waiting for reconciliation is what an operator alerts on.
+    emit = log.warning if result.status in ("failed", "unsettled") else log.info
+    emit("copy_result", name=result.name, pair=result.pair, side=result.side, status=result.status,
              volume=None if result.volume_base is None else str(result.volume_base),
              notional=None if result.notional_usd is None else str(_cents(result.notional_usd)),
              order_id=result.order_id, reason=result.reason, signal_id=signal_id)

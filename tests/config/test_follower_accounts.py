@@ -98,3 +98,19 @@ def test_a_secret_that_is_not_base64_leaves_only_its_follower_out(tmp_path):
     [problem] = load.problems
     assert "alice.json: credentials: KRAKEN_USER_ALICE_API_SECRET is not valid base64" in str(problem)
     assert "not*base64*at*all" not in str(problem)
+
+
+def test_a_field_written_twice_is_a_problem_not_a_silent_last_wins(tmp_path):
+    write(tmp_path, "alice", '{"name": "alice", "max_risk_per_trade": 0.05, "max_risk_per_trade": 0.9}')
+    write(tmp_path, "bob", {"name": "bob"})
+    load = load_followers(tmp_path, ENV)
+    assert [f.name for f in load.followers] == ["bob"]
+    [problem] = load.problems
+    assert problem.file.endswith("alice.json") and problem.field == "max_risk_per_trade"
+    assert "appears twice" in problem.message
+
+
+def test_an_empty_disabled_symbol_is_a_problem(tmp_path):
+    write(tmp_path, "alice", {"name": "alice", "disabled_symbols": ["DOGE", " "]})
+    [problem] = load_followers(tmp_path, ENV).problems
+    assert problem.field.startswith("disabled_symbols") and "empty symbol" in problem.message

@@ -313,3 +313,33 @@ async def test_trades_the_master_made_while_copying_was_off_are_not_copied_later
         with contextlib.suppress(AssertionError):  # a copy would come within a few polls of 0.1 s
             await wait_for(lambda: exchange.orders_by_cl_ord_id("alice"), timeout_s=2.0)
     assert exchange.orders_by_cl_ord_id("alice") == {}
+
+
+async def test_a_misspelt_disabled_symbol_is_reported_at_start(exchange, exchange_url, tmp_path):
+    from pydantic import SecretStr
+    from structlog.testing import capture_logs
+
+    from nija.accounts import Follower, FollowerConfig
+
+    async with KrakenContext(state_dir=tmp_path) as context:
+        pairs = await KrakenClient("k", "c2VjcmV0", base_url=exchange_url, context=context).pairs()
+    alice = Follower(FollowerConfig(name="alice", disabled_symbols=["DOGE", "DOGEE", "XBT/USD"]), SecretStr("k"),
+                     SecretStr("c2VjcmV0"))
+    with capture_logs() as logs:
+        nija.daemon._check_disabled_symbols([alice], pairs)
+    assert [(line["event"], line["field"]) for line in logs] == [("follower_config_problem", "disabled_symbols")]
+    assert "'DOGEE'" in logs[0]["problem"] and logs[0]["log_level"] == "warning"
+
+
+def test_follower_files_without_master_keys_warn_that_the_run_is_paper(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    for name in ("KRAKEN_MASTER_API_KEY", "KRAKEN_MASTER_API_SECRET", "NIJA_LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "users").mkdir()
+    (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice"}))
+    monkeypatch.setenv("NIJA_USERS_DIR", str(tmp_path / "users"))
+    monkeypatch.setenv("NIJA_STATE_DIR", str(tmp_path / "state"))
+    assert nija.daemon.main(["--duration", "0.2"]) == 0
+    captured = capsys.readouterr()
+    logged = captured.out + captured.err
+    assert "master_keys_missing" in logged and "KRAKEN_MASTER_API_KEY" in logged and "paper_mode" in logged

@@ -87,6 +87,7 @@ def test_nija_sim_runs_writes_env_and_keeps_state(tmp_path):
     lines = env.read_text().splitlines()
     assert lines[0].startswith("KRAKEN_API_URL=http://127.0.0.1:")
     assert any(line.startswith("KRAKEN_USER_CAROL_API_SECRET=") for line in lines)
+    assert "NIJA_STATE_DIR=state/sim" in lines  # apart from a live run's state: nothing of it resumed on Kraken
     saved = json.loads(state.read_text())
     assert [a["name"] for a in saved["accounts"]] == ["master", "carol"]
     assert saved["accounts"][0]["tier"]["rest_max"] == 3

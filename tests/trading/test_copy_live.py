@@ -276,3 +276,19 @@ async def test_a_daily_loss_seen_by_a_refresh_blocks_entries_even_after_equity_c
         assert result.status == "skipped" and result.reason.startswith("daily_loss_reached")
     finally:
         await rig.close()
+
+
+async def test_a_refused_follower_key_names_the_variables_to_fix_and_its_failed_copy_is_a_warning(served, tmp_path):
+    from structlog.testing import capture_logs
+
+    exchange, url = served
+    with capture_logs() as logs:
+        rig = await make_rig(exchange, url, tmp_path, {"dora": {"usd": "1000", "bad_key": True}})
+        try:
+            await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
+        finally:
+            await rig.close()
+    [refused] = [line for line in logs if line["event"] == "follower_key_refused"]
+    assert "KRAKEN_USER_DORA_API_KEY" in refused["fix"] and refused["name"] == "dora"
+    [result] = [line for line in logs if line["event"] == "copy_result"]
+    assert result["status"] == "failed" and result["log_level"] == "warning"
