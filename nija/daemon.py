@@ -162,9 +162,11 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
 
         try:
             store = await Store.open(settings.store_path)
+            stack.push_async_callback(store.close)
+            if not paper:  # each paper run is a fresh exchange on a new port, with nothing to resume
+                await store.bind_exchange(base_url)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
-        stack.push_async_callback(store.close)
         # The engine's limit per order covers queueing for the key plus the client's own lookup after a lost
         # reply, so one HTTP attempt gets a third of it.
         accounts = follower_accounts(followers, pairs, base_url=base_url, tier=settings.kraken_tier,

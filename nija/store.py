@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS day_marks (
     start_equity_usd TEXT NOT NULL,
     PRIMARY KEY (follower, day)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS loss_limits (
     follower TEXT NOT NULL,
     day      TEXT NOT NULL,
@@ -111,8 +115,9 @@ def _row(values) -> IntentRow:
 class Store:
     """Open with `await Store.open(path)` (or `async with await Store.open(path) as store`)."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: str | Path = ":memory:") -> None:
         self._db = db
+        self.path = path
         self._pending_results: list[tuple] = []
         self._flushing: asyncio.Task | None = None
         self._lock = asyncio.Lock()  # one writer transaction at a time on the shared connection
@@ -134,7 +139,7 @@ class Store:
                 f"{path}: the store cannot be opened ({exc}). Restore it from a backup, or move it away to start "
                 "with an empty one (copies left unfinished by the last run are then not resumed)"
             ) from None
-        return cls(db)
+        return cls(db, path)
 
     async def close(self) -> None:
         await self.flush()
@@ -168,6 +173,25 @@ class Store:
                 "UPDATE signals SET status = 'done', finished_at = ?, summary = ? WHERE signal_id = ?",
                 (time.time(), summary_json, signal_id),
             )
+
+    async def bind_exchange(self, url: str) -> None:
+        """Tie the store to the exchange its orders go to. Unfinished copies stored for another exchange (a `nija
+        sim` run in the same state directory, say) are never resumed here: StoreError names both and the fix."""
+        url = url.rstrip("/")
+        async with self._lock:
+            rows = await self._db.execute_fetchall("SELECT value FROM meta WHERE name = 'exchange_url'")
+            previous = rows[0][0] if rows else None
+            if previous is not None and previous != url:
+                unfinished = await self._db.execute_fetchall(
+                    "SELECT COUNT(*) FROM signals WHERE status != 'done'")
+                if unfinished[0][0]:
+                    raise StoreError(
+                        f"{self.path}: holds {unfinished[0][0]} unfinished copies for the exchange at {previous}, "
+                        f"and this run trades on {url}: resuming them here could place orders meant for the other. "
+                        "Give each exchange its own NIJA_STATE_DIR (e.g. state/sim for nija sim), or set "
+                        f"KRAKEN_API_URL={previous} again to let them finish")
+            await self._db.execute("INSERT INTO meta(name, value) VALUES ('exchange_url', ?) "
+                                   "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (url,))
 
     async def unfinished_signals(self) -> list[Signal]:
         """Signals not yet finished, oldest first (what resume must complete)."""

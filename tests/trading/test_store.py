@@ -50,3 +50,22 @@ async def test_day_mark_keeps_first_value(tmp_path):
         assert await store.day_start_equity("alice", "2026-01-01", D("100")) == D("100")
         assert await store.day_start_equity("alice", "2026-01-01", D("90")) == D("100")
         assert await store.day_start_equity("alice", "2026-01-02", D("90")) == D("90")
+
+
+async def test_unfinished_copies_of_one_exchange_are_never_resumed_on_another(tmp_path):
+    """A `nija sim` run and a live run in one state directory: the sim's unfinished exits must not go to Kraken."""
+    import pytest
+
+    from nija.store import StoreError
+
+    path = tmp_path / "nija.sqlite3"
+    async with await Store.open(path) as store:
+        await store.bind_exchange("http://127.0.0.1:8081")
+        await store.save_signal(signal())  # left unfinished by a stop
+    async with await Store.open(path) as store:
+        with pytest.raises(StoreError) as info:
+            await store.bind_exchange("https://api.kraken.com")
+        assert "http://127.0.0.1:8081" in str(info.value) and "NIJA_STATE_DIR" in str(info.value)
+        await store.bind_exchange("http://127.0.0.1:8081/")  # the same exchange: resumed as before
+        await store.finish_signal("sig-1", "{}")
+        await store.bind_exchange("https://api.kraken.com")  # nothing left to resume: the store moves on
