@@ -116,7 +116,12 @@ def derive_cl_ord_id(*parts: object) -> str:
     return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _check_cl_ord_id(cl_ord_id: str) -> str:
+    if _CANONICAL_UUID.fullmatch(cl_ord_id):
+        return cl_ord_id  # what derive_cl_ord_id makes: on every copy's path, so checked without parsing
     text = cl_ord_id.strip()
     try:
         # One spelling (lower case, hyphens) however it was written: a lookup compares the id Kraken echoes.
