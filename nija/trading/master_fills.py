@@ -9,8 +9,10 @@ fill is never signalled twice under two ids, and never lost.
 For a sell, the fraction of the master's position it closed needs the position *before* the fill; it is the
 balance read right after the poll plus what the fills since then sold (minus what they bought). The master's
 equity before the fill is its equivalent balance now plus the fees paid since, as a trade at market leaves equity
-unchanged but for its fee. Both reads are made only when a poll finds fills, and the orders are read again after
-them: a fill landing in between would be in the balances but not in the fills worked back, so the poll reads again.
+unchanged but for its fee. Both reads are made only when a poll finds fills, and when a sell is among them the
+orders are read again after them: a fill landing in between would be in the balances but not in the fills worked
+back, so the poll reads again. A poll that found entries only reads the equity alone: a fill landing meanwhile
+moves it by a fee, and the next poll finds that fill.
 
 On the first start, what the open orders have executed so far is history too, like the orders closed before it.
 A partial fill of an open order has no time of its own: it is placed at the poll that saw it, but after a gap (a
@@ -212,7 +214,12 @@ class MasterFillWatcher:
         orders = await self._orders_since(self._since_s - _OVERLAP_S)
         fills = self._fills_in(orders, now_s)
         signals: list[Signal] = []
-        if fills:
+        if fills and not any(fill.order.descr.type == "sell" for fill in fills):
+            # Entries only: sized from the master's equity, which a fill landing meanwhile moves by its fee alone.
+            # No balances, no second look at the orders: 3 calls instead of 6, 9 s of a Starter key's decay.
+            balances, equity_now = {}, (await self.client.trade_balance()).equivalent_balance
+            signals = await self._signals_for(await self._dated_by_trades(fills, now_s), balances, equity_now)
+        elif fills:
             for _ in range(_READ_ATTEMPTS):
                 balances = self.pairs.normalise_balances((await self.client.balance()).by_asset)
                 equity_now = (await self.client.trade_balance()).equivalent_balance
