@@ -30,7 +30,7 @@ from nija.accounts import Follower, FollowerConfig, load_followers
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.errors import ConfigurationError, KrakenError
 from nija.kraken.nonce import NonceCoordinator
-from nija.kraken.pairs import Pairs
+from nija.kraken.pairs import Pairs, UnknownPairError
 from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle, State, state_dir_problem
 from nija.settings import Settings, SettingsError, load_settings
 from nija.store import Store, StoreError
@@ -38,6 +38,7 @@ from nija.trading.copy import CopyEngine
 from nija.trading.kraken_gateway import follower_accounts, ticker_price_source
 from nija.trading.master_fills import MasterFillWatcher
 from nija.trading.profiles import profile_for
+from nija.trading.sizing import PairRules
 
 __all__ = ["main", "run", "StartupError"]
 
@@ -359,7 +360,7 @@ def _check_disabled_symbols(followers: list[Follower], pairs: Pairs) -> None:
     """A misspelt disabled symbol blocks nothing: say so at start (the file stays in use)."""
     for follower in followers:
         for symbol in follower.config.disabled_symbols:
-            if not pairs.knows(symbol):
+            if not _blocks_a_pair(symbol, pairs):
                 log.warning("follower_config_problem", file=str(follower.source or follower.name),
                             field="disabled_symbols",
                             problem=f"{symbol!r} is no pair or asset Kraken lists, so it blocks nothing: fix its "
@@ -444,6 +445,18 @@ async def _reconcile_loop(engine: CopyEngine) -> None:
                          failed=summary.failed)
         except Exception:  # the next round tries again; the daemon goes on copying
             log.exception("reconcile_failed")
+
+
+def _blocks_a_pair(symbol: str, pairs: Pairs) -> bool:
+    """Whether sizing will match `symbol` against the pair it names, or the USD pair of the asset it names."""
+    try:
+        candidates = [pairs.get(symbol)]
+    except UnknownPairError:
+        candidates = []
+    usd_pair = pairs.find(symbol, "USD")
+    if usd_pair is not None:
+        candidates.append(usd_pair)
+    return any(symbol in PairRules.of(pair).symbols for pair in candidates)
 
 
 def _cents(usd: Decimal | None) -> str | None:

@@ -777,6 +777,7 @@ class KrakenClient:
     async def cancel_order(self, txid: str | None = None, *, cl_ord_id: str | None = None) -> CancelResult:
         if (txid is None) == (cl_ord_id is None):
             raise ValueError("cancel_order needs exactly one of txid or cl_ord_id")
+        cl_ord_id = None if cl_ord_id is None else _check_cl_ord_id(cl_ord_id)
         result = await self.private("CancelOrder", txid=txid, cl_ord_id=cl_ord_id)
         return CancelResult.model_validate(result)
 
@@ -789,6 +790,7 @@ class KrakenClient:
 
         None does not prove an AddOrder this client sent is absent while it may still be executed: use
         `find_order_settled` for that."""
+        cl_ord_id = _check_cl_ord_id(cl_ord_id)  # the spelling add_order sent
         for order in (await self.open_orders(cl_ord_id=cl_ord_id)).values():
             if order.cl_ord_id == cl_ord_id:
                 return order
@@ -804,12 +806,21 @@ class KrakenClient:
         by a previous run, or forgotten), a request may still land until a full deadline after the later of
         `sent_at_s` (unix seconds the caller last touched the intent) and this client's creation.
         """
-        settles_at = self._settles_at.get(cl_ord_id)
+        settles_at = self._settles_at.get(_check_cl_ord_id(cl_ord_id))
         if settles_at is not None:
             return max(0.0, settles_at - asyncio.get_running_loop().time())
+        return self._unknown_send_delay_s(sent_at_s)
+
+    def _unknown_send_delay_s(self, sent_at_s: float | None) -> float:
         origin_s = max(self._created_at_s, sent_at_s or 0.0)
         # + 1: a deadline is stamped in whole seconds, rounded up
         return max(0.0, origin_s + self.order_deadline_s + 1 + self.deadline_margin_s - time.time())
+
+    def _refused(self, cl_ord_id: str) -> None:
+        """Kraken refused the last send of `cl_ord_id` and every earlier one was proven absent before it went: a
+        lookup need not wait for its deadline (an exit sent again at once, a held signal), only for what a previous
+        run may have sent (see `settle_delay_s`)."""
+        self._settles_at[cl_ord_id] = asyncio.get_running_loop().time() + self._unknown_send_delay_s(None)
 
     async def find_order_settled(self, cl_ord_id: str, *, sent_at_s: float | None = None) -> Order | None:
         """The order carrying `cl_ord_id`, or None only when proven absent.
@@ -910,10 +921,12 @@ class KrakenClient:
                 if isinstance(exc, InvalidNonceError | RateLimitedError) or (validate and exc.retryable):
                     # Nothing was executed: send again after the wait the error asks for.
                     if sends >= self.order_attempts:
+                        self._refused(cl_ord_id)
                         raise
                     await self._sleep_before_retry("AddOrder", exc, sends)
                     continue
                 if not exc.ambiguous_for_orders:
+                    self._refused(cl_ord_id)
                     raise
                 found = await self._resolve_ambiguous(pair, cl_ord_id, exc)
                 if found is not None:

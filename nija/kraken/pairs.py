@@ -234,10 +234,6 @@ class Pairs:
 
     __getitem__ = get
 
-    def knows(self, name: str) -> bool:
-        """Whether `name` is one of these pairs or assets, in any of its namings (XBTUSD, BTC/USD, DOGE, XDG)."""
-        return self._find(name) is not None or self.asset_name(name) in self._asset_ids_by_common
-
     def find(self, base: str, quote: str) -> PairInfo | None:
         """The pair trading `base` against `quote`, in any naming (BTC/XBT/XXBT, USD/ZUSD)."""
         return self._by_assets.get((self.asset_name(base), self.asset_name(quote)))

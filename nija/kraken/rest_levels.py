@@ -39,6 +39,7 @@ class RestLevelsFile:
         self.path = path
         self._saved: dict[str, tuple[float, float]] = {}  # key id → (level, decay per s) as of `_saved_at_s`
         self._saved_at_s = 0.0
+        self._failing = False  # the last save failed: said once, not every second until one works
 
     def carry_over_into(self, scheduler: RateScheduler) -> None:
         """Start `scheduler` from what an earlier run left; an unreadable file is logged and ignored."""
@@ -78,6 +79,11 @@ class RestLevelsFile:
                     os.fsync(handle.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:
-            log.warning("rest_levels_unsaved", path=str(self.path), error=str(exc))
+            if not self._failing or durable:
+                log.warning("rest_levels_unsaved", path=str(self.path), error=str(exc),
+                            consequence="a restart may meet EAPI:Rate limit exceeded once, and then wait")
+            self._failing = True
             return
-        self._saved, self._saved_at_s = levels, now_s
+        if self._failing:
+            log.info("rest_levels_saved_again", path=str(self.path))
+        self._saved, self._saved_at_s, self._failing = levels, now_s, False

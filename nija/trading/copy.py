@@ -16,8 +16,9 @@ order did, so the next signal on the same pair first settles it by lookup (retri
 from the settled position; if it stays unknown, the next signal is held (unsettled, not sent) for reconciliation.
 
 Exits are never dropped (invariant 4): an exit whose position cannot be read, or that the exchange refuses for now
-(market not online, rate limit, funds the book thought were there), stays unsettled and is retried by
-reconciliation. An entry in the same case is skipped or failed: buying later would be at a later price.
+(market not online, rate limit), stays unsettled and is retried by reconciliation; one refused for insufficient
+funds (a whole balance and its fee) is sent once more a fee's worth smaller. An entry in the same case is skipped
+or failed: buying later would be at a later price.
 
 One follower's error, slowness or rate limit never delays another: each has its own task, its own timeout, and
 the only shared resource is the semaphore, held just for the order call itself.
@@ -29,7 +30,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Protocol
 
@@ -685,12 +686,20 @@ class CopyEngine:
         return result
 
     async def _send_and_book(self, signal: Signal, account: FollowerAccount, rules: PairRules, plan: OrderPlan,
-                             cl_ord_id: str, base: dict) -> CopyResult:
+                             cl_ord_id: str, base: dict, *, refused_whole: bool = False) -> CopyResult:
         try:
             placed = await self._place(account.gateway, plan, cl_ord_id)
         except _Unsettled as exc:
             return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
                               notional_usd=plan.notional_usd, reason=str(exc))
+        except InsufficientFundsError as exc:
+            smaller = None if refused_whole or plan.side != "sell" else self._less_the_fee(plan, rules, signal)
+            if smaller is None:
+                return CopyResult(**base, status="failed", volume_base=plan.volume_base,
+                                  notional_usd=plan.notional_usd, reason=_describe(exc), acked_at_s=self.clock())
+            # Kraken can refuse selling a whole balance once its fee is counted (API.md §8): nothing was placed,
+            # so the same client order id goes again, once, a fee's worth smaller.
+            return await self._send_and_book(signal, account, rules, smaller, cl_ord_id, base, refused_whole=True)
         except _REFUSED_FOR_NOW as exc:
             if plan.side == "sell":  # nothing executed; reconciliation proves it absent, re-sizes and sends it
                 return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
@@ -795,6 +804,13 @@ class CopyEngine:
             if exc.ambiguous_for_orders:
                 raise _Unsettled(f"order outcome unknown: {_describe(exc)}") from None
             raise
+
+    def _less_the_fee(self, plan: OrderPlan, rules: PairRules, signal: Signal) -> OrderPlan | None:
+        """The exit `plan` shrunk so that it and its fee fit in what it asked for; None if that is no order."""
+        volume = rules.info.round_volume_down(plan.volume_base / (1 + self.taker_fee_rate))
+        if volume >= plan.volume_base or rules.info.minimum_shortfall(volume, signal.avg_price_usd) is not None:
+            return None
+        return replace(plan, volume_base=volume, notional_usd=volume * signal.avg_price_usd)
 
     def _worst_cost_usd(self, plan: OrderPlan) -> Decimal:
         """What a buy can spend at most: its IOC limit, or the market buffer sizing allowed for, plus the fee."""
@@ -956,9 +972,9 @@ class CopyEngine:
                 log.exception("balance_refresh_crashed")
 
 
-# Refusals that executed nothing and may pass: the market not online yet, the trading counter full after the
-# client's retries, or funds the book counted that the exchange has not (an estimated fill, a transfer out).
-_REFUSED_FOR_NOW = (MarketClosedError, RateLimitedError, InsufficientFundsError)
+# Refusals that executed nothing and pass by themselves: the market not online yet, the trading counter full after
+# the client's retries. (Insufficient funds does not pass by waiting: an exit gets one smaller try, then fails.)
+_REFUSED_FOR_NOW = (MarketClosedError, RateLimitedError)
 
 
 def _describe(exc: BaseException) -> str:

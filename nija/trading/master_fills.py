@@ -120,10 +120,18 @@ class MasterFillWatcher:
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"{self.state_path}: master fill state is unreadable ({exc}); move the file away to start watching "
-                "from now (fills made while NIJA was down are then not copied)"
-            ) from None
+            raise self._unreadable(exc) from None
+        try:
+            self._take(data)
+        except (KeyError, TypeError, AttributeError, ValueError, ArithmeticError) as exc:  # JSON of another shape
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: Exception) -> ValueError:
+        return ValueError(
+            f"{self.state_path}: master fill state is unreadable ({type(exc).__name__}: {exc}); move the file away "
+            "to start watching from now (fills made while NIJA was down are then not copied)")
+
+    def _take(self, data: dict) -> None:
         master = data.get("master")  # absent from files written before it was kept: taken as this master's
         if master is not None and master != self._master:
             log.warning("master_watch_reset", path=str(self.state_path), reason="the master key changed",

@@ -50,9 +50,12 @@ class PairRules:
     def of(cls, info: PairInfo) -> PairRules:
         """Orders go out under the altname; holdings use common asset names."""
         base_common = info.base_common or info.base
-        names = {info.key, info.altname, info.wsname, base_common, info.base, kraken_asset_name(base_common)}
-        for base in {base_common, kraken_asset_name(base_common)}:  # BTC/USD, XBTUSD, BTC-USD, ...
-            names.update(f"{base}{separator}{info.quote_common}" for separator in ("/", "", "-"))
+        bases = {base_common, info.base, kraken_asset_name(base_common)}  # BTC, XXBT, XBT
+        quotes = {info.quote_common or info.quote, info.quote, kraken_asset_name(info.quote_common or info.quote)}
+        names = {info.key, info.altname, info.wsname, *bases}
+        for base in bases:  # BTC/USD, XBTUSD, BTC-USD, XXBT_ZUSD, ...: every spelling Pairs.get resolves
+            for quote in quotes:
+                names.update(f"{base}{separator}{quote}" for separator in ("/", "", "-", "_", ":"))
         return cls(info, base_common, frozenset(name.upper() for name in names if name))
 
     @property

@@ -315,20 +315,37 @@ async def test_trades_the_master_made_while_copying_was_off_are_not_copied_later
     assert exchange.orders_by_cl_ord_id("alice") == {}
 
 
-async def test_a_misspelt_disabled_symbol_is_reported_at_start(exchange, exchange_url, tmp_path):
+@pytest.mark.parametrize("symbol, blocks_btc", [
+    ("BTC/USD", True), ("XBTUSD", True), ("BTC_USD", True), ("XBT:USD", True), ("XXBT/ZUSD", True),
+    ("XBTZUSD", True), ("BTC/ZUSD", True), ("XBT", True), ("BTC", True), ("DOGE", False), ("DOGEE", False),
+    ("USD", False)])
+async def test_a_disabled_symbol_blocks_the_pair_it_names_or_is_reported_at_start(exchange, exchange_url, tmp_path,
+                                                                                 symbol, blocks_btc):
+    """A name Kraken's pairs resolve is matched by sizing in that spelling; one that blocks nothing (a typo, a
+    quote currency) is said at start, so the operator is never left believing it blocks something."""
     from pydantic import SecretStr
     from structlog.testing import capture_logs
 
     from nija.accounts import Follower, FollowerConfig
+    from nija.trading.signals import signal_from_master_order
+    from nija.trading.sizing import FollowerBook, FollowerLimits, PairRules, Skip, size_copy
 
     async with KrakenContext(state_dir=tmp_path) as context:
         pairs = await KrakenClient("k", "c2VjcmV0", base_url=exchange_url, context=context).pairs()
-    alice = Follower(FollowerConfig(name="alice", disabled_symbols=["DOGE", "DOGEE", "XBT/USD"]), SecretStr("k"),
-                     SecretStr("c2VjcmV0"))
+    alice = Follower(FollowerConfig(name="alice", disabled_symbols=[symbol]), SecretStr("k"), SecretStr("c2VjcmV0"))
     with capture_logs() as logs:
         nija.daemon._check_disabled_symbols([alice], pairs)
-    assert [(line["event"], line["field"]) for line in logs] == [("follower_config_problem", "disabled_symbols")]
-    assert "'DOGEE'" in logs[0]["problem"] and logs[0]["log_level"] == "warning"
+    warned = [line for line in logs if line["event"] == "follower_config_problem"]
+    buy = signal_from_master_order("O1", pair="XXBTZUSD", side="buy", vol_exec=Decimal("0.1"),
+                                   cost_usd=Decimal("5000"), fee_usd=Decimal("10"), master_equity_usd=Decimal("10000"),
+                                   position_before_base=None, ordermin_base=Decimal("0.0001"), reason=None)
+    plan = size_copy(buy, FollowerLimits.of(alice.config), FollowerBook(Decimal(1000), Decimal(1000), Decimal(0)),
+                     PairRules.of(pairs.get("XBTUSD")))
+    assert (isinstance(plan, Skip) and plan.reason.value == "disabled_symbol") is blocks_btc
+    if symbol in ("DOGEE", "USD"):
+        assert warned and f"{symbol!r}" in warned[0]["problem"] and warned[0]["log_level"] == "warning"
+    else:
+        assert not warned
 
 
 def test_follower_files_without_master_keys_warn_that_the_run_is_paper(tmp_path, monkeypatch, capsys):

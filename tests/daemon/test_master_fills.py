@@ -516,3 +516,12 @@ async def test_polling_as_often_as_asked_never_leaves_a_found_fill_waiting_for_t
         watching.cancel()
         await context.close()
     assert len(emitted) == 1 and waits and max(waits) < 0.05  # every call of the round went out at once
+
+
+@pytest.mark.parametrize("content", ["[]", "{}", '{"since_s": "soon"}', '{"since_s": 1, "seen": {"O": 5}}'])
+def test_a_watch_state_of_another_shape_is_refused_with_the_file_and_the_fix(tmp_path, content):
+    path = tmp_path / "master_fills.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as info:
+        MasterFillWatcher(ScriptedMaster(), None, None, state_path=path)
+    assert str(path) in str(info.value) and "move the file away" in str(info.value)

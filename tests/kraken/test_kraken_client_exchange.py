@@ -12,7 +12,7 @@ import pytest
 
 from nija.exchange import Fault
 from nija.kraken.client import KrakenClient, KrakenContext, derive_cl_ord_id
-from nija.kraken.errors import AmbiguousOrderError
+from nija.kraken.errors import AmbiguousOrderError, InsufficientFundsError
 from nija.kraken.limits import Tier
 from nija.kraken.nonce import NonceCoordinator
 from nija.kraken.rest_levels import SAVE_EVERY_S
@@ -409,3 +409,23 @@ async def test_a_run_killed_without_stopping_still_leaves_its_rest_counter_to_th
         client = client_for(exchange, "killed", after, base_url=exchange_url, read_attempts=1)
         await client.balance()  # waits for room; no EAPI:Rate limit exceeded
         assert client._budget.rest.waited_s > 0
+
+
+async def test_an_order_placed_with_a_uuid_in_another_spelling_is_found_by_that_spelling(exchange, context,
+                                                                                       exchange_url):
+    """add_order sends a UUID in one spelling; every lookup takes the caller's spelling to the same one, or a resting
+    order would read as proven absent and be sent again."""
+    client = client_for(exchange, "alice", context, base_url=exchange_url)
+    written = "6D3F2D1A-0B6E-4F7A-9C1B-2E5F8A7D4C3B"
+    placed = await client.add_order("XBTUSD", "buy", VOLUME, ordertype="limit", price=PRICE, cl_ord_id=written)
+    assert (await client.find_order_settled(written)).txid == placed.txid[0]
+    assert (await client.cancel_order(cl_ord_id=written)).count == 1
+
+
+async def test_a_refused_order_is_proven_absent_at_once(exchange, context, exchange_url):
+    """Kraken refused it, so nothing can land later: a lookup need not wait for the order's deadline."""
+    client = client_for(exchange, "alice", context, base_url=exchange_url, order_deadline_s=30)
+    client._created_at_s -= 60  # running for a minute: no order of a previous run can still land
+    with pytest.raises(InsufficientFundsError):
+        await client.add_order("XBTUSD", "buy", Decimal("100"), cl_ord_id="refused-1")  # far beyond the cash
+    assert client.settle_delay_s("refused-1") == 0

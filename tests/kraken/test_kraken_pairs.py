@@ -166,9 +166,3 @@ def test_an_assets_id_is_never_one_of_its_sub_balances():
     pairs = Pairs.from_results(asset_pairs, assets)
     assert (pairs.asset_id("BTC"), pairs.asset_id("USD"), pairs.asset_id("ETH2")) == ("XXBT", "ZUSD", "ETH2")
 
-
-def test_pairs_know_every_naming_of_their_pairs_and_assets(pairs):
-    for name in ("XBTUSD", "XXBTZUSD", "XBT/USD", "BTC-USD", "BTCUSD", "BTC", "XBT", "XXBT", "doge", "XDG", "usd"):
-        assert pairs.knows(name), name
-    for typo in ("DOGEE", "NOTACOIN", "BTCUSDX"):
-        assert not pairs.knows(typo), typo

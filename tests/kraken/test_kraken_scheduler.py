@@ -144,3 +144,20 @@ def test_the_rest_levels_file_is_rewritten_only_when_a_counter_rose_above_it(tmp
     again = RateScheduler()
     RestLevelsFile(tmp_path / "rest_levels.json").carry_over_into(again)
     assert again.budget("master", tier_named("starter")).rest.counter.level(time.monotonic()) > 5.9
+
+
+def test_a_rest_levels_file_that_cannot_be_written_is_said_once_not_every_second(tmp_path):
+    from structlog.testing import capture_logs
+
+    from nija.kraken.limits import tier_named
+    from nija.kraken.rest_levels import RestLevelsFile
+
+    (tmp_path / "rest_levels.json").mkdir()  # the replace onto it fails
+    scheduler = RateScheduler()
+    levels = RestLevelsFile(tmp_path / "rest_levels.json")
+    counter = scheduler.budget("master", tier_named("starter")).rest.counter
+    with capture_logs() as logs:
+        for _ in range(5):  # the saver's checks of five seconds, the counter rising each time
+            counter.add(1, time.monotonic())
+            levels.save(scheduler, durable=False)
+    assert [line["event"] for line in logs] == ["rest_levels_unsaved"]

@@ -292,3 +292,29 @@ async def test_a_refused_follower_key_names_the_variables_to_fix_and_its_failed_
     assert "KRAKEN_USER_DORA_API_KEY" in refused["fix"] and refused["name"] == "dora"
     [result] = [line for line in logs if line["event"] == "copy_result"]
     assert result["status"] == "failed" and result["log_level"] == "warning"
+
+
+@pytest.mark.parametrize("gone_fraction, outcome", [(D("0.001"), "succeeded"), (D("0.05"), "failed")])
+async def test_an_exit_refused_for_insufficient_funds_goes_once_more_a_fee_smaller_then_fails(
+        served, tmp_path, gone_fraction, outcome):
+    """The book counts more than Kraken lets the follower sell (a fee taken in the asset, a transfer out): the exit
+    is sent once more, a fee's worth smaller. If that is refused too it fails; it never blocks the pair for good."""
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
+    try:
+        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
+        await rig.engine.wait_idle()
+        held = rig.held("alice")
+        exchange.fund("alice", "XXBT", -(held * gone_fraction).quantize(D("0.00000001")))  # unknown to the book
+        exit_signal = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
+        [result] = (await rig.engine.copy(exit_signal)).results
+        assert result.status == outcome and await rig.store.signal_status(exit_signal.signal_id) == "done"
+        if outcome == "succeeded":
+            assert result.volume_base < held and rig.held("alice") < held * D("0.01")
+        else:
+            assert "Insufficient funds" in result.reason
+        assert all(count == 1 for count in rig.orders_per_cl_ord_id("alice").values())
+        [entry] = (await rig.engine.copy(await rig.master_trade("buy", D("0.01")))).results
+        assert entry.status == "succeeded"  # not held behind the exit
+    finally:
+        await rig.close()
