@@ -901,7 +901,11 @@ class Exchange:
                 raise KrakenReject("EService:Deadline elapsed")
             if dl > now + 60:
                 raise _bad("deadline")
-        fee_flag = "fcib" if "fcib" in flags else "fciq"
+        if "fcib" in flags and "fciq" in flags:
+            raise _bad("oflags")
+        # Kraken takes a sell's fee in the base asset and a buy's in the quote unless told otherwise: selling a
+        # whole balance with the default fee currency is refused (the fee does not fit).
+        fee_flag = "fcib" if "fcib" in flags or (side == "sell" and "fciq" not in flags) else "fciq"
         oflags = ",".join([f for f in flags if f not in ("fcib", "fciq")] + [fee_flag])
         return {"spec": spec, "side": side, "ordertype": ordertype, "volume": volume, "limit": limit,
                 "viqc": viqc, "post": post, "tif": tif, "userref": userref, "cl_ord_id": cl,
@@ -934,12 +938,14 @@ class Exchange:
             raise KrakenReject("EOrder:Order minimum not met")
         if cost < spec.costmin:
             raise KrakenReject("EOrder:Cost minimum not met")
+        fee_in_base = "fcib" in o["oflags"]
         if side == "buy":
-            need = cost * (1 + self.taker_fee)
+            need = cost if fee_in_base else cost * (1 + self.taker_fee)
             if need > acct.available(spec.quote):
                 raise KrakenReject("EOrder:Insufficient funds")
         else:
-            if vol > acct.available(spec.base):
+            need = vol * (1 + self.taker_fee) if fee_in_base else vol
+            if need > acct.available(spec.base):
                 raise KrakenReject("EOrder:Insufficient funds")
         if len([1 for x in acct.open_orders.values() if x.pair is spec]) >= acct.tier.max_open_orders_per_pair \
                 and o["ordertype"] == "limit":
@@ -1091,15 +1097,20 @@ class Exchange:
         remaining = order.vol - order.vol_exec
         if order.side == "buy":
             order.hold_asset = spec.quote
-            order.hold = remaining * order.limit * (1 + self.taker_fee)
+            order.hold = remaining * order.limit * self._fee_factor(order, "quote")
         else:
             order.hold_asset = spec.base
-            order.hold = remaining
+            order.hold = remaining * self._fee_factor(order, "base")
         acct.holds[order.hold_asset] = acct.holds.get(order.hold_asset, Decimal(0)) + order.hold
         book = self._resting.setdefault(spec.key, {})
         if not book:
             self.market.pair(spec.key).take_range()  # only crossings from now on count
         book[order.txid] = (acct, order)
+
+    def _fee_factor(self, order: Order, held: str) -> Decimal:
+        """What an order holds per unit it trades: 1 + the fee when the fee comes out of the held asset."""
+        fee_in_base = "fcib" in order.oflags
+        return 1 + self.taker_fee if fee_in_base == (held == "base") else Decimal(1)
 
     def _release_hold(self, acct: Account, order: Order, amount: Decimal | None = None) -> None:
         if not order.hold_asset:
@@ -1124,15 +1135,19 @@ class Exchange:
         zero = Decimal(0)
         if order.hold_asset:
             if order.side == "buy":
-                self._release_hold(acct, order, vol * order.limit * (1 + self.taker_fee))
+                self._release_hold(acct, order, vol * order.limit * self._fee_factor(order, "quote"))
             else:
-                self._release_hold(acct, order, vol)
+                self._release_hold(acct, order, vol * self._fee_factor(order, "base"))
+        # The fee is reported in the quote currency either way; with fcib it is paid in the base asset.
+        fee_base = (vol * rate).quantize(Decimal(1).scaleb(-spec.lot_decimals), rounding=ROUND_UP) \
+            if "fcib" in order.oflags else zero
+        fee_quote = zero if fee_base else fee
         if order.side == "buy":
-            bal[spec.base] = bal.get(spec.base, zero) + vol
-            bal[spec.quote] = bal.get(spec.quote, zero) - cost - fee
+            bal[spec.base] = bal.get(spec.base, zero) + vol - fee_base
+            bal[spec.quote] = bal.get(spec.quote, zero) - cost - fee_quote
         else:
-            bal[spec.base] = bal.get(spec.base, zero) - vol
-            bal[spec.quote] = bal.get(spec.quote, zero) + cost - fee
+            bal[spec.base] = bal.get(spec.base, zero) - vol - fee_base
+            bal[spec.quote] = bal.get(spec.quote, zero) + cost - fee_quote
         order.vol_exec += vol
         order.cost += cost
         order.fee += fee

@@ -37,11 +37,15 @@ class KrakenGateway:
         return f"<KrakenGateway {self.client!r}>"
 
     async def place(self, plan: OrderPlan, cl_ord_id: str) -> Placed:
+        # The fee in USD on both sides (`fciq`): Kraken takes a sell's fee in the base asset by default, and then
+        # refuses an exit of the whole position. Sizing counts fees in USD.
         if plan.limit_price_usd is None:
-            result = await self.client.add_order(plan.pair, plan.side, plan.volume_base, cl_ord_id=cl_ord_id)
+            result = await self.client.add_order(plan.pair, plan.side, plan.volume_base, oflags="fciq",
+                                                 cl_ord_id=cl_ord_id)
         else:
             result = await self.client.add_order(plan.pair, plan.side, plan.volume_base, ordertype="limit",
-                                                 price=plan.limit_price_usd, timeinforce="IOC", cl_ord_id=cl_ord_id)
+                                                 price=plan.limit_price_usd, timeinforce="IOC", oflags="fciq",
+                                                 cl_ord_id=cl_ord_id)
         order_id = result.order_id
         if order_id is None:
             raise ValueError(f"AddOrder for {cl_ord_id} returned no order id")

@@ -350,7 +350,11 @@ class MasterFillWatcher:
             side = fill.order.descr.type
             base = pair.base_common
             after = held.get(base, Decimal(0))
-            before = after + fill.volume_base if side == "sell" else max(Decimal(0), after - fill.volume_base)
+            # The fee, when paid in the base asset (`fcib`, Kraken's default for sells), moved the position too; it
+            # is reported in USD either way.
+            fee_base = _fee_in_base(fill)
+            before = (after + fill.volume_base + fee_base if side == "sell"
+                      else max(Decimal(0), after - fill.volume_base + fee_base))
             held[base] = before
             if pair.quote_common != "USD":
                 log.warning("master_fill_not_copied", order_id=fill.order.txid, pair=pair.altname,
@@ -370,9 +374,16 @@ class MasterFillWatcher:
                 reason=None,
                 filled_at_s=fill.earliest_s,
                 fill_ref=str(fill.order.vol_exec),  # one fill per order per poll: its cumulative volume
+                fee_base=fee_base if side == "sell" else Decimal(0),
             ))
         signals.reverse()
         return signals
+
+
+def _fee_in_base(fill: MasterFill) -> Decimal:
+    if "fcib" not in fill.order.oflags.split(",") or not fill.cost_usd:
+        return Decimal(0)
+    return fill.fee_usd * fill.volume_base / fill.cost_usd
 
 
 def _first_execution_s(trades_newest_first: list[Trade], volume_base: Decimal) -> float | None:

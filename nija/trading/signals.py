@@ -112,12 +112,15 @@ def signal_from_master_order(
     reason: str | None = None,
     filled_at_s: float | None = None,
     fill_ref: str = "",
+    fee_base: Decimal = Decimal(0),
 ) -> Signal:
     """The bridge from a master order's fill (as QueryOrders reports it) to a Signal.
 
-    For sells, `position_before_base` is the master's position before the fill; the fraction closed is
-    `vol_exec / position_before_base`. A fill that leaves less than the pair's `ordermin_base` closes the position:
-    what is left is dust no order can sell, and followers must not keep a position the master has left.
+    For sells, `position_before_base` is the master's position before the fill; the fraction closed is what the
+    fill took off it, `(vol_exec + fee_base) / position_before_base` (`fee_base`: the fee, when paid in the base
+    asset), so a follower keeps the share of its position the master keeps. A fill that leaves less than the
+    pair's `ordermin_base` closes the position: what is left is dust no order can sell, and followers must not keep
+    a position the master has left.
     """
     if vol_exec <= 0:
         raise ValueError(f"master order {order_id} has no executed volume: nothing to copy")
@@ -126,8 +129,8 @@ def signal_from_master_order(
     if side == "sell":
         if position_before_base is None or position_before_base <= 0:
             raise ValueError(f"master sell {order_id}: position_before_base must be the position held before it")
-        fraction = min(Decimal(1), vol_exec / position_before_base)
-        left_base = position_before_base - vol_exec
+        fraction = min(Decimal(1), (vol_exec + fee_base) / position_before_base)
+        left_base = position_before_base - vol_exec - fee_base
         closes = left_base <= 0 or left_base < ordermin_base
     return Signal(
         signal_id=signal_id_for(order_id, fill_ref or str(vol_exec)),

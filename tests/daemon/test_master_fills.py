@@ -57,8 +57,8 @@ async def test_fills_become_signals_once_with_the_fraction_closed(master, tmp_pa
     # Equity before the order: what it is now plus the fee the order paid (less the half-spread crossed).
     assert abs(entry.master_equity_usd - equity_before) < equity_before * Decimal("0.0005")
 
-    # The master now holds 0.05 BTC; selling 0.02 closes 40 % of it.
-    sold = await master.add_order(PAIR, "sell", Decimal("0.02"))
+    # The master now holds 0.05 BTC; selling 0.02 closes 40 % of it (fee in USD: see the test below for BTC).
+    sold = await master.add_order(PAIR, "sell", Decimal("0.02"), oflags="fciq")
     [exit_] = await watcher.poll()
     assert exit_.side == "sell" and exit_.master_order_id == sold.order_id
     assert exit_.position_fraction == Decimal("0.4") and not exit_.closes_position
@@ -69,7 +69,7 @@ async def test_fills_become_signals_once_with_the_fraction_closed(master, tmp_pa
     assert await restarted.poll() == []
 
     # Selling the rest closes the position.
-    await master.add_order(PAIR, "sell", Decimal("0.03"))
+    await master.add_order(PAIR, "sell", Decimal("0.03"), oflags="fciq")
     [last] = await restarted.poll()
     assert last.closes_position and last.sell_fraction == 1
     assert len(emitted) == 3
@@ -115,6 +115,24 @@ async def test_a_pair_listed_after_start_up_is_loaded_and_its_fill_copied(master
     [signal] = await watcher.poll()
     assert signal.pair == "XXBTZUSD" and PAIR in watcher.pairs
     assert changed and PAIR in changed[-1]
+
+
+async def test_a_sells_fee_paid_in_the_asset_counts_in_the_position_it_closed(master, tmp_path):
+    """Kraken's default for a sell is the fee in the base asset (fcib): the position before the fill held the fee
+    too, and the master's last sell (all it can, the fee beside it) closes the position."""
+    pairs = await master.pairs()
+    emitted = []
+    watcher = watcher_for(master, pairs, tmp_path, emitted, time.time)
+    await watcher.poll()
+    await master.add_order(PAIR, "buy", Decimal("0.05"))
+    await watcher.poll()
+    await master.add_order(PAIR, "sell", Decimal("0.02"))  # the fee, about 0.00008 BTC, on top
+    [first] = await watcher.poll()
+    assert Decimal("0.4") < first.position_fraction < Decimal("0.402") and not first.closes_position  # + fee
+    held = (await master.balance()).get("XXBT")
+    await master.add_order(PAIR, "sell", pairs.get(PAIR).round_volume_down(held / Decimal("1.004")))
+    [last] = await watcher.poll()
+    assert last.closes_position
 
 
 async def test_a_state_file_of_another_master_key_is_a_first_start(master, exchange, exchange_url, tmp_path):

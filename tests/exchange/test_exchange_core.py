@@ -148,11 +148,31 @@ def test_sell_more_than_held_is_insufficient_funds(exchange):
                                         "volume": "0.001"})
     with pytest.raises(KrakenReject) as info:
         exchange.call("alice", "AddOrder", {"pair": "XBTUSD", "type": "sell", "ordertype": "market",
-                                            "volume": "0.00100001"})
+                                            "volume": "0.00100001", "oflags": "fciq"})
     assert info.value.errors == ["EOrder:Insufficient funds"]
     exchange.call("alice", "AddOrder", {"pair": "XBTUSD", "type": "sell", "ordertype": "market",
-                                        "volume": "0.001"})
+                                        "volume": "0.001", "oflags": "fciq"})
     assert exchange.balances("alice")["XXBT"] == 0
+
+
+def test_a_sells_fee_comes_out_of_the_base_asset_unless_fciq_says_otherwise(exchange):
+    """As on Kraken: fcib is a sell's default, so selling a whole balance is refused (its fee does not fit)."""
+    exchange.set_price("XBTUSD", D("50000"))
+    exchange.call("alice", "AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "market", "volume": "0.001"})
+    usd = exchange.balances("alice")["ZUSD"]
+    with pytest.raises(KrakenReject) as info:
+        exchange.call("alice", "AddOrder", {"pair": "XBTUSD", "type": "sell", "ordertype": "market",
+                                            "volume": "0.001"})
+    assert info.value.errors == ["EOrder:Insufficient funds"]
+    result = exchange.call("alice", "AddOrder", {"pair": "XBTUSD", "type": "sell", "ordertype": "market",
+                                                 "volume": "0.0005"})
+    [order] = exchange.call("alice", "QueryOrders", {"txid": result["txid"][0]}).values()
+    assert "fcib" in order["oflags"] and D(order["fee"]) > 0  # reported in USD, paid in BTC
+    assert exchange.balances("alice")["XXBT"] == D("0.001") - D("0.0005") - D("0.0005") * exchange.taker_fee
+    assert exchange.balances("alice")["ZUSD"] == usd + D(order["cost"])
+    with pytest.raises(KrakenReject):
+        exchange.call("alice", "AddOrder", {"pair": "XBTUSD", "type": "sell", "ordertype": "market",
+                                            "volume": "0.0001", "oflags": "fcib,fciq"})
 
 
 def test_rest_counter_uses_the_accounts_tier():

@@ -46,7 +46,7 @@ class Rig:
     async def master_trade(self, side: str, volume_base: Decimal, reason: str | None = None) -> Signal:
         """A real market order for the master, turned into the signal its fill emits."""
         equity_before = await self.master_equity_usd()
-        placed = await self.master.add_order(PAIR, side, volume_base)
+        placed = await self.master.add_order(PAIR, side, volume_base, oflags="fciq")  # a whole position sellable
         position_before = self.master_position_base
         self.master_position_base += volume_base if side == "buy" else -volume_base
         return await signal_from_master_fill(self.master, placed.order_id, master_equity_usd=equity_before,
