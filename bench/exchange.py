@@ -102,7 +102,7 @@ async def load(url: str, keys: list[tuple[str, str]], seconds: float, method: st
                 nonce += 1
                 if method == "AddOrder":
                     body = urllib.parse.urlencode({"nonce": nonce, "pair": "XBTUSD", "type": side[n % 2],
-                                                   "ordertype": "market", "volume": "0.0001",
+                                                   "ordertype": "market", "volume": "0.0001", "oflags": "fciq",
                                                    "cl_ord_id": f"b{i}-{n}"})
                 else:
                     body = f"nonce={nonce}"
@@ -186,7 +186,7 @@ def memory(args: argparse.Namespace) -> dict:
     side = ("buy", "sell")
     for i in range(args.orders):
         ex.call("m", "AddOrder", {"pair": "XBTUSD", "type": side[i % 2], "ordertype": "market", "volume": "0.0001",
-                                  "cl_ord_id": f"mem-{i}"})
+                                  "oflags": "fciq", "cl_ord_id": f"mem-{i}"})
         if (i + 1) % 10_000 == 0:
             gc.collect()
             samples.append((i + 1, round(_rss_mb() - base, 1)))

@@ -944,7 +944,7 @@ class Exchange:
             if need > acct.available(spec.quote):
                 raise KrakenReject("EOrder:Insufficient funds")
         else:
-            need = vol * (1 + self.taker_fee) if fee_in_base else vol
+            need = vol + self._base_fee(spec, vol, self.taker_fee) if fee_in_base else vol
             if need > acct.available(spec.base):
                 raise KrakenReject("EOrder:Insufficient funds")
         if len([1 for x in acct.open_orders.values() if x.pair is spec]) >= acct.tier.max_open_orders_per_pair \
@@ -1107,6 +1107,11 @@ class Exchange:
             self.market.pair(spec.key).take_range()  # only crossings from now on count
         book[order.txid] = (acct, order)
 
+    @staticmethod
+    def _base_fee(spec: PairSpec, vol: Decimal, rate: Decimal) -> Decimal:
+        """A fee paid in the base asset, to the asset's precision (what the funds check and the fill both use)."""
+        return (vol * rate).quantize(Decimal(1).scaleb(-ASSETS[spec.base].decimals), rounding=ROUND_UP)
+
     def _fee_factor(self, order: Order, held: str) -> Decimal:
         """What an order holds per unit it trades: 1 + the fee when the fee comes out of the held asset."""
         fee_in_base = "fcib" in order.oflags
@@ -1139,8 +1144,7 @@ class Exchange:
             else:
                 self._release_hold(acct, order, vol * self._fee_factor(order, "base"))
         # The fee is reported in the quote currency either way; with fcib it is paid in the base asset.
-        fee_base = (vol * rate).quantize(Decimal(1).scaleb(-spec.lot_decimals), rounding=ROUND_UP) \
-            if "fcib" in order.oflags else zero
+        fee_base = self._base_fee(spec, vol, rate) if "fcib" in order.oflags else zero
         fee_quote = zero if fee_base else fee
         if order.side == "buy":
             bal[spec.base] = bal.get(spec.base, zero) + vol - fee_base

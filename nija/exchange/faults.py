@@ -47,6 +47,7 @@ FAULT_KINDS: dict[str, tuple[str | None, bool]] = {
     "lockout": ("EGeneral:Temporary lockout", False),
     "invalid_nonce": ("EAPI:Invalid nonce", False),
     "cancel_only": ("EService:Market in cancel_only mode", False),
+    "insufficient_funds": ("EOrder:Insufficient funds", False),
     "post_only": ("EService:Market in post_only mode", False),
     "latency": (None, True),
 }

@@ -16,9 +16,11 @@ order did, so the next signal on the same pair first settles it by lookup (retri
 from the settled position; if it stays unknown, the next signal is held (unsettled, not sent) for reconciliation.
 
 Exits are never dropped (invariant 4): an exit whose position cannot be read, or that the exchange refuses for now
-(market not online, rate limit), stays unsettled and is retried by reconciliation; one refused for insufficient
-funds (a whole balance and its fee) is sent once more a fee's worth smaller. An entry in the same case is skipped
-or failed: buying later would be at a later price.
+(market not online, rate limit), stays unsettled and is retried by reconciliation. One refused for insufficient
+funds is sent again at once a fee's worth smaller (a whole balance and its fee), then left to reconciliation, which
+sizes it from balances read afresh (the follower sold or moved some itself), and fails after a few such refusals so
+that it never holds the pair for good. An entry in the same case is skipped or failed: buying later would be at a
+later price.
 
 One follower's error, slowness or rate limit never delays another: each has its own task, its own timeout, and
 the only shared resource is the semaphore, held just for the order call itself.
@@ -253,6 +255,8 @@ class CopyEngine:
         self._unsettled: dict[tuple[str, str], dict[str, Signal]] = {}
         # cl_ord_id → its outcome, when a later signal's hold settled it (until its own signal is reconciled)
         self._settled_early: dict[str, CopyResult] = {}
+        # cl_ord_id → how many times the exchange refused the exit for funds the follower's book counted
+        self._exit_refusals: dict[str, int] = {}
         #: the master's latest equity (from its fills, and the daemon's hourly read): it picks the rate profile
         self.master_equity_usd: Decimal | None = None
         self._today_number, self._today_text = -1, ""  # see _today
@@ -576,6 +580,7 @@ class CopyEngine:
             self._unsettled.setdefault(key, {}).setdefault(cl_ord_id, signal)
         else:
             self._forget_unsettled(key, cl_ord_id)
+            self._exit_refusals.pop(cl_ord_id, None)
         self.store.record_result(cl_ord_id, _STORE_STATUS[result.status], volume_base=result.volume_base,
                                  notional_usd=result.notional_usd, order_id=result.order_id, reason=result.reason)
         return result  # logged by _summarise once the whole fan-out is answered: rendering must not delay sends
@@ -612,6 +617,7 @@ class CopyEngine:
             if result.status == "unsettled":
                 return f"the earlier order {cl_ord_id} on {rules.pair} is still unsettled ({result.reason})"
             self._forget_unsettled(key, cl_ord_id)
+            self._exit_refusals.pop(cl_ord_id, None)
             self._settled_early[cl_ord_id] = result
             self.store.record_result(cl_ord_id, _STORE_STATUS[result.status], volume_base=result.volume_base,
                                      notional_usd=result.notional_usd, order_id=result.order_id,
@@ -663,8 +669,11 @@ class CopyEngine:
             # The exchange refused this account's key: report that, rather than "balance unknown".
             return CopyResult(**base, status="failed", reason=f"account unusable: {account.unusable}")
         book = self._book(account, rules)
-        if signal.side == "sell" and book.position_base is None and await self._reload_book(account):
-            book = self._book(account, rules)  # e.g. the read at start-up failed: read again before giving up
+        if (signal.side == "sell" and (book.position_base is None or cl_ord_id in self._exit_refusals)
+                and await self._reload_book(account)):
+            # Unread (the read at start-up failed) or refused for funds the book counted: what the exit is sized
+            # from is read afresh.
+            book = self._book(account, rules)
         if book.daily_loss_reached:
             await self._keep_loss_limit(account)
         plan = size_copy(signal, account.limits, book, rules, taker_fee_rate=self.taker_fee_rate)
@@ -693,13 +702,22 @@ class CopyEngine:
             return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
                               notional_usd=plan.notional_usd, reason=str(exc))
         except InsufficientFundsError as exc:
-            smaller = None if refused_whole or plan.side != "sell" else self._less_the_fee(plan, rules, signal)
-            if smaller is None:
-                return CopyResult(**base, status="failed", volume_base=plan.volume_base,
-                                  notional_usd=plan.notional_usd, reason=_describe(exc), acked_at_s=self.clock())
-            # Kraken can refuse selling a whole balance once its fee is counted (API.md §8): nothing was placed,
-            # so the same client order id goes again, once, a fee's worth smaller.
-            return await self._send_and_book(signal, account, rules, smaller, cl_ord_id, base, refused_whole=True)
+            if plan.side == "sell":
+                smaller = None if refused_whole else self._less_the_fee(plan, rules, signal)
+                if smaller is not None:
+                    # Kraken can refuse selling a whole balance once its fee is counted (API.md §8): nothing was
+                    # placed, so the same client order id goes again at once, a fee's worth smaller.
+                    return await self._send_and_book(signal, account, rules, smaller, cl_ord_id, base,
+                                                     refused_whole=True)
+                # The book counts more than the follower has (a sale or transfer of its own): reconciliation reads
+                # the balances afresh and sizes the exit again, a few times, before calling it failed.
+                refusals = self._exit_refusals[cl_ord_id] = self._exit_refusals.get(cl_ord_id, 0) + 1
+                if refusals < EXIT_REFUSALS_BEFORE_FAILING:
+                    return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
+                                      notional_usd=plan.notional_usd,
+                                      reason=f"exit retried once the balances are read again: {_describe(exc)}")
+            return CopyResult(**base, status="failed", volume_base=plan.volume_base,
+                              notional_usd=plan.notional_usd, reason=_describe(exc), acked_at_s=self.clock())
         except _REFUSED_FOR_NOW as exc:
             if plan.side == "sell":  # nothing executed; reconciliation proves it absent, re-sizes and sends it
                 return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
@@ -973,8 +991,10 @@ class CopyEngine:
 
 
 # Refusals that executed nothing and pass by themselves: the market not online yet, the trading counter full after
-# the client's retries. (Insufficient funds does not pass by waiting: an exit gets one smaller try, then fails.)
+# the client's retries. (Insufficient funds is handled on its own: see _send_and_book.)
 _REFUSED_FOR_NOW = (MarketClosedError, RateLimitedError)
+#: an exit refused for insufficient funds this many times, each sized from balances read afresh, fails
+EXIT_REFUSALS_BEFORE_FAILING = 3
 
 
 def _describe(exc: BaseException) -> str:

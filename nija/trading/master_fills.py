@@ -381,7 +381,11 @@ class MasterFillWatcher:
 
 
 def _fee_in_base(fill: MasterFill) -> Decimal:
-    if "fcib" not in fill.order.oflags.split(",") or not fill.cost_usd:
+    """The fill's fee in the base asset when it was paid in it: `fcib`, which is also a sell's default when the
+    order names neither fee currency."""
+    flags = fill.order.oflags.split(",")
+    in_base = "fcib" in flags or (fill.order.descr.type == "sell" and "fciq" not in flags)
+    if not in_base or not fill.cost_usd:
         return Decimal(0)
     return fill.fee_usd * fill.volume_base / fill.cost_usd
 

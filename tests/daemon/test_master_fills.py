@@ -128,11 +128,27 @@ async def test_a_sells_fee_paid_in_the_asset_counts_in_the_position_it_closed(ma
     await watcher.poll()
     await master.add_order(PAIR, "sell", Decimal("0.02"))  # the fee, about 0.00008 BTC, on top
     [first] = await watcher.poll()
-    assert Decimal("0.4") < first.position_fraction < Decimal("0.402") and not first.closes_position  # + fee
+    fee_btc = Decimal("0.05") - Decimal("0.02") - (await master.balance()).get("XXBT")
+    assert fee_btc > Decimal("0.00005")
+    # (0.02 + fee) / 0.05 ≈ 0.4016; with the fee left out it would be 0.02 / (0.05 - fee) ≈ 0.4006
+    assert abs(first.position_fraction - (Decimal("0.02") + fee_btc) / Decimal("0.05")) < Decimal("0.0002")
+    assert not first.closes_position
     held = (await master.balance()).get("XXBT")
     await master.add_order(PAIR, "sell", pairs.get(PAIR).round_volume_down(held / Decimal("1.004")))
     [last] = await watcher.poll()
     assert last.closes_position
+
+
+@pytest.mark.parametrize("oflags, fee_in_btc", [("", True), ("fcib", True), ("fciq", False), ("post,fciq", False)])
+async def test_a_sell_that_names_no_fee_currency_paid_its_fee_in_the_asset(master, tmp_path, oflags, fee_in_btc):
+    """Kraken's default for a sell is fcib: an order that names neither flag paid its fee in the base asset."""
+    kraken, emitted = ScriptedMaster(), []
+    watcher = watcher_for(kraken, await master.pairs(), tmp_path, emitted, time.time)
+    await watcher.poll()
+    kraken.xbt = Decimal("0.5") - Decimal("0.1") * (1 + Decimal("0.0025") * fee_in_btc)  # 0.5 held before
+    kraken.closed = {"OS": _order("OS", "closed", "0.1", "sell", closetm=time.time(), oflags=oflags)}
+    [sell] = await watcher.poll()
+    assert sell.position_fraction == (Decimal("0.1") * (1 + Decimal("0.0025") * fee_in_btc)) / Decimal("0.5")
 
 
 async def test_a_state_file_of_another_master_key_is_a_first_start(master, exchange, exchange_url, tmp_path):
@@ -212,10 +228,11 @@ async def test_a_crash_between_a_signal_and_its_record_never_copies_a_partial_fi
     assert sum(stored.values()) == Decimal("1.0")  # not 1.5: the first half is not copied again
 
 
-def _order(txid, status, vol_exec, side="buy", closetm=None):
+def _order(txid, status, vol_exec, side="buy", closetm=None, oflags="fciq"):
+    """A scripted order; its fee in USD unless `oflags` says otherwise (the balances a test sets move by volume)."""
     raw = {"status": status, "opentm": time.time() - 10, "descr": {"pair": PAIR, "type": side, "ordertype": "limit"},
            "vol": "1.0", "vol_exec": str(vol_exec), "cost": str(Decimal(vol_exec) * 50000),
-           "fee": str(Decimal(vol_exec) * 50000 * Decimal("0.0025"))}
+           "fee": str(Decimal(vol_exec) * 50000 * Decimal("0.0025")), "oflags": oflags}
     if closetm is not None:
         raw["closetm"] = closetm
     return Order.from_kraken(txid, raw)

@@ -227,3 +227,13 @@ def test_cancel_all_orders_after_really_fires():
     clock[0] += 2
     assert ex.open_orders_of("a") == []
     assert ex.orders("a")[0].status == "canceled"
+
+
+def test_a_sell_whose_fee_just_fits_in_the_asset_leaves_nothing_and_never_less(exchange):
+    exchange.set_price("XBTUSD", D("50000"))
+    volume = D("0.00012345")
+    fee_btc = (volume * exchange.taker_fee).quantize(D("1e-10"), rounding="ROUND_UP")  # XBT's precision
+    exchange.fund("bob", "XXBT", volume + fee_btc)
+    exchange.call("bob", "AddOrder", {"pair": "XBTUSD", "type": "sell", "ordertype": "market",
+                                      "volume": str(volume)})
+    assert exchange.balances("bob").get("XXBT", D(0)) == 0
