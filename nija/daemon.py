@@ -373,7 +373,7 @@ async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:
         await asyncio.sleep(HEARTBEAT_S)
         log.info("heartbeat", state=lifecycle.state.value, uptime_s=round(time.monotonic() - started),
                  followers=len(engine.followers), signals_copied=engine.signals_copied,
-                 problems=sorted(lifecycle.problems) or None)
+                 unsettled=engine.unsettled, problems=sorted(lifecycle.problems) or None)
 
 
 async def _pairs_refresh_loop(master: KrakenClient, watcher: MasterFillWatcher, engine: CopyEngine) -> None:

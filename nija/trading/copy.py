@@ -585,6 +585,11 @@ class CopyEngine:
                                  notional_usd=result.notional_usd, order_id=result.order_id, reason=result.reason)
         return result  # logged by _summarise once the whole fan-out is answered: rendering must not delay sends
 
+    @property
+    def unsettled(self) -> int:
+        """Copies waiting for reconciliation (an order's outcome unknown, or an exit the exchange refused for now)."""
+        return sum(len(pending) for pending in self._unsettled.values())
+
     def _forget_unsettled(self, key: tuple[str, str], cl_ord_id: str) -> None:
         pending = self._unsettled.get(key)
         if pending is not None:
@@ -622,8 +627,7 @@ class CopyEngine:
             self.store.record_result(cl_ord_id, _STORE_STATUS[result.status], volume_base=result.volume_base,
                                      notional_usd=result.notional_usd, order_id=result.order_id,
                                      reason=result.reason)
-            log.info("copy_settled", name=account.name, pair=rules.pair, status=result.status,
-                     order_id=result.order_id, reason=result.reason, signal_id=earlier.signal_id)
+            _log_result(result, earlier.signal_id)  # what the follower's earlier copy did, now that it is known
 
     async def _settle(self, signal: Signal, account: FollowerAccount, rules: PairRules, cl_ord_id: str,
                       may_exist: bool, base: dict, sent_at_s: float | None = None) -> CopyResult:

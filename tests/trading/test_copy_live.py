@@ -245,8 +245,10 @@ async def test_an_exit_the_exchange_refuses_for_now_is_sent_again_by_reconciliat
         exchange.inject(Fault(kind=kind, method="AddOrder", account="alice", next_n=20))
         [result] = (await rig.engine.copy(sell)).results
         assert result.status == "unsettled" and result.reason.startswith("exit retried later")
+        assert rig.engine.unsettled == 1  # what the heartbeat shows
         exchange.clear_faults()  # the market takes orders again
         await rig.engine.reconcile()
+        assert rig.engine.unsettled == 0
         assert rig.held("alice") == 0 and await rig.store.signal_status(sell.signal_id) == "done"
         assert list(rig.orders_per_cl_ord_id("alice").values()) == [1, 1]  # the buy and one sell
     finally:
@@ -335,5 +337,25 @@ async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_t
         exchange.clear_faults()
         [entry] = (await rig.engine.copy(await rig.master_trade("buy", D("0.01")))).results
         assert entry.status == "succeeded"  # not held behind the exit
+    finally:
+        await rig.close()
+
+async def test_an_exit_settled_by_the_next_signals_hold_is_logged_with_what_it_sold(served, tmp_path):
+    from structlog.testing import capture_logs
+
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
+    try:
+        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
+        held = rig.held("alice")
+        exit_signal = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
+        exchange.inject(Fault(kind="cancel_only", method="AddOrder", account="alice", next_n=20))
+        await rig.engine.copy(exit_signal)
+        exchange.clear_faults()
+        with capture_logs() as logs:
+            await rig.engine.copy(await rig.master_trade("buy", D("0.01")))  # its hold settles the exit first
+        [settled] = [line for line in logs if line["event"] == "copy_result"
+                     and line["signal_id"] == exit_signal.signal_id]
+        assert settled["status"] == "succeeded" and settled["side"] == "sell" and D(settled["volume"]) == held
     finally:
         await rig.close()
