@@ -340,6 +340,7 @@ async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_t
     finally:
         await rig.close()
 
+
 async def test_an_exit_settled_by_the_next_signals_hold_is_logged_with_what_it_sold(served, tmp_path):
     from structlog.testing import capture_logs
 
