@@ -363,8 +363,8 @@ def _check_disabled_symbols(followers: list[Follower], pairs: Pairs) -> None:
             if not _blocks_a_pair(symbol, pairs):
                 log.warning("follower_config_problem", file=str(follower.source or follower.name),
                             field="disabled_symbols",
-                            problem=f"{symbol!r} is no pair or asset Kraken lists, so it blocks nothing: fix its "
-                                    "spelling (e.g. \"DOGE\", \"XBTUSD\", \"BTC/USD\")")
+                            problem=f"{symbol!r} names no USD pair and no asset traded against USD, so it blocks "
+                                    "nothing: fix its spelling (e.g. \"DOGE\", \"XBTUSD\", \"BTC/USD\")")
 
 
 async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:

@@ -1015,6 +1015,6 @@ def _log_result(result: CopyResult, signal_id: str) -> None:
     # A follower left without its copy (failed) or waiting for reconciliation is what an operator alerts on.
     emit = log.warning if result.status in ("failed", "unsettled") else log.info
     emit("copy_result", name=result.name, pair=result.pair, side=result.side, status=result.status,
-             volume=None if result.volume_base is None else str(result.volume_base),
-             notional=None if result.notional_usd is None else str(_cents(result.notional_usd)),
-             order_id=result.order_id, reason=result.reason, signal_id=signal_id)
+         volume=None if result.volume_base is None else str(result.volume_base),
+         notional=None if result.notional_usd is None else str(_cents(result.notional_usd)),
+         order_id=result.order_id, reason=result.reason, signal_id=signal_id)
