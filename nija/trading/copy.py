@@ -255,8 +255,8 @@ class CopyEngine:
         self._unsettled: dict[tuple[str, str], dict[str, Signal]] = {}
         # cl_ord_id → its outcome, when a later signal's hold settled it (until its own signal is reconciled)
         self._settled_early: dict[str, CopyResult] = {}
-        # cl_ord_id → how many times the exchange refused the exit for funds the follower's book counted
-        self._exit_refusals: dict[str, int] = {}
+        # cl_ord_id → (refusals counted, when the last was) of an exit refused for funds the follower's book counted
+        self._exit_refusals: dict[str, tuple[int, float]] = {}
         #: the master's latest equity (from its fills, and the daemon's hourly read): it picks the rate profile
         self.master_equity_usd: Decimal | None = None
         self._today_number, self._today_text = -1, ""  # see _today
@@ -715,7 +715,11 @@ class CopyEngine:
                                                      refused_whole=True)
                 # The book counts more than the follower has (a sale or transfer of its own): reconciliation reads
                 # the balances afresh and sizes the exit again, a few times, before calling it failed.
-                refusals = self._exit_refusals[cl_ord_id] = self._exit_refusals.get(cl_ord_id, 0) + 1
+                refusals, last_s = self._exit_refusals.get(cl_ord_id, (0, float("-inf")))
+                now_s = self.clock()
+                if now_s - last_s >= EXIT_REFUSAL_SPACING_S:  # a later signal's hold retries within seconds
+                    refusals, last_s = refusals + 1, now_s
+                self._exit_refusals[cl_ord_id] = (refusals, last_s)
                 if refusals < EXIT_REFUSALS_BEFORE_FAILING:
                     return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
                                       notional_usd=plan.notional_usd,
@@ -997,8 +1001,10 @@ class CopyEngine:
 # Refusals that executed nothing and pass by themselves: the market not online yet, the trading counter full after
 # the client's retries. (Insufficient funds is handled on its own: see _send_and_book.)
 _REFUSED_FOR_NOW = (MarketClosedError, RateLimitedError)
-#: an exit refused for insufficient funds this many times, each sized from balances read afresh, fails
+#: an exit refused for insufficient funds this many times, each sized from balances read afresh, fails; refusals
+#: closer together than the spacing count once, so that failing takes a couple of reconciliation passes (a minute apart)
 EXIT_REFUSALS_BEFORE_FAILING = 3
+EXIT_REFUSAL_SPACING_S = 30.0
 
 
 def _describe(exc: BaseException) -> str:

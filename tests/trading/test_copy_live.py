@@ -315,11 +315,16 @@ async def test_an_exit_the_book_overcounts_is_sent_smaller_at_once_or_resized_fr
         await rig.engine.reconcile()
         assert rig.held("alice") < held * D("0.01") and await rig.store.signal_status(exit_signal.signal_id) == "done"
         assert all(count == 1 for count in rig.orders_per_cl_ord_id("alice").values())
+        assert not rig.engine._exit_refusals  # nothing kept of a settled exit
     finally:
         await rig.close()
 
 
-async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_the_pair(served, tmp_path):
+async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_the_pair(served, tmp_path,
+                                                                                       monkeypatch):
+    import nija.trading.copy
+
+    monkeypatch.setattr(nija.trading.copy, "EXIT_REFUSAL_SPACING_S", 0.0)  # reconciliation passes a minute apart
     exchange, url = served
     rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}}, engine_options={"settle_retry_s": 0.01})
     try:
@@ -327,6 +332,7 @@ async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_t
         exit_signal = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
         exchange.inject(Fault(kind="insufficient_funds", method="AddOrder", account="alice", next_n=1000))
         [result] = (await rig.engine.copy(exit_signal)).results
+        assert result.status == "unsettled"  # sized again from fresh balances, not failed at the first refusal
         for _ in range(3):  # the daemon's reconcile loop, a minute apart
             if await rig.store.signal_status(exit_signal.signal_id) == "done":
                 break
@@ -358,5 +364,27 @@ async def test_an_exit_settled_by_the_next_signals_hold_is_logged_with_what_it_s
         [settled] = [line for line in logs if line["event"] == "copy_result"
                      and line["signal_id"] == exit_signal.signal_id]
         assert settled["status"] == "succeeded" and settled["side"] == "sell" and D(settled["volume"]) == held
+    finally:
+        await rig.close()
+
+
+async def test_a_later_signal_does_not_use_up_a_refused_exits_tries_within_seconds(served, tmp_path):
+    """The next signal on the pair settles the waiting exit first, retrying it a few times in seconds: those count as
+    one refusal, so the exit is still there for reconciliation once the funds are back."""
+    exchange, url = served
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}},
+                         engine_options={"settle_retry_s": 0.01, "settle_attempts": 2})  # Starter: few lookups
+    try:
+        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
+        exit_signal = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
+        exchange.inject(Fault(kind="insufficient_funds", method="AddOrder", account="alice", next_n=1000))
+        await rig.engine.copy(exit_signal)
+        [held_entry] = (await rig.engine.copy(await rig.master_trade("buy", D("0.01")))).results
+        assert held_entry.status == "unsettled" and await rig.store.signal_status(exit_signal.signal_id) != "done"
+        exchange.clear_faults()
+        await rig.engine.reconcile()
+        assert await rig.store.signal_status(exit_signal.signal_id) == "done"
+        exit_results = [r for s in rig.engine.summaries if s.signal_id == exit_signal.signal_id for r in s.results]
+        assert "failed" not in {r.status for r in exit_results}
     finally:
         await rig.close()
