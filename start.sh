@@ -2,7 +2,7 @@
 # NIJA launcher: makes its own virtual environment, installs NIJA into it, then runs it.
 #   ./start.sh            run the daemon (paper mode on the embedded exchange when no keys are set)
 #   ./start.sh test [..]  run the whole test suite (extra arguments go to pytest)
-#   ./start.sh bench NAME [..]  run bench/NAME.py (client, exchange, copy) with the bench extra installed
+#   ./start.sh bench NAME [..]  run bench/NAME.py (client, exchange, copy, master_lag) with the bench extra installed
 #   ./start.sh ARGS...    run `nija ARGS...`, e.g. ./start.sh sim --demo
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -39,7 +39,7 @@ if [ "${1:-}" = "test" ]; then
 fi
 if [ "${1:-}" = "bench" ]; then
     shift
-    [ $# -ge 1 ] || { echo "usage: ./start.sh bench client|exchange|copy [ARGS...]" >&2; exit 2; }
+    [ $# -ge 1 ] || { echo "usage: ./start.sh bench client|exchange|copy|master_lag [ARGS...]" >&2; exit 2; }
     name=$1
     shift
     exec "$VENV/bin/python" -m "bench.$name" "$@"
