@@ -5,6 +5,7 @@ faults that never leave a follower with the wrong position or two orders for one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from decimal import Decimal as D
 
 import pytest
@@ -198,61 +199,62 @@ async def restarted_engine(rig, names: list[str], **options) -> None:
     await rig.engine.start()
 
 
-async def test_an_exit_is_kept_when_the_followers_balances_could_not_be_read_at_start(served, tmp_path):
-    """Invariant 7 with invariant 4: a holding not read yet is unknown, not zero, so the exit waits for it."""
+@contextlib.asynccontextmanager
+async def alice_sees_the_master_close(served, tmp_path, refused_with: str | None = None, **engine_options):
+    """alice (1,000 USD) has copied a master buy of 0.1 BTC, and the master has just sold it all. With
+    `refused_with` (a fault kind), alice's orders are refused that way until the faults are cleared. Yields the rig,
+    the exit signal (not copied yet) and what alice holds; closes the rig after."""
     exchange, url = served
-    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
+    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}}, engine_options=engine_options)
     try:
         await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
-        assert rig.held("alice") > 0
-        exchange.inject(Fault(kind="service_unavailable", method="BalanceEx", account="alice", next_n=50))
-        await restarted_engine(rig, ["alice"], settle_retry_s=0.01)  # alice's first read meets an outage
-        assert not rig.engine.followers["alice"].portfolio.known
-        sell = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")  # the master closes its position
-        [result] = (await rig.engine.copy(sell)).results
-        assert result.status == "unsettled" and result.reason.startswith("position_unknown")
-        exchange.clear_faults()  # the outage passes
-        await rig.engine.reconcile()
-        assert rig.held("alice") == 0 and await rig.store.signal_status(sell.signal_id) == "done"
+        await rig.engine.wait_idle()  # its fill read back
+        held = rig.held("alice")
+        assert held > 0
+        exit_signal = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
+        if refused_with is not None:
+            exchange.inject(Fault(kind=refused_with, method="AddOrder", account="alice", next_n=1000))
+        yield rig, exit_signal, held
     finally:
         await rig.close()
+
+
+async def test_an_exit_is_kept_when_the_followers_balances_could_not_be_read_at_start(served, tmp_path):
+    """Invariant 7 with invariant 4: a holding not read yet is unknown, not zero, so the exit waits for it."""
+    async with alice_sees_the_master_close(served, tmp_path) as (rig, sell, _):
+        rig.exchange.inject(Fault(kind="service_unavailable", method="BalanceEx", account="alice", next_n=50))
+        await restarted_engine(rig, ["alice"], settle_retry_s=0.01)  # alice's first read meets an outage
+        assert not rig.engine.followers["alice"].portfolio.known
+        [result] = (await rig.engine.copy(sell)).results
+        assert result.status == "unsettled" and result.reason.startswith("position_unknown")
+        rig.exchange.clear_faults()  # the outage passes
+        await rig.engine.reconcile()
+        assert rig.held("alice") == 0 and await rig.store.signal_status(sell.signal_id) == "done"
 
 
 async def test_an_exit_read_again_at_once_when_the_balances_come_back(served, tmp_path):
     """The read at start failed but the next one works: the exit goes out with the signal, not a minute later."""
-    exchange, url = served
-    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
-    try:
-        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
-        exchange.inject(Fault(kind="service_unavailable", method="BalanceEx", account="alice", next_n=1))
+    async with alice_sees_the_master_close(served, tmp_path) as (rig, sell, _):
+        rig.exchange.inject(Fault(kind="service_unavailable", method="BalanceEx", account="alice", next_n=1))
         await restarted_engine(rig, ["alice"])
         assert not rig.engine.followers["alice"].portfolio.known
-        [result] = (await rig.engine.copy(await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS"))).results
+        [result] = (await rig.engine.copy(sell)).results
         assert result.status == "succeeded" and rig.held("alice") == 0
-    finally:
-        await rig.close()
 
 
 @pytest.mark.parametrize("kind", ["cancel_only", "order_rate_limit"])
 async def test_an_exit_the_exchange_refuses_for_now_is_sent_again_by_reconciliation(served, tmp_path, kind):
     """The pair goes cancel_only after the engine loaded it, or the trading counter is full: nothing executed,
     and the exit must not be dropped."""
-    exchange, url = served
-    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
-    try:
-        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
-        sell = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
-        exchange.inject(Fault(kind=kind, method="AddOrder", account="alice", next_n=20))
+    async with alice_sees_the_master_close(served, tmp_path, refused_with=kind) as (rig, sell, _):
         [result] = (await rig.engine.copy(sell)).results
         assert result.status == "unsettled" and result.reason.startswith("exit retried later")
         assert rig.engine.unsettled == 1  # what the heartbeat shows
-        exchange.clear_faults()  # the market takes orders again
+        rig.exchange.clear_faults()  # the market takes orders again
         await rig.engine.reconcile()
         assert rig.engine.unsettled == 0
         assert rig.held("alice") == 0 and await rig.store.signal_status(sell.signal_id) == "done"
         assert list(rig.orders_per_cl_ord_id("alice").values()) == [1, 1]  # the buy and one sell
-    finally:
-        await rig.close()
 
 
 async def test_a_daily_loss_seen_by_a_refresh_blocks_entries_even_after_equity_comes_back(served, tmp_path):
@@ -302,22 +304,14 @@ async def test_an_exit_the_book_overcounts_is_sent_smaller_at_once_or_resized_fr
     """The book counts more than Kraken lets the follower sell (a fee taken in the asset, a sale or transfer of its
     own): the exit goes again at once a fee's worth smaller; if that is refused too, reconciliation sizes it from
     balances read afresh. Either way the follower ends flat, with one order per client order id."""
-    exchange, url = served
-    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
-    try:
-        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
-        await rig.engine.wait_idle()
-        held = rig.held("alice")
-        exchange.fund("alice", "XXBT", -(held * gone_fraction).quantize(D("0.00000001")))  # unknown to the book
-        exit_signal = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
+    async with alice_sees_the_master_close(served, tmp_path) as (rig, exit_signal, held):
+        rig.exchange.fund("alice", "XXBT", -(held * gone_fraction).quantize(D("0.00000001")))  # unknown to the book
         [result] = (await rig.engine.copy(exit_signal)).results
         assert result.status == first_outcome
         await rig.engine.reconcile()
         assert rig.held("alice") < held * D("0.01") and await rig.store.signal_status(exit_signal.signal_id) == "done"
         assert all(count == 1 for count in rig.orders_per_cl_ord_id("alice").values())
         assert not rig.engine._exit_refusals  # nothing kept of a settled exit
-    finally:
-        await rig.close()
 
 
 async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_the_pair(served, tmp_path,
@@ -325,12 +319,8 @@ async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_t
     import nija.trading.copy
 
     monkeypatch.setattr(nija.trading.copy, "EXIT_REFUSAL_SPACING_S", 0.0)  # reconciliation passes a minute apart
-    exchange, url = served
-    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}}, engine_options={"settle_retry_s": 0.01})
-    try:
-        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
-        exit_signal = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
-        exchange.inject(Fault(kind="insufficient_funds", method="AddOrder", account="alice", next_n=1000))
+    async with alice_sees_the_master_close(served, tmp_path, refused_with="insufficient_funds",
+                                           settle_retry_s=0.01) as (rig, exit_signal, _):
         [result] = (await rig.engine.copy(exit_signal)).results
         assert result.status == "unsettled"  # sized again from fresh balances, not failed at the first refusal
         for _ in range(3):  # the daemon's reconcile loop, a minute apart
@@ -340,51 +330,34 @@ async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_t
         assert await rig.store.signal_status(exit_signal.signal_id) == "done"
         [settled] = [r for s in rig.engine.summaries if s.signal_id == exit_signal.signal_id for r in s.results][-1:]
         assert settled.status == "failed" and "Insufficient funds" in settled.reason
-        exchange.clear_faults()
+        rig.exchange.clear_faults()
         [entry] = (await rig.engine.copy(await rig.master_trade("buy", D("0.01")))).results
         assert entry.status == "succeeded"  # not held behind the exit
-    finally:
-        await rig.close()
 
 
 async def test_an_exit_settled_by_the_next_signals_hold_is_logged_with_what_it_sold(served, tmp_path):
     from structlog.testing import capture_logs
 
-    exchange, url = served
-    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
-    try:
-        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
-        held = rig.held("alice")
-        exit_signal = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
-        exchange.inject(Fault(kind="cancel_only", method="AddOrder", account="alice", next_n=20))
+    async with alice_sees_the_master_close(served, tmp_path, refused_with="cancel_only") as (rig, exit_signal, held):
         await rig.engine.copy(exit_signal)
-        exchange.clear_faults()
+        rig.exchange.clear_faults()
         with capture_logs() as logs:
             await rig.engine.copy(await rig.master_trade("buy", D("0.01")))  # its hold settles the exit first
         [settled] = [line for line in logs if line["event"] == "copy_result"
                      and line["signal_id"] == exit_signal.signal_id]
         assert settled["status"] == "succeeded" and settled["side"] == "sell" and D(settled["volume"]) == held
-    finally:
-        await rig.close()
 
 
 async def test_a_later_signal_does_not_use_up_a_refused_exits_tries_within_seconds(served, tmp_path):
     """The next signal on the pair settles the waiting exit first, retrying it a few times in seconds: those count as
     one refusal, so the exit is still there for reconciliation once the funds are back."""
-    exchange, url = served
-    rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}},
-                         engine_options={"settle_retry_s": 0.01, "settle_attempts": 2})  # Starter: few lookups
-    try:
-        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
-        exit_signal = await rig.master_trade("sell", D("0.1"), reason="STOP_LOSS")
-        exchange.inject(Fault(kind="insufficient_funds", method="AddOrder", account="alice", next_n=1000))
+    async with alice_sees_the_master_close(served, tmp_path, refused_with="insufficient_funds", settle_retry_s=0.01,
+                                           settle_attempts=2) as (rig, exit_signal, _):  # Starter: few lookups
         await rig.engine.copy(exit_signal)
         [held_entry] = (await rig.engine.copy(await rig.master_trade("buy", D("0.01")))).results
         assert held_entry.status == "unsettled" and await rig.store.signal_status(exit_signal.signal_id) != "done"
-        exchange.clear_faults()
+        rig.exchange.clear_faults()
         await rig.engine.reconcile()
         assert await rig.store.signal_status(exit_signal.signal_id) == "done"
         exit_results = [r for s in rig.engine.summaries if s.signal_id == exit_signal.signal_id for r in s.results]
         assert "failed" not in {r.status for r in exit_results}
-    finally:
-        await rig.close()
