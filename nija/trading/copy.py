@@ -653,6 +653,11 @@ class CopyEngine:
                                   notional_usd=found.cost_usd or None, order_id=found.order_id,
                                   reason="reconciled: found by client order id", acked_at_s=self.clock())
 
+        if not account.copies:
+            # Switched off (enabled or copy_from_master false) since this intent was stored: the account is its
+            # owner's now. An order already placed is booked above; nothing new is sent.
+            return CopyResult(**base, status="skipped",
+                              reason=f"copying_off: {account.name} no longer copies the master; nothing sent")
         age_s = self.clock() - signal.filled_at_s
         if signal.side == "buy" and age_s > ENTRY_MAX_AGE_S:
             # Not placed, and the master's entry is old (resumed after an outage, or queued behind a slow follower):

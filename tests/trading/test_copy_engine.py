@@ -819,6 +819,22 @@ async def test_an_intent_of_a_follower_no_longer_configured_lets_its_signal_fini
     assert gone.calls.count("find") == 0
 
 
+@pytest.mark.parametrize("switch_off", [{"enabled": False}, {"copy_from_master": False}])
+async def test_a_follower_switched_off_before_reconciliation_gets_no_order_sent(store, switch_off):
+    """Its owner trades the account now: an exit left unsettled is looked up, never sent on its behalf."""
+    alice = FakeAccount(usd="0", btc="0.5")
+    alice.fail_with = TransportError("timeout")  # the exit's outcome is unknown: it waits for reconciliation
+    engine = await engine_with(store, [account("alice", alice)])
+    assert (await engine.copy(sell("s1", closes=True))).unsettled == 1
+    alice.fail_with = None
+    engine = await engine_with(store, [account("alice", alice, **switch_off)])  # restarted with copying off
+    [summary] = await engine.reconcile()
+    [result] = summary.results
+    assert result.status == "skipped" and result.reason.startswith("copying_off")
+    assert alice.orders == {} and "find" in alice.calls  # looked up; proven absent; not sent
+    assert await store.signal_status("s1") == "done"
+
+
 async def test_a_stored_entry_fanned_out_only_after_an_outage_is_not_bought_at_todays_price(store):
     """The daemon stopped after storing the signal, before its fan-out; it comes back an hour later."""
     alice = FakeAccount()
