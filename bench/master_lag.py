@@ -2,12 +2,14 @@
 
 The master's own tool (a second key of the master account, as in paper mode) places `--trades` market orders,
 `--spacing-s` apart (buys and sells in the pattern of `--sides`: b = buy, s = sell); the daemon watches the master
-(REST polls, each within the key's rate counter) and copies every fill to one follower. The lag of each copy is the
+(each trade streamed on the WebSocket executions channel wakes a REST poll, each within the key's rate counter;
+`--no-feed` polls only, as KRAKEN_WS_AUTH_URL=off does) and copies every fill to one follower. The lag of each copy is the
 engine's own `copy_summary.latency_ms`: from the master's fill (its close time on the exchange) to the follower's
 acknowledgement. On a Starter key the counter decays by 0.33 call/s, so the polls, not the orders, set the lag.
 
     .venv/bin/python -m bench.master_lag                       # Starter, 10 trades 3 s apart
     .venv/bin/python -m bench.master_lag --tier pro --sides bbsbbsbbsb --spacing-s 3
+    .venv/bin/python -m bench.master_lag --no-feed             # polls only
 
 Everything runs in this process on 127.0.0.1, and stops by itself.
 """
@@ -52,7 +54,8 @@ async def _bench(args) -> dict:
         settings = load_settings({
             "KRAKEN_API_URL": server.url, "KRAKEN_MASTER_API_KEY": master.api_key,
             "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp / "state"),
-            "NIJA_USERS_DIR": str(tmp / "users"), "KRAKEN_TIER": args.tier}, dotenv_path=None)
+            "NIJA_USERS_DIR": str(tmp / "users"), "KRAKEN_TIER": args.tier,
+            **({} if args.feed else {"KRAKEN_WS_AUTH_URL": "off"})}, dotenv_path=None)
         stop = asyncio.Event()
         with capture_logs() as logs:
             daemon = asyncio.create_task(run(settings, stop=stop))
@@ -73,7 +76,7 @@ async def _bench(args) -> dict:
             await daemon
     summaries = [line for line in logs if line["event"] == "copy_summary" and line.get("latency_ms") is not None]
     lags_s = [round(line["latency_ms"] / 1000, 1) for line in summaries]
-    return {"tier": args.tier, "trades": len(sides), "spacing_s": args.spacing_s, "copied": len(summaries),
+    return {"tier": args.tier, "feed": args.feed, "trades": len(sides), "spacing_s": args.spacing_s, "copied": len(summaries),
             "lag_s": [f"{line['side'][0]}{lag}" for line, lag in zip(summaries, lags_s)],
             "median_s": statistics.median(lags_s) if lags_s else None, "max_s": max(lags_s) if lags_s else None,
             "rate_limit_errors": sum(1 for line in logs if "Rate limit" in json.dumps(line, default=str))}
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trades", type=int, default=10)
     parser.add_argument("--spacing-s", type=float, default=3.0)
     parser.add_argument("--sides", default="bbs", help="pattern of buys (b) and sells (s), repeated")
+    parser.add_argument("--no-feed", dest="feed", action="store_false", help="poll only (KRAKEN_WS_AUTH_URL=off)")
     parser.add_argument("--max-wait-s", type=float, default=90.0, help="after the last trade, for the last copy")
     print(json.dumps(asyncio.run(_bench(parser.parse_args(argv)))))
     return 0

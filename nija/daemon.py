@@ -198,6 +198,12 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
                                      name="master-equity")]
         if settings.copies:
             tasks.append(asyncio.create_task(watcher.run(), name="master-watch"))
+            if settings.ws_auth_url is not None:
+                # The master's trades as Kraken makes them: each one wakes the watcher, whose polls then slow down.
+                tasks.append(asyncio.create_task(watcher.follow_executions(settings.ws_auth_url),
+                                                 name="master-executions"))
+            else:
+                log.info("master_feed_off", polls_every_s=watcher.poll_s, reason="KRAKEN_WS_AUTH_URL=off")
         else:
             log.info("copying_off", mode=settings.copy_trading_mode.value)
             # The master's trades of this time are its own: never copied once copying is switched on again.

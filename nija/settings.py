@@ -8,6 +8,9 @@ per problem naming the variable and the fix, so an operator can correct all of t
     NIJA_USERS_DIR                config/users             one JSON file per follower (see nija.accounts)
     COPY_TRADING_MODE             MASTER_FOLLOW            MASTER_FOLLOW mirrors the master; INDEPENDENT copies nothing
     KRAKEN_API_URL                https://api.kraken.com   base URL (the embedded exchange's URL in paper mode)
+    KRAKEN_WS_AUTH_URL            (goes with the API URL)  WebSocket v2 URL where the master's executions are
+                                                           followed (wss://ws-auth.kraken.com/v2 for Kraken, the
+                                                           same host's /v2 otherwise); `off` polls only
     KRAKEN_MASTER_API_KEY         (none)                   the master account's API key
     KRAKEN_MASTER_API_SECRET      (none)                   its secret (base64, as Kraken shows it)
     KRAKEN_TIER                   starter                  verification tier of the keys: starter|intermediate|pro
@@ -36,6 +39,7 @@ from pydantic import SecretStr
 from nija.kraken.auth import decode_secret
 from nija.kraken.client import DEFAULT_BASE_URL
 from nija.kraken.limits import TIERS
+from nija.kraken.ws import ws_auth_url
 
 __all__ = ["CopyTradingMode", "Settings", "SettingsError", "load_settings", "secret_is_valid"]
 
@@ -61,6 +65,8 @@ class Settings:
     users_dir: Path = Path("config/users")
     copy_trading_mode: CopyTradingMode = CopyTradingMode.MASTER_FOLLOW
     kraken_api_url: str = DEFAULT_BASE_URL
+    kraken_ws_auth_url: str | None = None  # None: the one that goes with kraken_api_url
+    follows_executions: bool = True
     master_api_key: SecretStr | None = field(default=None, repr=False)
     master_api_secret: SecretStr | None = field(default=None, repr=False)
     kraken_tier: str = "starter"
@@ -77,6 +83,13 @@ class Settings:
     def copies(self) -> bool:
         """True when followers mirror the master (COPY_TRADING_MODE=MASTER_FOLLOW)."""
         return self.copy_trading_mode is CopyTradingMode.MASTER_FOLLOW
+
+    @property
+    def ws_auth_url(self) -> str | None:
+        """Where the master's executions are followed, or None to poll only (KRAKEN_WS_AUTH_URL=off)."""
+        if not self.follows_executions:
+            return None
+        return self.kraken_ws_auth_url or ws_auth_url(self.kraken_api_url)
 
     @property
     def store_path(self) -> Path:
@@ -98,6 +111,22 @@ def _text(env: Mapping[str, str], name: str) -> str | None:
         return None
     value = value.strip()
     return value or None
+
+
+def _url_problem(name: str, raw: str, schemes: tuple[str, ...], example: str) -> str | None:
+    try:
+        url = urlsplit(raw)
+        has_host = bool(url.hostname)
+    except ValueError:  # e.g. an unclosed [IPv6] bracket
+        url, has_host = None, False
+    if url is None or url.scheme not in schemes or not has_host:
+        shown = raw if "@" not in raw else "…@" + raw.rsplit("@", 1)[1]  # what comes before @ may be a password
+        kind = f"an {schemes[0]}(s)" if schemes[0] == "http" else f"a {schemes[0]}(s)"
+        return f"{name}={shown!r} is not {kind} URL: set it like {example}"
+    if url.username or url.password:
+        # It would be shown in log lines; Kraken takes no credentials in the URL anyway.
+        return f"{name} carries a user name or password: leave them out, e.g. {example}"
+    return None
 
 
 def _unparsed_dotenv_lines(path: Path) -> list[str]:
@@ -141,20 +170,22 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
 
     raw = _text(env, "KRAKEN_API_URL")
     if raw is not None:
-        try:
-            url = urlsplit(raw)
-            has_host = bool(url.hostname)
-        except ValueError:  # e.g. an unclosed [IPv6] bracket
-            url, has_host = None, False
-        if url is None or url.scheme not in ("http", "https") or not has_host:
-            shown = raw if "@" not in raw else "…@" + raw.rsplit("@", 1)[1]  # what comes before @ may be a password
-            problems.append(f"KRAKEN_API_URL={shown!r} is not an http(s) URL: set it like https://api.kraken.com")
-        elif url.username or url.password:
-            # It would be shown in log lines; Kraken's API takes no credentials in the URL anyway.
-            problems.append("KRAKEN_API_URL carries a user name or password: leave them out, e.g. "
-                            "https://api.kraken.com")
+        problem = _url_problem("KRAKEN_API_URL", raw, ("http", "https"), "https://api.kraken.com")
+        if problem:
+            problems.append(problem)
         else:
             values["kraken_api_url"] = raw.rstrip("/")
+
+    raw = _text(env, "KRAKEN_WS_AUTH_URL")
+    if raw is not None:
+        if raw.lower() == "off":
+            values["follows_executions"] = False
+        else:
+            problem = _url_problem("KRAKEN_WS_AUTH_URL", raw, ("ws", "wss"), "wss://ws-auth.kraken.com/v2, or off")
+            if problem:
+                problems.append(problem)
+            else:
+                values["kraken_ws_auth_url"] = raw
 
     key, secret = _text(env, "KRAKEN_MASTER_API_KEY"), _text(env, "KRAKEN_MASTER_API_SECRET")
     if (key is None) != (secret is None):

@@ -5,7 +5,7 @@
     async def test_y(exchange_url):  # the same exchange served on http://127.0.0.1:<port>, stopped after the test
         client = KrakenClient(base_url=exchange_url, key=..., secret=...)
 
-Accounts on `exchange` (all Kraken "starter" tier, nonce window 0, permissions query+trade), funded like the
+Accounts on `exchange` (all Kraken "starter" tier, nonce window 0, permissions query+trade+websocket), funded like the
 first NIJA's live accounts:
     master  ZUSD 60.53      alice  ZUSD 84.58      bob  ZUSD 65.87
 Each has a generated `api_key` and base64 `api_secret` (`exchange.account(name)`). Make more with

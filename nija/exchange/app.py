@@ -3,6 +3,8 @@
     GET|POST /0/public/<Method>     Time SystemStatus Assets AssetPairs Ticker OHLC Depth Spread
     POST     /0/private/<Method>    Balance BalanceEx TradeBalance OpenOrders ClosedOrders QueryOrders TradesHistory
                                     QueryTrades AddOrder AddOrderBatch CancelOrder CancelAll CancelAllOrdersAfter
+    GET      /v2                    WebSocket v2: `executions` of the account whose GetWebSocketsToken token subscribes
+                                    (trades only, no snapshot), `ping`, and a heartbeat every second
     /admin/<what>                   token-protected (header `X-Admin-Token` or `Authorization: Bearer`):
         faults      GET list, POST {kind, next_n|probability, account, method, execute, delay_s}, DELETE clear
         counters    GET injected faults per kind, orders per cl_ord_id per account
@@ -20,6 +22,8 @@ request is processed (so jitter reorders requests as a real network does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import random
@@ -31,7 +35,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from ..kraken.limits import DecayingCounter
-from .engine import Exchange, KrakenReject
+from .engine import Exchange, KrakenReject, rfc3339
 from .faults import Fault
 from .pairs import resolve_pair
 
@@ -108,6 +112,7 @@ class ExchangeServer:
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
         self._ticker: asyncio.Task | None = None
+        self._websockets: set[web.WebSocketResponse] = set()
 
     async def __aenter__(self) -> "ExchangeServer":
         await self.start()
@@ -133,6 +138,7 @@ class ExchangeServer:
     async def stop(self) -> None:
         if self._closing is not None:
             self._closing.set()
+        await self.close_websockets()
         if self._ticker is not None:
             self._ticker.cancel()
             try:
@@ -264,6 +270,79 @@ class ExchangeServer:
             return await self._fault_response(request, fault, body)  # executed, then the fault strikes
         return body
 
+    # ---- WebSocket v2 ----------------------------------------------------------------------------------------
+
+    async def close_websockets(self) -> int:
+        """Close every open WebSocket connection (as Kraken does on maintenance); returns how many."""
+        sockets = list(self._websockets)
+        for ws in sockets:
+            await ws.close(code=1001, message=b"going away")
+        return len(sockets)
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._websockets.add(ws)
+        outbox: asyncio.Queue[dict] = asyncio.Queue()
+        stops: list = []
+        sender = asyncio.create_task(self._ws_send(ws, outbox))
+        try:
+            outbox.put_nowait({"channel": "status", "type": "update",
+                               "data": [{"api_version": "v2", "system": self.exchange.system_status,
+                                         "version": "2.0.0"}]})
+            async for message in ws:
+                if message.type != web.WSMsgType.TEXT:
+                    continue
+                try:
+                    request_msg = json.loads(message.data)
+                except ValueError:
+                    outbox.put_nowait({"error": "EGeneral:Invalid arguments", "success": False})
+                    continue
+                if not isinstance(request_msg, dict):
+                    outbox.put_nowait({"error": "EGeneral:Invalid arguments", "success": False})
+                    continue
+                outbox.put_nowait(self._ws_answer(request_msg, outbox, stops))
+        finally:
+            for stop in stops:
+                stop()
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            self._websockets.discard(ws)
+        return ws
+
+    def _ws_answer(self, message: dict, outbox: asyncio.Queue, stops: list) -> dict:
+        method, req_id = message.get("method"), message.get("req_id")
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        now = rfc3339(time.time())
+        answer: dict = {"method": method, "time_in": now, "time_out": now}
+        if req_id is not None:
+            answer["req_id"] = req_id
+        if method == "ping":
+            return {**answer, "method": "pong"}
+        if method != "subscribe" or params.get("channel") != "executions":
+            return {**answer, "success": False, "error": "EGeneral:Invalid arguments"}
+        acct = self.exchange.account_of_token(params.get("token"))
+        if acct is None:
+            return {**answer, "success": False, "error": "ESession:Invalid session"}
+        sequence = itertools.count(1)
+
+        def tell(item: dict) -> None:
+            outbox.put_nowait({"channel": "executions", "type": "update", "data": [item], "sequence": next(sequence)})
+
+        stops.append(self.exchange.watch_executions(acct.name, tell))
+        return {**answer, "success": True, "result": {"channel": "executions", "snapshot": False}}
+
+    async def _ws_send(self, ws: web.WebSocketResponse, outbox: asyncio.Queue) -> None:
+        """Everything queued for this connection, in order, and a heartbeat each second it is quiet."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while not ws.closed:
+                try:
+                    message = await asyncio.wait_for(outbox.get(), timeout=1.0)
+                except TimeoutError:
+                    message = {"channel": "heartbeat"}
+                await ws.send_str(json.dumps(message))
+
     async def private_get(self, request: web.Request) -> web.StreamResponse:
         return self._error_response(["EAPI:Bad request"])
 
@@ -375,6 +454,7 @@ def build_app(server: ExchangeServer) -> web.Application:
     app.router.add_route("POST", "/0/public/{method}", server.public)
     app.router.add_route("POST", "/0/private/{method}", server.private)
     app.router.add_route("GET", "/0/private/{method}", server.private_get)
+    app.router.add_route("GET", "/v2", server.websocket)
     if server.admin_enabled:
         for verb in ("GET", "POST", "DELETE", "PUT"):
             app.router.add_route(verb, "/admin/{what}", server.admin)

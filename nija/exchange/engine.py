@@ -37,8 +37,10 @@ _CL_ORD_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-
 _CL_ORD_TEXT = re.compile(r"^[\x20-\x7e]{1,18}$")
 _TRUE = frozenset({"true", "True", "TRUE", "1", True, 1})
 _OFLAGS = frozenset({"post", "fcib", "fciq", "nompp", "viqc"})
-_QUERY, _TRADE = "query", "trade"
-PERMISSIONS = (_QUERY, _TRADE)
+_QUERY, _TRADE, _WEBSOCKET = "query", "trade", "websocket"
+PERMISSIONS = (_QUERY, _TRADE, _WEBSOCKET)
+#: a WebSocket token must open a subscription within this long (Kraken: 15 minutes)
+WS_TOKEN_TTL_S = 900
 
 
 class KrakenReject(Exception):
@@ -353,6 +355,8 @@ class Exchange:
         self._ids = random.Random(os.urandom(16))
         self._trade_seq = 1000
         self._last_sync_s = -1
+        self._ws_tokens: dict[str, tuple[str, float]] = {}  # token → (account name, monotonic expiry)
+        self._execution_watchers: dict[str, list[Callable[[dict], None]]] = {}  # account name → callbacks
         self.methods_public: dict[str, Callable[[dict], Any]] = {
             "Time": self.pub_time, "SystemStatus": self.pub_system_status, "Assets": self.pub_assets,
             "AssetPairs": self.pub_asset_pairs, "Ticker": self.pub_ticker, "OHLC": self.pub_ohlc,
@@ -366,6 +370,7 @@ class Exchange:
             "AddOrder": (_TRADE, self.add_order), "AddOrderBatch": (_TRADE, self.add_order_batch),
             "CancelOrder": (_TRADE, self.cancel_order), "CancelAll": (_TRADE, self.cancel_all),
             "CancelAllOrdersAfter": (_TRADE, self.cancel_all_orders_after),
+            "GetWebSocketsToken": (_WEBSOCKET, self.get_websockets_token),
         }
 
     # ---- accounts -------------------------------------------------------------------------------------------
@@ -569,6 +574,65 @@ class Exchange:
             raise KrakenReject("EAPI:Rate limit exceeded")
         self.sync()
         return fn(acct, _flat(params or {}, _NESTED))
+
+    # ---- WebSocket executions ---------------------------------------------------------------------------------
+    def get_websockets_token(self, acct: Account, params: dict) -> dict:
+        now = self.mono()
+        for token, (_, expires) in list(self._ws_tokens.items()):
+            if expires <= now:
+                del self._ws_tokens[token]
+        token = base64.b64encode(os.urandom(30)).decode()
+        self._ws_tokens[token] = (acct.name, now + WS_TOKEN_TTL_S)
+        return {"token": token, "expires": WS_TOKEN_TTL_S}
+
+    def account_of_token(self, token: Any) -> Account | None:
+        """The account a WebSocket token was issued to, while it is good (Kraken: a token that opened a
+        subscription keeps working on that connection; a new one is needed for the next connection)."""
+        entry = self._ws_tokens.get(token) if isinstance(token, str) else None
+        if entry is None or entry[1] <= self.mono():
+            return None
+        return self._accounts.get(entry[0])
+
+    def watch_executions(self, name: str, callback: Callable[[dict], None]) -> Callable[[], None]:
+        """Call `callback` with a WebSocket v2 `executions` item for every trade of account `name`; returns the
+        function that stops it. Callbacks run inside the call that traded: they must only queue."""
+        watchers = self._execution_watchers.setdefault(name, [])
+        watchers.append(callback)
+
+        def stop() -> None:
+            if callback in watchers:
+                watchers.remove(callback)
+            if not watchers:
+                self._execution_watchers.pop(name, None)
+
+        return stop
+
+    def _tell_execution(self, acct: Account, order: Order, trade: Trade) -> None:
+        watchers = self._execution_watchers.get(acct.name)
+        if not watchers:
+            return
+        spec = order.pair
+        done = order.vol_exec >= order.vol
+        item = {
+            "exec_type": "trade", "order_id": order.txid, "exec_id": trade.tid, "trade_id": trade.trade_id,
+            "symbol": f"{self._asset_name(spec.base)}/{self._asset_name(spec.quote)}", "side": order.side,
+            "order_type": order.ordertype, "order_qty": float(order.vol), "last_qty": float(trade.vol),
+            "last_price": float(trade.price), "cost": float(trade.cost), "liquidity_ind": "m" if trade.maker else "t",
+            "cum_qty": float(order.vol_exec), "cum_cost": float(order.cost),
+            "avg_price": float(order.cost / order.vol_exec), "order_status": "filled" if done else "partially_filled",
+            "fees": [{"asset": self._asset_name(spec.quote), "qty": float(trade.fee)}],
+            "fee_usd_equiv": float(trade.fee), "timestamp": rfc3339(self.wall_now()),
+        }
+        if order.cl_ord_id is not None:
+            item["cl_ord_id"] = order.cl_ord_id
+        for callback in list(watchers):
+            callback(item)
+
+    @staticmethod
+    def _asset_name(asset_id: str) -> str:
+        """WebSocket v2 names: BTC for XXBT, USD for ZUSD, DOGE for XXDG."""
+        altname = ASSETS[asset_id].altname if asset_id in ASSETS else asset_id
+        return {"XBT": "BTC", "XDG": "DOGE"}.get(altname, altname)
 
     def call_public(self, method: str, params: dict | None = None) -> Any:
         fn = self.methods_public.get(method)
@@ -1164,6 +1228,7 @@ class Exchange:
         if order.trade_ids is None:
             order.trade_ids = []
         order.trade_ids.append(trade.tid)
+        self._tell_execution(acct, order, trade)
 
     def _close(self, acct: Account, order: Order, status: str, reason: str | None) -> None:
         self._release_hold(acct, order)

@@ -785,6 +785,15 @@ class KrakenClient:
         """Dead-man's switch: cancel every order in `timeout_s` seconds unless called again (0 disables)."""
         return CancelAllAfterResult.model_validate(await self.private("CancelAllOrdersAfter", timeout=int(timeout_s)))
 
+    async def websockets_token(self) -> SecretStr:
+        """A token for one WebSocket v2 connection's private channels (nija.kraken.ws); the key needs Kraken's
+        "WebSocket interface" permission. It opens a subscription within 15 minutes, and is kept out of reprs."""
+        result = await self.private("GetWebSocketsToken")
+        token = result.get("token") if isinstance(result, dict) else None
+        if not isinstance(token, str) or not token:
+            raise TransportError("GetWebSocketsToken: the answer holds no token")
+        return SecretStr(token)
+
     async def find_order(self, cl_ord_id: str) -> Order | None:
         """The order carrying `cl_ord_id` (open first, then closed), or None when the account has none *now*.
 

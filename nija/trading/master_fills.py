@@ -25,6 +25,11 @@ the master key's fingerprint: a state file of another master key (a key rotated,
 is set aside as a first start, so that master's earlier trades are never taken for fills made while NIJA was down.
 `forget` does the same when NIJA runs without copying (COPY_TRADING_MODE=INDEPENDENT): the master's trades of that
 time are not copied once copying starts again.
+
+Polls are a safety net when Kraken's WebSocket `executions` channel is followed (`follow_executions`): every master
+trade it streams wakes the watcher for a poll at once (again after a short wait while REST does not show the fill
+yet), and the regular polls slow down to `FEED_UP_POLL_S`, which leaves a Starter key's REST budget for those
+polls. While the channel is down the regular interval applies; the fills themselves always come from the polls.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from nija.kraken import KrakenClient
 from nija.kraken.errors import ConfigurationError
 from nija.kraken.models import Order, Trade
 from nija.kraken.pairs import PairInfo, Pairs, UnknownPairError
+from nija.kraken.ws import FeedClosed, executions
 from nija.logs import get_logger
 from nija.trading.signals import ENTRY_MAX_AGE_S, Signal, signal_from_master_order
 
@@ -59,6 +65,15 @@ _GAP_S = 60.0
 _POLL_WITH_FILLS_CALLS = 6
 #: TradesHistory pages (50 executions each, 2 on the REST counter) read to date the entries found after a gap
 _TRADE_PAGES = 4
+#: seconds between the safety-net polls while the executions channel is followed
+FEED_UP_POLL_S = 30.0
+#: after a trade on the channel, polls that find nothing new (REST may lag the channel) look again after these waits
+_RECHECK_AFTER_S = (0.25, 0.5, 1.0, 2.0)
+#: waits before connecting to the channel again: doubling up to the last; a refused key's permission, much longer
+_FEED_RETRY_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
+_FEED_NOT_PERMITTED_RETRY_S = 900.0
+#: a channel up this long before it drops starts the waits afresh
+_FEED_STEADY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +125,11 @@ class MasterFillWatcher:
         # signals accounted for in `_seen` but maybe not emitted yet (a crash between the two)
         self._pending: list[Signal] = []
         self._master = client.key_id  # the master key's fingerprint, never the key
+        self._woken = asyncio.Event()
+        self._rechecks: list[float] = []  # waits left before looking again for a trade the channel announced
+        self.found_fills = False  # whether the last poll found any
+        #: whether the executions channel is followed right now (polls then come every FEED_UP_POLL_S)
+        self.feed_up = False
         self._load()
 
     # --- state -----------------------------------------------------------------------------------------------------
@@ -186,7 +206,63 @@ class MasterFillWatcher:
                 failing = True
                 log.warning("master_watch_failed", error=str(exc), error_class=type(exc).__name__)
                 self.report(f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(self.poll_s)
+            await self._until_next_poll()
+
+    def wake(self) -> None:
+        """The master traded (the executions channel says so): poll now, not at the next tick."""
+        self._woken.set()
+
+    async def _until_next_poll(self) -> None:
+        if self.found_fills:
+            self._rechecks = []
+        if self._rechecks:
+            wait_s = self._rechecks.pop(0)
+        else:
+            wait_s = max(self.poll_s, FEED_UP_POLL_S) if self.feed_up else self.poll_s
+        try:
+            await asyncio.wait_for(self._woken.wait(), wait_s)
+        except TimeoutError:
+            return
+        self._woken.clear()
+        self._rechecks = list(_RECHECK_AFTER_S)
+
+    async def follow_executions(self, url: str) -> None:
+        """Follow the master's executions on Kraken's WebSocket channel at `url`, waking the watcher on each trade.
+        Connects again after any failure, for ever; meanwhile the regular polls carry on."""
+        failures, up_since = 0, None
+
+        def subscribed() -> None:
+            nonlocal up_since
+            up_since = asyncio.get_running_loop().time()
+            self.feed_up = True
+            log.info("master_feed_up", polls_every_s=max(self.poll_s, FEED_UP_POLL_S))
+            self.wake()  # a trade made while the channel was down is looked for now
+
+        while True:
+            try:
+                async for item in executions(self.client, url, on_subscribed=subscribed):
+                    if item.get("exec_type") == "trade":
+                        self.wake()
+                raise FeedClosed(f"{url} ended the stream")  # executions() never ends quietly; kept for safety
+            except ConfigurationError as exc:
+                retry_s = _FEED_NOT_PERMITTED_RETRY_S
+                log.warning("master_feed_unavailable", error=str(exc), retry_in_s=retry_s, polls_every_s=self.poll_s,
+                            fix="give the master API key the 'WebSocket interface' permission on Kraken, or set "
+                                "KRAKEN_WS_AUTH_URL=off to poll only")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 — the channel is an extra: polls carry on without it
+                # A channel that was up a good while starts the waits afresh; one that keeps dropping at once backs
+                # off, as each connection costs a token call on the master's REST counter.
+                if up_since is not None and asyncio.get_running_loop().time() - up_since >= _FEED_STEADY_S:
+                    failures = 0
+                retry_s = _FEED_RETRY_S[min(failures, len(_FEED_RETRY_S) - 1)]
+                failures += 1
+                log.warning("master_feed_down", error=str(exc), error_class=type(exc).__name__,
+                            retry_in_s=retry_s, polls_every_s=self.poll_s)
+            finally:
+                self.feed_up, up_since = False, None
+            await asyncio.sleep(retry_s)
 
     async def _pair_of(self, fill: MasterFill) -> PairInfo | None:
         """The fill's pair; a name not known yet (listed after start-up) loads the pairs again, once."""
@@ -221,6 +297,7 @@ class MasterFillWatcher:
         await self._emit_pending(now_s)
         orders = await self._orders_since(self._since_s - _OVERLAP_S)
         fills = self._fills_in(orders, now_s)
+        self.found_fills = bool(fills)
         signals: list[Signal] = []
         if fills and not any(fill.order.descr.type == "sell" for fill in fills):
             # Entries only: sized from the master's equity, which a fill landing meanwhile moves by its fee alone.

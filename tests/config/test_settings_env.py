@@ -60,6 +60,21 @@ def test_timings_outside_what_a_daemon_can_live_with_and_urls_with_credentials_a
         assert "is not an http(s) URL" in str(caught.value) and "hunter2" not in str(caught.value)
 
 
+def test_the_websocket_url_goes_with_the_api_url_unless_set_or_switched_off():
+    def ws_url(**env):
+        return load_settings(env, dotenv_path=None).ws_auth_url
+
+    assert ws_url() == "wss://ws-auth.kraken.com/v2"
+    assert ws_url(KRAKEN_API_URL="http://127.0.0.1:8517") == "ws://127.0.0.1:8517/v2"  # the embedded exchange
+    assert ws_url(KRAKEN_WS_AUTH_URL="wss://beta-ws-auth.kraken.com/v2") == "wss://beta-ws-auth.kraken.com/v2"
+    assert ws_url(KRAKEN_WS_AUTH_URL="OFF") is None
+    for bad in ("https://ws-auth.kraken.com/v2", "wss://op:hunter2@ws-auth.kraken.com/v2", "ws-auth.kraken.com"):
+        with pytest.raises(SettingsError) as caught:
+            ws_url(KRAKEN_WS_AUTH_URL=bad)
+        assert "KRAKEN_WS_AUTH_URL" in str(caught.value) and "hunter2" not in str(caught.value)
+        assert "wss://ws-auth.kraken.com/v2, or off" in str(caught.value)
+
+
 def test_log_settings_in_dot_env_are_followed(tmp_path):
     """`.env` is read before logging is set up, so its NIJA_LOG_FORMAT applies to the very first line."""
     import os

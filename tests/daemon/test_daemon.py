@@ -53,8 +53,20 @@ class LogLines:
         return self.lines
 
     def logged(self, event, *words) -> bool:
-        """A line of `event` that has each of `words` (e.g. "source=master") among its fields."""
-        return any(f"] {event} " in line and all(w in line.split() for w in words) for line in self.read())
+        """A line of `event` that has each of `words` (e.g. "source=master") among its fields, in the console
+        renderer's form or as a JSON line (an earlier test in the process may have chosen JSON)."""
+        return any(self._matches(line, event, words) for line in self.read())
+
+    @staticmethod
+    def _matches(line, event, words) -> bool:
+        if line.startswith("{"):
+            try:
+                fields = json.loads(line)
+            except ValueError:
+                return False
+            shown = {f"{key}={value}" for key, value in fields.items()}
+            return fields.get("event") == event and all(w in shown for w in words)
+        return f"] {event} " in line and all(w in line.split() for w in words)
 
 
 async def test_master_fill_is_copied_and_a_bad_follower_file_leaves_only_itself_out(

@@ -560,3 +560,41 @@ def test_a_watch_state_of_another_shape_is_refused_with_the_file_and_the_fix(tmp
     with pytest.raises(ValueError) as info:
         MasterFillWatcher(ScriptedMaster(), None, None, state_path=path)
     assert str(path) in str(info.value) and "move the file away" in str(info.value)
+
+
+async def test_a_wake_before_the_fill_shows_on_rest_is_followed_by_quick_looks_again(master, tmp_path):
+    """The channel can announce a trade before REST lists it: the polls after a wake come within seconds, not at
+    the next tick, until one finds the fill."""
+    import asyncio
+
+    emitted = []
+    watcher = watcher_for(master, await master.pairs(), tmp_path, emitted, time.time)
+    watcher.poll_s = 600.0  # the tick never comes in this test
+    polls = 0
+    poll = watcher.poll
+
+    async def counted_poll():
+        nonlocal polls
+        polls += 1
+        return await poll()
+
+    watcher.poll = counted_poll
+    running = asyncio.create_task(watcher.run())
+    try:
+        while polls < 1:  # the first start's poll
+            await asyncio.sleep(0.01)
+        watcher.wake()  # rung before the trade exists anywhere
+        while polls < 2:
+            await asyncio.sleep(0.01)
+        await master.add_order(PAIR, "buy", Decimal("0.01"))
+        deadline = time.monotonic() + 10
+        while not emitted:
+            assert time.monotonic() < deadline, "the fill was not looked for again soon after the wake"
+            await asyncio.sleep(0.02)
+        looks = polls
+        await asyncio.sleep(1.5)
+        assert polls == looks  # once found, the polls go back to the tick
+    finally:
+        running.cancel()
+    [signal] = emitted
+    assert signal.side == "buy" and signal.volume_base == Decimal("0.01")

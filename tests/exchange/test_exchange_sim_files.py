@@ -33,7 +33,7 @@ BAD_ACCOUNTS = {
                           ["account #1 'm': api_secret: is not valid base64", "leave it out to generate one"]),
     "permissions a string": ([{"name": "m", "permissions": "trade"}],
                              ["account #1 'm': permissions: use a list drawn from \"query\", \"trade\", "
-                              "e.g. [\"query\", \"trade\"] (got 'trade')"]),
+                              "\"websocket\", e.g. [\"query\", \"trade\", \"websocket\"] (got 'trade')"]),
     "permission unknown": ([{"name": "m", "permissions": ["withdraw"]}], ["account #1 'm': permissions: use a list"]),
     "name with a space": ([{"name": "bad name!"}],
                           ["account #1 'bad name!': name: use 1-40 letters, digits or _ (it names "

@@ -1,0 +1,101 @@
+"""Kraken's WebSocket v2 `executions` channel: an account's trades the moment the exchange makes them.
+
+    async for execution in executions(client, ws_auth_url(client.base_url)):
+        ...  # one dict per order event, e.g. {"exec_type": "trade", "order_id": ..., "last_qty": ...}
+
+The token comes from REST `GetWebSocketsToken` (the key needs Kraken's "WebSocket interface" permission) and is
+used for one connection only. Kraken (wss://ws-auth.kraken.com/v2) and the embedded exchange (ws://host:port/v2)
+speak the same messages: a subscribe request carrying the token, its answer, then `{"channel": "executions",
+"type": "update", "data": [...]}` per order event and a `heartbeat` every second. Numbers are parsed as Decimal.
+
+The stream never ends quietly: `FeedClosed` when the server closes it or stays silent for `silence_s`, `FeedRefused`
+when the subscription is refused; the token never appears in either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from nija.kraken.client import DEFAULT_BASE_URL, KrakenClient
+
+__all__ = ["WS_AUTH_URL", "FeedClosed", "FeedRefused", "executions", "ws_auth_url"]
+
+#: Kraken's authenticated WebSocket v2 endpoint
+WS_AUTH_URL = "wss://ws-auth.kraken.com/v2"
+#: Kraken sends a heartbeat every second on a subscribed connection: this long without any message, it is dead
+SILENCE_S = 10.0
+#: connecting and subscribing must be done within this long
+CONNECT_TIMEOUT_S = 10.0
+
+
+class FeedClosed(Exception):
+    """The WebSocket connection ended (closed by the server, a network error, or silence)."""
+
+
+class FeedRefused(Exception):
+    """The server refused the subscription (e.g. `ESession:Invalid session` for a bad or used token)."""
+
+
+def ws_auth_url(api_url: str) -> str:
+    """The authenticated WebSocket URL that goes with a REST base URL: Kraken's own for api.kraken.com, else the
+    same host's `/v2` (the embedded exchange serves both on one port)."""
+    if api_url.rstrip("/") == DEFAULT_BASE_URL:
+        return WS_AUTH_URL
+    parts = urlsplit(api_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/v2", "", ""))
+
+
+async def executions(client: KrakenClient, url: str, *, silence_s: float = SILENCE_S,
+                     on_subscribed: Callable[[], None] = lambda: None) -> AsyncIterator[dict]:
+    """Every `executions` item of `client`'s account from the moment the subscription is answered (no snapshot).
+
+    Raises KrakenError from the token call (e.g. ConfigurationError: the key lacks the permission), FeedRefused,
+    or FeedClosed; the caller decides when to connect again."""
+    token = await client.websockets_token()
+    session = client.context.session()
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            ws = await session.ws_connect(url, autoping=True, max_msg_size=1 << 22)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise FeedClosed(f"cannot connect to {url}: {type(exc).__name__}: {exc}") from None
+    try:
+        await ws.send_str(json.dumps({"method": "subscribe", "req_id": 1, "params": {
+            "channel": "executions", "token": token.get_secret_value(), "snap_orders": False,
+            "snap_trades": False}}))
+        subscribed = False
+        while True:
+            try:
+                message = await ws.receive(timeout=silence_s if subscribed else CONNECT_TIMEOUT_S)
+            except TimeoutError:
+                raise FeedClosed(f"{url} said nothing for {silence_s:g} s") from None
+            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
+                                aiohttp.WSMsgType.ERROR):
+                raise FeedClosed(f"{url} closed the connection ({message.type.name.lower()})")
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            try:
+                body = json.loads(message.data, parse_float=Decimal)
+            except ValueError:
+                continue  # not Kraken's JSON: nothing to act on
+            if not isinstance(body, dict):
+                continue
+            if body.get("method") == "subscribe" and body.get("req_id") == 1:
+                if not body.get("success"):
+                    raise FeedRefused(f"executions subscription refused: {body.get('error')}")
+                subscribed = True
+                on_subscribed()
+            elif subscribed and body.get("channel") == "executions":
+                for item in body.get("data") or ():
+                    if isinstance(item, dict):
+                        yield item
+    except (aiohttp.ClientError, OSError) as exc:
+        raise FeedClosed(f"{url}: {type(exc).__name__}: {exc}") from None
+    finally:
+        await ws.close()

@@ -1,0 +1,98 @@
+"""The daemon follows the master's executions on the WebSocket channel: a trade is copied at once, polls are the
+safety net, and a channel that is refused or drops never stops the copying."""
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from nija.kraken.client import KrakenClient, KrakenContext
+from nija.kraken.nonce import NonceCoordinator
+from nija.settings import load_settings
+from tests.daemon.test_daemon import LogLines, daemon_env, running, wait_for
+
+#: a poll interval no test waits out: whatever is copied in time was woken by the channel
+NEVER_S = 600.0
+
+
+@pytest.fixture
+def copying(exchange, exchange_url, tmp_path, monkeypatch):
+    """(settings for a daemon whose follower alice copies `master`, the master's own trading client)"""
+
+    def make(master_permissions=("query", "trade", "websocket"), **env_extra):
+        exchange.set_price("XBTUSD", Decimal("50000"))
+        master = exchange.create_account("feed-master", {"ZUSD": Decimal("10000")}, tier="pro",
+                                         permissions=master_permissions)
+        env = daemon_env(exchange_url, master, tmp_path, KRAKEN_TIER="pro", **env_extra)
+        (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice"}))
+        alice = exchange.account("alice")
+        monkeypatch.setenv("KRAKEN_USER_ALICE_API_KEY", alice.api_key)
+        monkeypatch.setenv("KRAKEN_USER_ALICE_API_SECRET", alice.api_secret)
+        # The master's trades come from its own tool, with a nonce sequence of its own (a second key).
+        trader_key = exchange.add_key("feed-master")
+        context = KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces"))
+        trader = KrakenClient(trader_key.api_key, trader_key.api_secret, base_url=exchange_url, context=context)
+        return load_settings(env, dotenv_path=None), trader
+
+    return make
+
+
+def held(exchange, name):
+    return exchange.balances(name).get("XXBT", Decimal(0))
+
+
+async def test_a_master_trade_is_copied_at_once_though_polls_are_minutes_apart(exchange, copying, capsys):
+    settings, trader = copying()
+    log = LogLines(capsys)
+    async with running(settings, master_poll_s=NEVER_S) as daemon:
+        await wait_for(lambda: log.logged("master_feed_up") or daemon.done())
+        assert log.logged("master_feed_up", "polls_every_s=600.0")
+        await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
+        await wait_for(lambda: held(exchange, "alice") > 0)
+        await trader.add_order("XBTUSD", "sell", Decimal("0.02"), oflags="fciq")  # the master closes: so does alice
+        await wait_for(lambda: held(exchange, "alice") == 0)
+    await trader.context.close()
+    assert [len(orders) for orders in exchange.orders_by_cl_ord_id("alice").values()] == [1, 1]
+
+
+async def test_a_master_key_without_the_websocket_permission_is_told_and_polls_carry_the_copying(
+        exchange, copying, capsys):
+    settings, trader = copying(master_permissions=("query", "trade"))
+    log = LogLines(capsys)
+    async with running(settings, master_poll_s=0.2) as daemon:
+        await wait_for(lambda: log.logged("master_feed_unavailable") or daemon.done())
+        line = next(line for line in log.read() if "master_feed_unavailable" in line)
+        assert "WebSocket interface" in line and "KRAKEN_WS_AUTH_URL=off" in line
+        await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
+        await wait_for(lambda: held(exchange, "alice") > 0)
+        assert not daemon.done()
+    await trader.context.close()
+
+
+async def test_a_dropped_channel_is_followed_again_and_its_trades_still_wake_the_copy(
+        exchange, exchange_server, copying, capsys):
+    settings, trader = copying()
+    log = LogLines(capsys)
+
+    def feed_ups():
+        return sum("master_feed_up" in line for line in log.read())
+
+    async with running(settings, master_poll_s=NEVER_S) as daemon:
+        await wait_for(lambda: feed_ups() == 1 or daemon.done())
+        assert await exchange_server.close_websockets() == 1  # Kraken's maintenance, a proxy's idle cut ...
+        await wait_for(lambda: log.logged("master_feed_down", "retry_in_s=1.0"))
+        await wait_for(lambda: feed_ups() == 2)
+        await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
+        await wait_for(lambda: held(exchange, "alice") > 0)
+    await trader.context.close()
+
+
+async def test_with_the_channel_off_the_daemon_says_so_and_polls(exchange, copying, capsys):
+    settings, trader = copying(KRAKEN_WS_AUTH_URL="off")
+    log = LogLines(capsys)
+    async with running(settings, master_poll_s=0.2) as daemon:
+        await wait_for(lambda: log.logged("master_feed_off", "polls_every_s=0.2") or daemon.done())
+        await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
+        await wait_for(lambda: held(exchange, "alice") > 0)
+        assert not log.logged("master_feed_up")
+    await trader.context.close()
