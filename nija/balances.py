@@ -22,7 +22,7 @@ from nija.accounts import load_followers
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.errors import KrakenError
 from nija.kraken.nonce import NonceCoordinator
-from nija.lifecycle import AlreadyRunningError, InstanceLock, state_dir_problem
+from nija.lifecycle import AlreadyRunningError, key_locks, state_dir_problem
 from nija.settings import Settings, SettingsError, load_settings
 
 __all__ = ["AccountBalance", "read_balances", "main"]
@@ -50,13 +50,13 @@ async def read_balances(settings: Settings, environ: Mapping[str, str] | None = 
     loaded = load_followers(settings.users_dir, environ, master_api_key=settings.master_api_key)
     rows: list[AccountBalance] = []
     with ExitStack() as locks:
-        locks.enter_context(InstanceLock(settings.state_dir, settings.master_api_key.get_secret_value(),
-                                         holder="nija balances"))
+        for lock in key_locks(settings.state_dir, settings.master_api_key.get_secret_value(), holder="nija balances"):
+            locks.enter_context(lock)
         accounts = [("master", "master", settings.master_api_key, settings.master_api_secret)]
         for follower in loaded.followers:
             try:  # taken at once or not at all: another `nija balances` would wait for this one
-                locks.enter_context(InstanceLock(settings.state_dir, follower.api_key.get_secret_value(),
-                                                 holder="nija balances"))
+                for lock in key_locks(settings.state_dir, follower.api_key.get_secret_value(), holder="nija balances"):
+                    locks.enter_context(lock)
             except AlreadyRunningError:
                 rows.append(AccountBalance(follower.name, "follower", problem="its key is in use by a running daemon"))
                 continue

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import gc
 import math
+import resource
 import signal
 import sys
 import time
@@ -31,7 +32,7 @@ from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.errors import ConfigurationError, KrakenError
 from nija.kraken.nonce import NonceCoordinator
 from nija.kraken.pairs import Pairs, UnknownPairError
-from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle, State, state_dir_problem
+from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle, State, key_locks, state_dir_problem
 from nija.settings import Settings, SettingsError, load_settings
 from nija.store import Store, StoreError
 from nija.trading.copy import CopyEngine
@@ -52,6 +53,8 @@ MASTER_EQUITY_S, MASTER_EQUITY_RETRY_S = 3600.0, 60.0
 PAIRS_REFRESH_S = 900.0
 #: how long orders in flight may take to finish once a stop is asked for (Render waits 30 s before SIGKILL)
 STOP_GRACE_S = 20.0
+#: the open-files soft limit the daemon asks for (two lock files and a connection per account, with room to spare)
+_MAX_OPEN_FILES = 65536
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,6 +146,7 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
     if paper:
         # Paper trading keeps its own store and marks: it never mixes with a live account's state.
         settings = replace(settings, state_dir=settings.state_dir / "paper")
+    _allow_open_files()
     async with AsyncExitStack() as stack:
         if paper:
             await _lock(stack, InstanceLock(settings.state_dir, "paper"))
@@ -150,7 +154,8 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         else:
             base_url, master_key, master_secret = (settings.kraken_api_url, settings.master_api_key,
                                                    settings.master_api_secret)
-            await _lock(stack, InstanceLock(settings.state_dir, master_key.get_secret_value()))
+            for lock in key_locks(settings.state_dir, master_key.get_secret_value()):
+                await _lock(stack, lock)
             followers = await _lock_follower_keys(stack, settings, _configured_followers(settings, lifecycle),
                                                   lifecycle)
 
@@ -268,6 +273,19 @@ async def _connect_master(master: KrakenClient, base_url: str, lifecycle: Lifecy
     return pairs, equity
 
 
+def _allow_open_files() -> None:
+    """Each follower holds two lock files and a pooled connection for the daemon's life: a few hundred followers
+    outgrow the common soft limit of 1,024 open files, so the soft limit goes up to what the system allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open_files_limit", soft=soft, hard=hard, error=str(exc),
+                        fix="raise the service's open-files limit (ulimit -n, or LimitNOFILE= for systemd)")
+
+
 async def _lock(stack: AsyncExitStack, lock: InstanceLock) -> None:
     await lock.acquire_async()
     stack.callback(lock.release)
@@ -279,7 +297,8 @@ async def _lock_follower_keys(stack: AsyncExitStack, settings: Settings, followe
     kept = []
     for follower in followers:
         try:
-            await _lock(stack, InstanceLock(settings.state_dir, follower.api_key.get_secret_value()))
+            for lock in key_locks(settings.state_dir, follower.api_key.get_secret_value()):
+                await _lock(stack, lock)
         except AlreadyRunningError as exc:
             log.error("follower_left_out", name=follower.name, reason=str(exc))
             lifecycle.problem(f"follower:{follower.name}", "its key is used by another NIJA daemon")

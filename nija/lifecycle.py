@@ -13,12 +13,13 @@ import enum
 import fcntl
 import hashlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
 from nija.logs import get_logger
 
-__all__ = ["State", "Lifecycle", "InstanceLock", "AlreadyRunningError"]
+__all__ = ["State", "Lifecycle", "InstanceLock", "AlreadyRunningError", "host_lock_dir", "key_locks"]
 
 
 class State(str, enum.Enum):
@@ -101,6 +102,18 @@ BRIEF_HOLDERS = frozenset({"nija balances"})
 _RETRY_S = 0.2
 
 
+def host_lock_dir() -> Path:
+    """This user's lock directory on this host, whatever NIJA_STATE_DIR says."""
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"nija-locks-{os.getuid()}"
+
+
+def key_locks(state_dir: Path, api_key: str, *, holder: str = "nija run") -> tuple[InstanceLock, InstanceLock]:
+    """The two locks of one API key: in the state directory (which two containers may share on a volume) and in
+    `host_lock_dir` (which two runs with different state directories on one host share). Both are needed: two
+    daemons on one key would double every copy."""
+    return InstanceLock(state_dir, api_key, holder=holder), InstanceLock(host_lock_dir(), api_key, holder=holder)
+
+
 class InstanceLock:
     """An exclusive lock per set of keys in the state directory (invariant 9: one daemon per set of keys).
 
@@ -132,7 +145,7 @@ class InstanceLock:
 
     def _try_acquire(self) -> tuple[str, str] | None:
         """Take the lock now; or (pid, command) of the process holding it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -29,6 +29,15 @@ FIXTURE_ACCOUNTS: dict[str, Decimal] = {"master": Decimal("60.53"), "alice": Dec
                                         "bob": Decimal("65.87")}
 
 
+@pytest.fixture(autouse=True)
+def host_lock_dir(tmp_path, monkeypatch):
+    """Each test's own directory for the host-wide key locks (nija.lifecycle.host_lock_dir), so that tests never
+    leave lock files in the machine's temporary directory."""
+    path = tmp_path / "host-locks"
+    monkeypatch.setattr("nija.lifecycle.host_lock_dir", lambda: path)
+    return path
+
+
 @pytest.fixture
 def exchange() -> Exchange:
     """An `Exchange(seed=7)` (real-time clock) with accounts master, alice and bob (see the module docstring)."""

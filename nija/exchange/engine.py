@@ -417,6 +417,10 @@ class Exchange:
         self._extra_keys[key.api_key] = key
         return key
 
+    def extra_keys(self, name: str) -> list[ApiKey]:
+        """The keys `add_key` gave account `name`, oldest first."""
+        return [key for key in self._extra_keys.values() if self._by_key[key.api_key].name == name]
+
     def balances(self, name: str) -> dict[str, Decimal]:
         self.sync()
         return dict(self._accounts[name].balances)

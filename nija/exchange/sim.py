@@ -228,7 +228,8 @@ async def _run(ex: Exchange, args: argparse.Namespace) -> None:
             out.say(f"  {acct.name} ({role}, {acct.tier.name}): {bal}")
             out.say(f"    api_key    {acct.api_key}")
             out.say(f"    api_secret {acct.api_secret}")
-        trader = ex.add_key(master) if master else None
+        # The trader's key outlives a restart with --state: the .env written earlier keeps working.
+        trader = (ex.extra_keys(master) or [ex.add_key(master)])[0] if master else None
         if trader is not None:
             out.say(f"  {master}'s second key, for your own client (NIJA keeps the first):")
             out.say(f"    api_key    {trader.api_key}")

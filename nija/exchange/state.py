@@ -81,6 +81,9 @@ def state_dict(ex: Exchange) -> dict:
             "closed_ids": list(a.closed_ids),
             "trades": [_trade_out(t) for t in a.trades.values()],
             "by_cl_ord_id": a.by_cl_ord_id,
+            # e.g. the master's second key for the trader's own client: the same key after a restart
+            "extra_keys": [{"api_key": k.api_key, "api_secret": k.api_secret, "nonce_window": k.nonce_window,
+                            "highest_nonce": str(k.highest_nonce)} for k in ex.extra_keys(a.name)],
         })
     return {"version": VERSION, "seed": ex.seed, "saved_at": ex.now(), "trade_seq": ex._trade_seq,
             "system_status": ex.system_status, "pair_status": ex.pair_status, "accounts": accounts}
@@ -174,6 +177,11 @@ def load_state(ex: Exchange, path: str | Path) -> bool:
                 acct.trades[t.tid] = t
         with part(label, "by_cl_ord_id"):
             acct.by_cl_ord_id = {str(k): list(v) for k, v in items(d, "by_cl_ord_id", label, dict).items()}
+        for j, kd in enumerate(items(d, "extra_keys", label, list)):
+            with part(label, f"extra_keys[{j}]"):
+                key = ex.add_key(spec.name, api_key=str(kd["api_key"]), api_secret=str(kd["api_secret"]),
+                                 nonce_window=int(kd.get("nonce_window", 0)))
+                key.highest_nonce = int(kd.get("highest_nonce", 0))
         if problems:
             continue
         for o in acct.orders.values():

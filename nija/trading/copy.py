@@ -812,7 +812,13 @@ class CopyEngine:
 
         async def confirm(account: FollowerAccount, rules: PairRules, side: str, estimate: Fill, loads: int) -> None:
             actual = await self._final_fill(account, estimate.order_id)
-            if actual is not None and account.portfolio.loads == loads:
+            if actual is None:
+                return
+            # copy_result said what was planned at the master's price; this is what the market order really got.
+            log.info("copy_fill", name=account.name, pair=rules.pair, side=side, order_id=actual.order_id,
+                     volume=f"{actual.executed_base:f}", notional=str(_cents(actual.cost_usd)),
+                     fee_usd=f"{actual.fee_usd:f}", signal_id=signal_id)
+            if account.portfolio.loads == loads:
                 account.portfolio.correct_fill(rules.base, side, estimate.executed_base, estimate.cost_usd,
                                                estimate.fee_usd, actual.executed_base, actual.cost_usd,
                                                actual.fee_usd)
@@ -1026,6 +1032,6 @@ def _log_result(result: CopyResult, signal_id: str) -> None:
     # A follower left without its copy (failed) or waiting for reconciliation is what an operator alerts on.
     emit = log.warning if result.status in ("failed", "unsettled") else log.info
     emit("copy_result", name=result.name, pair=result.pair, side=result.side, status=result.status,
-         volume=None if result.volume_base is None else str(result.volume_base),
+         volume=None if result.volume_base is None else f"{result.volume_base:f}",  # 0.00000000, never 0E-8
          notional=None if result.notional_usd is None else str(_cents(result.notional_usd)),
          order_id=result.order_id, reason=result.reason, signal_id=signal_id)

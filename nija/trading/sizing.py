@@ -182,7 +182,6 @@ def _size_buy(signal: Signal, limits: FollowerLimits, book: FollowerBook, rules:
 
     scaled_usd = signal.notional_usd * book.equity_usd / signal.master_equity_usd * limits.risk_multiplier
     risk_cap_usd = limits.max_risk_per_trade * book.equity_usd
-    target_usd = min(scaled_usd, risk_cap_usd)
 
     limit_price: Decimal | None = None
     if limits.entry_slippage is not None:
@@ -193,8 +192,9 @@ def _size_buy(signal: Signal, limits: FollowerLimits, book: FollowerBook, rules:
     # Cash cap: the worst fill price plus the taker fee must still be paid from free cash.
     cash_cap_base = book.free_cash_usd / (worst_price * (ONE + taker_fee_rate))
 
-    wanted_base = rules.info.round_volume_down(target_usd / price)
-    volume = rules.info.round_volume_down(min(target_usd / price, cash_cap_base))
+    # An IOC limit may fill at its limit: the risk cap must hold at that price, not only at the master's.
+    wanted_base = rules.info.round_volume_down(min(scaled_usd / price, risk_cap_usd / (limit_price or price)))
+    volume = rules.info.round_volume_down(min(wanted_base, cash_cap_base))
     skipped = _minimums(volume, price, rules, "buy")
     if skipped and volume < wanted_base and _minimums(wanted_base, price, rules, "buy") is None:
         # The size was fine; the cash was short: say so rather than blame the pair's minimum.

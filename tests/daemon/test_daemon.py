@@ -136,6 +136,23 @@ async def test_a_second_daemon_on_the_same_keys_refuses_to_start(exchange, excha
         assert await asyncio.wait_for(first, 30) == 0
 
 
+async def test_a_second_daemon_with_another_state_directory_cannot_use_the_same_keys(
+        exchange, exchange_url, tmp_path, host_lock_dir):
+    """Two NIJA runs on one master key, each with its own NIJA_STATE_DIR, would each copy every master fill."""
+    from nija.lifecycle import AlreadyRunningError
+
+    master = exchange.account("master")
+    for run_dir in ("first", "second"):
+        (tmp_path / run_dir).mkdir()
+    first_env = daemon_env(exchange_url, master, tmp_path / "first")
+    second_env = daemon_env(exchange_url, master, tmp_path / "second")
+    async with running(load_settings(first_env, dotenv_path=None), master_poll_s=0.1) as daemon:
+        await wait_for(lambda: (tmp_path / "first" / "state" / "master_fills.json").exists() or daemon.done())
+        with pytest.raises(AlreadyRunningError, match="another NIJA process"):
+            await asyncio.wait_for(run(load_settings(second_env, dotenv_path=None), stop=asyncio.Event()), 10)
+    assert list(host_lock_dir.iterdir())  # the lock that told them apart is outside both state directories
+
+
 async def test_paper_mode_copies_the_paper_masters_fills(tmp_path):
     """What `./start.sh` does with no keys: the embedded exchange in-process; its keys file lets you trade."""
     settings = load_settings({"NIJA_STATE_DIR": str(tmp_path / "state")}, dotenv_path=None)

@@ -97,6 +97,9 @@ def test_nija_sim_runs_writes_env_and_keeps_state(tmp_path):
     again = subprocess.run([sys.executable, "-m", "nija", "sim", "--port", "0", "--state", str(state),
                             "--duration", "0.2"], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and key in again.stdout
+    # ... the master trader's second key too: the .env written before still trades the master.
+    trader_key = next(line.split("=", 1)[1] for line in lines if line.startswith("PAPER_MASTER_TRADER_API_KEY="))
+    assert trader_key in again.stdout
 
 
 def test_injected_fault_kinds_are_validated():

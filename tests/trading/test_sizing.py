@@ -59,6 +59,14 @@ def test_buy_with_entry_slippage_is_an_ioc_limit_above_master_price():
     assert plan.ordertype == "limit" and plan.limit_price_usd == D("50250")
 
 
+def test_an_entry_capped_by_max_risk_stays_within_it_at_its_ioc_limit_price():
+    # master puts 50 % in; 10 % of 2 000 = 200 USD at most, even if the IOC fills at its limit 1 % above
+    plan = size_copy(buy(volume="0.1"), FollowerLimits(entry_slippage=D("0.01")),
+                     FollowerBook(D("2000"), D("2000"), D(0)), XBT)
+    assert plan.limit_price_usd == D("50500")
+    assert plan.volume_base * plan.limit_price_usd <= D("200") < (plan.volume_base + D("0.00000001")) * D("50500")
+
+
 def test_too_small_follower_is_skipped_with_reason():
     result = size_copy(buy(volume="0.001"), FollowerLimits(), FollowerBook(D("50"), D("50"), D(0)), XBT)
     assert isinstance(result, Skip) and result.reason is SkipReason.BELOW_ORDERMIN
