@@ -127,19 +127,24 @@ def credential_names(name: str) -> tuple[str, str]:
 
 
 def _problem_from_validation(file: str, error: ValidationError) -> ConfigProblem:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(file)"
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        message = f"unknown field: remove it or fix its spelling (known: {', '.join(FollowerConfig.model_fields)})"
-    elif kind == "missing":
-        message = "is required: add it, e.g. \"name\": \"alice\""
-    else:
-        message = f"{first['msg']} (got {first.get('input')!r}): correct the value"
-    more = len(error.errors()) - 1
-    if more:
-        message += f" (and {more} more problem{'s' if more > 1 else ''} in this file)"
+    """One line for the file: its first problem, then every other one, so that all are fixed in one go."""
+    found = [(".".join(str(part) for part in e["loc"]) or "(file)", _fix_for(e)) for e in error.errors()]
+    (where, message), others = found[0], found[1:]
+    if others:
+        message += " (also " + "; ".join(f"{field}: {fix}" for field, fix in others) + ")"
     return ConfigProblem(file, where, message)
+
+
+def _fix_for(error: dict) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown field: remove it or fix its spelling (known: {', '.join(FollowerConfig.model_fields)})"
+    if kind == "missing":
+        return "is required: add it, e.g. \"name\": \"alice\""
+    if kind in ("tuple_type", "list_type"):
+        return f"use a list (got {error.get('input')!r}), e.g. [\"DOGE\", \"XRPUSD\"]"
+    text = error["msg"].removeprefix("Value error, ")  # pydantic's wrapping of our own validators' messages
+    return f"{text} (got {error.get('input')!r}): correct the value"
 
 
 class _RepeatedField(ValueError):

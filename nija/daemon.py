@@ -363,8 +363,17 @@ async def _balance_snapshot(client: KrakenClient, name: str, lifecycle: Lifecycl
             lifecycle.problem(f"balance:{name}", str(exc))
         return None
     cash = balances.get("ZUSD", Decimal(0))
-    log.info("balance_snapshot", account=name, role="master", cash_usd=_cents(cash), equity_usd=_cents(equity))
+    pairs = client.context.loaded_pairs(client.base_url)  # common names (BTC) once loaded; Kraken's (XXBT) before
+    normalised = pairs.normalise_balances(balances.by_asset) if pairs is not None else dict(balances.by_asset)
+    log.info("balance_snapshot", account=name, role="master", cash_usd=_cents(cash), equity_usd=_cents(equity),
+             holdings=_holdings(normalised))
     return equity
+
+
+def _holdings(amounts: dict[str, Decimal]) -> dict[str, str]:
+    """What an account holds besides USD, for the snapshot lines: an operator checks exits against it."""
+    return {asset: f"{amount:f}" for asset, amount in sorted(amounts.items())
+            if amount and asset not in ("USD", "ZUSD")}
 
 
 def _follower_snapshots(engine: CopyEngine) -> None:
@@ -378,6 +387,7 @@ def _follower_snapshots(engine: CopyEngine) -> None:
         log.info("balance_snapshot", account=account.name, role="follower",
                  cash_usd=_cents(account.portfolio.cash_usd()),
                  equity_usd=_cents(account.portfolio.equity_usd(engine.prices)),
+                 holdings=None if account.portfolio.holdings is None else _holdings(account.portfolio.holdings),
                  copies=True, unusable=account.unusable)
 
 

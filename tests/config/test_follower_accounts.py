@@ -114,3 +114,12 @@ def test_an_empty_disabled_symbol_is_a_problem(tmp_path):
     write(tmp_path, "alice", {"name": "alice", "disabled_symbols": ["DOGE", " "]})
     [problem] = load_followers(tmp_path, ENV).problems
     assert problem.field.startswith("disabled_symbols") and "empty symbol" in problem.message
+
+
+def test_every_problem_of_a_file_is_named_in_its_one_line_in_plain_words(tmp_path):
+    write(tmp_path, "bob", {"name": "bad name!", "risk_multiplier": "two", "disabled_symbols": "XDG"})
+    [problem] = load_followers(tmp_path, ENV).problems
+    text = str(problem)
+    assert problem.field == "name" and "use 1-40 letters, digits or _" in text and "Value error" not in text
+    assert "risk_multiplier: Input should be a valid decimal (got 'two')" in text
+    assert "disabled_symbols: use a list (got 'XDG'), e.g. [\"DOGE\"" in text

@@ -260,6 +260,27 @@ async def test_a_follower_that_cannot_be_reached_degrades_the_daemon_until_it_an
         assert log.logged("lifecycle", "state=running")
 
 
+async def test_balance_snapshots_show_what_each_account_holds_besides_usd(
+        exchange, exchange_url, tmp_path, monkeypatch, capsys):
+    master = exchange.account("master")
+    exchange.fund("master", "XXBT", "0.25")
+    exchange.fund("alice", "XETH", "1.5")
+    env = daemon_env(exchange_url, master, tmp_path)
+    (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice"}))
+    alice = exchange.account("alice")
+    monkeypatch.setenv("KRAKEN_USER_ALICE_API_KEY", alice.api_key)
+    monkeypatch.setenv("KRAKEN_USER_ALICE_API_SECRET", alice.api_secret)
+    log = LogLines(capsys)
+
+    def snapshot(name):
+        return next((line for line in log.read() if "balance_snapshot" in line and f"account={name}" in line), "")
+
+    async with running(load_settings(env, dotenv_path=None), master_poll_s=0.1) as daemon:
+        await wait_for(lambda: (snapshot("master") and snapshot("alice")) or daemon.done())
+    assert "BTC" in snapshot("master") and "0.2500000000" in snapshot("master")
+    assert "ETH" in snapshot("alice") and "1.5000000000" in snapshot("alice")
+
+
 async def test_a_master_balance_unread_at_start_is_read_again_and_sets_the_rate_profile(
         exchange, exchange_url, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(nija.daemon, "MASTER_EQUITY_RETRY_S", 0.1)
