@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
+
+from pydantic import SecretStr
 
 from nija import logs
 from nija.accounts import load_followers
@@ -42,6 +45,14 @@ class AccountBalance:
     problem: str | None = None
 
 
+def _lock_key(locks: ExitStack, state_dir: Path, api_key: SecretStr) -> None:
+    """Every lock of one key, or none of them (AlreadyRunningError)."""
+    with ExitStack() as taken:
+        for lock in key_locks(state_dir, api_key.get_secret_value(), holder="nija balances"):
+            taken.enter_context(lock)
+        locks.enter_context(taken.pop_all())
+
+
 async def read_balances(settings: Settings, environ: Mapping[str, str] | None = None) -> list[AccountBalance]:
     """The master first, then the followers in file order; unreadable accounts carry their problem.
 
@@ -50,13 +61,11 @@ async def read_balances(settings: Settings, environ: Mapping[str, str] | None = 
     loaded = load_followers(settings.users_dir, environ, master_api_key=settings.master_api_key)
     rows: list[AccountBalance] = []
     with ExitStack() as locks:
-        for lock in key_locks(settings.state_dir, settings.master_api_key.get_secret_value(), holder="nija balances"):
-            locks.enter_context(lock)
+        _lock_key(locks, settings.state_dir, settings.master_api_key)
         accounts = [("master", "master", settings.master_api_key, settings.master_api_secret)]
         for follower in loaded.followers:
             try:  # taken at once or not at all: another `nija balances` would wait for this one
-                for lock in key_locks(settings.state_dir, follower.api_key.get_secret_value(), holder="nija balances"):
-                    locks.enter_context(lock)
+                _lock_key(locks, settings.state_dir, follower.api_key)
             except AlreadyRunningError:
                 rows.append(AccountBalance(follower.name, "follower", problem="its key is in use by a running daemon"))
                 continue

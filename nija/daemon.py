@@ -154,8 +154,7 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         else:
             base_url, master_key, master_secret = (settings.kraken_api_url, settings.master_api_key,
                                                    settings.master_api_secret)
-            for lock in key_locks(settings.state_dir, master_key.get_secret_value()):
-                await _lock(stack, lock)
+            await _lock_key(stack, settings.state_dir, master_key.get_secret_value())
             followers = await _lock_follower_keys(stack, settings, _configured_followers(settings, lifecycle),
                                                   lifecycle)
 
@@ -203,10 +202,10 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
                                      name="master-equity")]
         if settings.copies:
             tasks.append(asyncio.create_task(watcher.run(), name="master-watch"))
-            if settings.ws_auth_url is not None:
+            ws_url = settings.ws_auth_url_for(base_url)
+            if ws_url is not None:
                 # The master's trades as Kraken makes them: each one wakes the watcher, whose polls then slow down.
-                tasks.append(asyncio.create_task(watcher.follow_executions(settings.ws_auth_url),
-                                                 name="master-executions"))
+                tasks.append(asyncio.create_task(watcher.follow_executions(ws_url), name="master-executions"))
             else:
                 log.info("master_feed_off", polls_every_s=watcher.poll_s, reason="KRAKEN_WS_AUTH_URL=off")
         else:
@@ -291,14 +290,21 @@ async def _lock(stack: AsyncExitStack, lock: InstanceLock) -> None:
     stack.callback(lock.release)
 
 
+async def _lock_key(stack: AsyncExitStack, state_dir, api_key: str) -> None:
+    """Every lock of one key, or none of them: a key left out must not stay locked by this daemon."""
+    async with AsyncExitStack() as taken:
+        for lock in key_locks(state_dir, api_key):
+            await _lock(taken, lock)
+        stack.push_async_exit(taken.pop_all())
+
+
 async def _lock_follower_keys(stack: AsyncExitStack, settings: Settings, followers: list[Follower],
                               lifecycle: Lifecycle) -> list[Follower]:
     """Lock each follower's key too, so two daemons (with different masters) never trade one follower's key."""
     kept = []
     for follower in followers:
         try:
-            for lock in key_locks(settings.state_dir, follower.api_key.get_secret_value()):
-                await _lock(stack, lock)
+            await _lock_key(stack, settings.state_dir, follower.api_key.get_secret_value())
         except AlreadyRunningError as exc:
             log.error("follower_left_out", name=follower.name, reason=str(exc))
             lifecycle.problem(f"follower:{follower.name}", "its key is used by another NIJA daemon")

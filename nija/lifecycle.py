@@ -102,16 +102,34 @@ BRIEF_HOLDERS = frozenset({"nija balances"})
 _RETRY_S = 0.2
 
 
-def host_lock_dir() -> Path:
-    """This user's lock directory on this host, whatever NIJA_STATE_DIR says."""
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"nija-locks-{os.getuid()}"
+def host_lock_dir() -> Path | None:
+    """This user's lock directory on this host, the same whatever NIJA_STATE_DIR, the shell or the service manager
+    says: under the home directory, else in the temporary directory; None when neither is usable (or one is
+    another user's)."""
+    try:
+        candidates = [Path.home() / ".local" / "state" / "nija" / "locks"]
+    except RuntimeError:  # no home directory
+        candidates = []
+    candidates.append(Path(tempfile.gettempdir()) / f"nija-locks-{os.getuid()}")
+    for path in candidates:
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if path.stat().st_uid == os.getuid() and os.access(path, os.W_OK):
+                return path
+        except OSError:
+            continue
+    return None
 
 
-def key_locks(state_dir: Path, api_key: str, *, holder: str = "nija run") -> tuple[InstanceLock, InstanceLock]:
-    """The two locks of one API key: in the state directory (which two containers may share on a volume) and in
-    `host_lock_dir` (which two runs with different state directories on one host share). Both are needed: two
+def key_locks(state_dir: Path, api_key: str, *, holder: str = "nija run") -> list[InstanceLock]:
+    """The locks of one API key: in the state directory (which two containers may share on a volume) and in
+    `host_lock_dir` (which two runs with different state directories on one host share). Take all or none: two
     daemons on one key would double every copy."""
-    return InstanceLock(state_dir, api_key, holder=holder), InstanceLock(host_lock_dir(), api_key, holder=holder)
+    locks = [InstanceLock(state_dir, api_key, holder=holder)]
+    host_dir = host_lock_dir()
+    if host_dir is not None:
+        locks.append(InstanceLock(host_dir, api_key, holder=holder))
+    return locks
 
 
 class InstanceLock:

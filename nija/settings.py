@@ -84,12 +84,12 @@ class Settings:
         """True when followers mirror the master (COPY_TRADING_MODE=MASTER_FOLLOW)."""
         return self.copy_trading_mode is CopyTradingMode.MASTER_FOLLOW
 
-    @property
-    def ws_auth_url(self) -> str | None:
-        """Where the master's executions are followed, or None to poll only (KRAKEN_WS_AUTH_URL=off)."""
+    def ws_auth_url_for(self, api_url: str) -> str | None:
+        """Where the master's executions are followed when its REST calls go to `api_url` (the embedded exchange's
+        in paper mode), or None to poll only (KRAKEN_WS_AUTH_URL=off)."""
         if not self.follows_executions:
             return None
-        return self.kraken_ws_auth_url or ws_auth_url(self.kraken_api_url)
+        return self.kraken_ws_auth_url or ws_auth_url(api_url)
 
     @property
     def store_path(self) -> Path:

@@ -45,9 +45,10 @@ class FeedRefused(Exception):
 def ws_auth_url(api_url: str) -> str:
     """The authenticated WebSocket URL that goes with a REST base URL: Kraken's own for api.kraken.com, else the
     same host's `/v2` (the embedded exchange serves both on one port)."""
-    if api_url.rstrip("/") == DEFAULT_BASE_URL:
-        return WS_AUTH_URL
     parts = urlsplit(api_url)
+    kraken = urlsplit(DEFAULT_BASE_URL)
+    if (parts.scheme, (parts.hostname or "").lower(), parts.port or 443) == (kraken.scheme, kraken.hostname, 443):
+        return WS_AUTH_URL
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/v2", "", ""))
 

@@ -126,6 +126,7 @@ class MasterFillWatcher:
         self._pending: list[Signal] = []
         self._master = client.key_id  # the master key's fingerprint, never the key
         self._woken = asyncio.Event()
+        self._look_again = False  # whether the wake came from a trade, which REST may not show yet
         self._rechecks: list[float] = []  # waits left before looking again for a trade the channel announced
         self.found_fills = False  # whether the last poll found any
         #: whether the executions channel is followed right now (polls then come every FEED_UP_POLL_S)
@@ -206,25 +207,36 @@ class MasterFillWatcher:
                 failing = True
                 log.warning("master_watch_failed", error=str(exc), error_class=type(exc).__name__)
                 self.report(f"{type(exc).__name__}: {exc}")
-            await self._until_next_poll()
+            await self._until_next_poll(failed=failing)
 
-    def wake(self) -> None:
-        """The master traded (the executions channel says so): poll now, not at the next tick."""
+    def wake(self, *, look_again: bool = True) -> None:
+        """Poll now, not at the next tick: the master traded (the executions channel says so; `look_again` keeps
+        looking for a few seconds while REST does not show the fill yet), or the channel came up or went down."""
+        self._look_again = self._look_again or look_again
         self._woken.set()
 
-    async def _until_next_poll(self) -> None:
+    async def _until_next_poll(self, failed: bool) -> None:
         if self.found_fills:
             self._rechecks = []
         if self._rechecks:
             wait_s = self._rechecks.pop(0)
+        elif self.feed_up and not failed:
+            wait_s = max(self.poll_s, FEED_UP_POLL_S)
         else:
-            wait_s = max(self.poll_s, FEED_UP_POLL_S) if self.feed_up else self.poll_s
+            wait_s = self.poll_s  # a failed poll, or no channel: the regular interval
         try:
             await asyncio.wait_for(self._woken.wait(), wait_s)
         except TimeoutError:
             return
         self._woken.clear()
-        self._rechecks = list(_RECHECK_AFTER_S)
+        self._rechecks = list(_RECHECK_AFTER_S) if self._look_again else []
+        self._look_again = False
+
+    def _signalled(self, execution: dict) -> bool:
+        """Whether a streamed execution's fill is already in a signal (a poll got to it first)."""
+        seen = self._seen.get(str(execution.get("order_id")))
+        cum_qty = execution.get("cum_qty")
+        return seen is not None and isinstance(cum_qty, (Decimal, int)) and seen[0] >= cum_qty
 
     async def follow_executions(self, url: str) -> None:
         """Follow the master's executions on Kraken's WebSocket channel at `url`, waking the watcher on each trade.
@@ -236,12 +248,12 @@ class MasterFillWatcher:
             up_since = asyncio.get_running_loop().time()
             self.feed_up = True
             log.info("master_feed_up", polls_every_s=max(self.poll_s, FEED_UP_POLL_S))
-            self.wake()  # a trade made while the channel was down is looked for now
+            self.wake(look_again=False)  # a trade made while the channel was down is looked for now
 
         while True:
             try:
                 async for item in executions(self.client, url, on_subscribed=subscribed):
-                    if item.get("exec_type") == "trade":
+                    if item.get("exec_type") == "trade" and not self._signalled(item):
                         self.wake()
                 raise FeedClosed(f"{url} ended the stream")  # executions() never ends quietly; kept for safety
             except ConfigurationError as exc:
@@ -261,7 +273,10 @@ class MasterFillWatcher:
                 log.warning("master_feed_down", error=str(exc), error_class=type(exc).__name__,
                             retry_in_s=retry_s, polls_every_s=self.poll_s)
             finally:
-                self.feed_up, up_since = False, None
+                if self.feed_up:  # the polls go back to the regular interval now, not after a 30 s wait
+                    self.feed_up = False
+                    self.wake(look_again=False)
+                up_since = None
             await asyncio.sleep(retry_s)
 
     async def _pair_of(self, fill: MasterFill) -> PairInfo | None:
@@ -283,6 +298,7 @@ class MasterFillWatcher:
     async def poll(self) -> list[Signal]:
         """One look at the master account; returns the signals of the new fills (stale entries are not emitted)."""
         now_s = self.clock()
+        self.found_fills = False
         if self._since_s is None:
             # First start ever: fills from before NIJA ran are not copied. What the open orders and the orders
             # closed lately executed so far is recorded as seen, and the watermark starts an overlap back: our clock

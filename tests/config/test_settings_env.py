@@ -62,12 +62,15 @@ def test_timings_outside_what_a_daemon_can_live_with_and_urls_with_credentials_a
 
 def test_the_websocket_url_goes_with_the_api_url_unless_set_or_switched_off():
     def ws_url(**env):
-        return load_settings(env, dotenv_path=None).ws_auth_url
+        settings = load_settings(env, dotenv_path=None)
+        return settings.ws_auth_url_for(settings.kraken_api_url)
 
     assert ws_url() == "wss://ws-auth.kraken.com/v2"
     assert ws_url(KRAKEN_API_URL="http://127.0.0.1:8517") == "ws://127.0.0.1:8517/v2"  # the embedded exchange
     assert ws_url(KRAKEN_WS_AUTH_URL="wss://beta-ws-auth.kraken.com/v2") == "wss://beta-ws-auth.kraken.com/v2"
     assert ws_url(KRAKEN_WS_AUTH_URL="OFF") is None
+    # Paper mode: the REST calls go to the embedded exchange, and so does the channel.
+    assert load_settings({}, dotenv_path=None).ws_auth_url_for("http://127.0.0.1:4000") == "ws://127.0.0.1:4000/v2"
     for bad in ("https://ws-auth.kraken.com/v2", "wss://op:hunter2@ws-auth.kraken.com/v2", "ws-auth.kraken.com"):
         with pytest.raises(SettingsError) as caught:
             ws_url(KRAKEN_WS_AUTH_URL=bad)

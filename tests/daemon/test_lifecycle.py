@@ -100,3 +100,35 @@ def test_degraded_and_recovered_follow_the_problems():
     life.stopped()
     with pytest.raises(RuntimeError):
         life.started()
+
+
+async def test_a_follower_left_out_for_a_key_in_use_elsewhere_keeps_none_of_its_locks(tmp_path, host_lock_dir):
+    """Its key is another daemon's (another state directory, same host): this one takes no lock of it at all."""
+    from contextlib import AsyncExitStack
+
+    from pydantic import SecretStr
+
+    from nija.accounts import Follower, FollowerConfig
+    from nija.daemon import _lock_follower_keys
+    from nija.settings import load_settings
+
+    settings = load_settings({"NIJA_STATE_DIR": str(tmp_path / "state")}, dotenv_path=None)
+    elsewhere = InstanceLock(host_lock_dir, "f-key")
+    elsewhere.acquire()
+    follower = Follower(FollowerConfig(name="f"), SecretStr("f-key"), SecretStr("c2VjcmV0"))
+    async with AsyncExitStack() as stack:
+        assert await _lock_follower_keys(stack, settings, [follower], Lifecycle()) == []
+        InstanceLock(settings.state_dir, "f-key").acquire()  # free: `nija balances` on this state may use it
+    elsewhere.release()
+
+
+def test_the_host_lock_directory_is_the_users_own(tmp_path, monkeypatch):
+    import os
+
+    import nija.lifecycle
+
+    monkeypatch.undo()  # the real host_lock_dir, with a home of the test's own
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = nija.lifecycle.host_lock_dir()
+    assert path == tmp_path / ".local" / "state" / "nija" / "locks"
+    assert path.stat().st_mode & 0o777 == 0o700 and path.stat().st_uid == os.getuid()

@@ -1,6 +1,7 @@
 """The daemon follows the master's executions on the WebSocket channel: a trade is copied at once, polls are the
 safety net, and a channel that is refused or drops never stops the copying."""
 
+import asyncio
 import json
 from decimal import Decimal
 
@@ -101,4 +102,36 @@ async def test_with_the_channel_off_the_daemon_says_so_and_polls(exchange, copyi
         await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
         await wait_for(lambda: held(exchange, "alice") > 0)
         assert not log.logged("master_feed_up")
+    await trader.context.close()
+
+
+async def test_paper_mode_follows_the_embedded_exchanges_channel(tmp_path, capsys):
+    """`./start.sh` with no keys: the channel is the embedded exchange's, never Kraken's."""
+    settings = load_settings({"NIJA_STATE_DIR": str(tmp_path / "state")}, dotenv_path=None)
+    log = LogLines(capsys)
+    async with running(settings, paper=True, master_poll_s=NEVER_S) as daemon:
+        await wait_for(lambda: log.logged("master_feed_up") or log.logged("master_feed_down") or daemon.done())
+        assert log.logged("master_feed_up") and not log.logged("master_feed_down")
+
+
+async def test_once_the_channel_drops_the_polls_come_at_the_regular_interval_at_once(
+        exchange, exchange_server, copying, watching, capsys, monkeypatch):
+    import nija.trading.master_fills as master_fills
+    from nija.kraken.ws import FeedClosed
+
+    settings, trader = copying()
+    log = LogLines(capsys)
+    async with running(settings, master_poll_s=1.0) as daemon:
+        await wait_for(lambda: (log.logged("master_feed_up") and watching()) or daemon.done())
+        await asyncio.sleep(4.5)  # past any quick looks again: the watch now waits out its 30 s safety net
+
+        async def channel_in_maintenance(client, url, **options):  # REST still answers
+            raise FeedClosed("cannot connect")
+            yield
+
+        monkeypatch.setattr(master_fills, "executions", channel_in_maintenance)
+        await exchange_server.close_websockets()
+        await wait_for(lambda: log.logged("master_feed_down"))
+        await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
+        await wait_for(lambda: held(exchange, "alice") > 0, timeout_s=10)  # not ~30 s later
     await trader.context.close()

@@ -598,3 +598,40 @@ async def test_a_wake_before_the_fill_shows_on_rest_is_followed_by_quick_looks_a
         running.cancel()
     [signal] = emitted
     assert signal.side == "buy" and signal.volume_base == Decimal("0.01")
+
+
+async def test_a_poll_that_fails_while_the_channel_is_up_is_tried_again_at_the_tick_not_the_safety_net(
+        master, tmp_path):
+    import asyncio
+
+    emitted = []
+    watcher = watcher_for(master, await master.pairs(), tmp_path, emitted, time.time)
+    watcher.poll_s, watcher.feed_up = 1.0, True  # with the channel up, polls would be 30 s apart
+    polls, fail_next = [], [False]
+    poll = watcher.poll
+
+    async def flaky_poll():
+        polls.append(time.monotonic())
+        if fail_next[0]:
+            fail_next[0] = False
+            raise ConnectionError("one transient REST failure")
+        return await poll()
+
+    watcher.poll = flaky_poll
+    running = asyncio.create_task(watcher.run())
+    try:
+        while not polls:
+            await asyncio.sleep(0.01)
+        await master.add_order(PAIR, "buy", Decimal("0.01"))
+        watcher.wake()
+        while not emitted:  # the woken poll finds it (and sets found_fills)
+            await asyncio.sleep(0.01)
+        await master.add_order(PAIR, "buy", Decimal("0.01"))
+        fail_next[0] = True
+        watcher.wake()  # ... and the poll this wake starts fails once
+        deadline = time.monotonic() + 10
+        while len(emitted) < 2:
+            assert time.monotonic() < deadline, "a failed poll waited for the 30 s safety net"
+            await asyncio.sleep(0.02)
+    finally:
+        running.cancel()

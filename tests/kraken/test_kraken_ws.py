@@ -56,6 +56,7 @@ async def eventually(condition, timeout_s=5.0):
 
 def test_the_websocket_url_goes_with_the_rest_url():
     assert ws_auth_url("https://api.kraken.com") == WS_AUTH_URL == "wss://ws-auth.kraken.com/v2"
+    assert ws_auth_url("https://API.Kraken.com:443/") == WS_AUTH_URL
     assert ws_auth_url("http://127.0.0.1:8517") == "ws://127.0.0.1:8517/v2"
     assert ws_auth_url("https://paper.example:443/") == "wss://paper.example:443/v2"
 
