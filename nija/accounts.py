@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from nija.settings import Settings, SettingsError, load_settings, secret_is_valid
+from nija.validation import plain_fix
 
 __all__ = [
     "FollowerConfig",
@@ -136,15 +137,9 @@ def _problem_from_validation(file: str, error: ValidationError) -> ConfigProblem
 
 
 def _fix_for(error: dict) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return f"unknown field: remove it or fix its spelling (known: {', '.join(FollowerConfig.model_fields)})"
-    if kind == "missing":
-        return "is required: add it, e.g. \"name\": \"alice\""
-    if kind in ("tuple_type", "list_type"):
+    if error["type"] in ("tuple_type", "list_type"):
         return f"use a list (got {error.get('input')!r}), e.g. [\"DOGE\", \"XRPUSD\"]"
-    text = error["msg"].removeprefix("Value error, ")  # pydantic's wrapping of our own validators' messages
-    return f"{text} (got {error.get('input')!r}): correct the value"
+    return plain_fix(error, FollowerConfig)
 
 
 class _RepeatedField(ValueError):

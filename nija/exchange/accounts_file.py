@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..kraken.limits import TIERS, Tier
+from ..validation import plain_fix
 from .engine import PERMISSIONS, Account, Exchange
 from .pairs import ASSETS
 
@@ -159,12 +160,7 @@ def _label(index: int, item: Any) -> str:
 
 
 def _message(error: dict) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return f"unknown field: remove it or fix its spelling (known: {', '.join(AccountSpec.model_fields)})"
-    if kind == "missing":
-        return 'is required: add it, e.g. "name": "alice"'
-    loc = error["loc"]
+    kind, loc = error["type"], error["loc"]
     if loc and loc[0] == "balances":
         if len(loc) == 1 and kind == "dict_type":
             return f'must be an object of asset → amount, e.g. {{"ZUSD": "100"}} (got {error["input"]!r})'
@@ -174,8 +170,7 @@ def _message(error: dict) -> str:
             return f'must be an amount >= 0 like "100.50" (got {error["input"]!r})'
     if loc and loc[0] == "nonce_window":
         return f"must be a whole number >= 0, e.g. 0 (got {error['input']!r})"
-    msg = str(error["msg"]).removeprefix("Value error, ")
-    return msg if kind == "value_error" else f"{msg} (got {error.get('input')!r}): correct the value"
+    return plain_fix(error, AccountSpec)
 
 
 def specs_from_items(items: list[Any], where: str) -> tuple[list[AccountSpec], list[str]]:
