@@ -7,6 +7,7 @@ The server side (the embedded exchange) uses the same function over the bytes ex
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 
@@ -27,5 +28,6 @@ def sign(uri_path: str, nonce: int | str, body: bytes | str, secret: bytes) -> s
     if isinstance(body, str):
         body = body.encode()
     digest = hashlib.sha256(str(nonce).encode() + body).digest()
-    mac = hmac.new(secret, uri_path.encode() + digest, hashlib.sha512)
-    return base64.b64encode(mac.digest()).decode()
+    # hmac.digest: OpenSSL's one-shot HMAC, without the Python-level HMAC object (≈ 1 µs of every private call)
+    mac = hmac.digest(secret, uri_path.encode() + digest, "sha512")
+    return binascii.b2a_base64(mac, newline=False).decode("ascii")

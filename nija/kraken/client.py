@@ -1027,8 +1027,8 @@ def _parse_envelope(method: str, status: int, raw: bytes) -> Any:
         kind = " (HTML page)" if raw.lstrip()[:1] == b"<" else ""
         raise TransportError(f"{method}: HTTP {status}{kind}", status=status)
     try:
-        envelope = json.loads(raw)
-    except ValueError:
+        envelope = json.loads(raw.decode())  # from str: json skips guessing the bytes' encoding
+    except ValueError:  # UnicodeDecodeError included
         kind = "an HTML page" if raw.lstrip()[:1] == b"<" else "not JSON"
         raise TransportError(f"{method}: the reply is {kind}", status=status) from None
     if not isinstance(envelope, dict) or "error" not in envelope:
