@@ -15,6 +15,8 @@
     invalid_nonce                 EAPI:Invalid nonce                                 no
     cancel_only                   EService:Market in cancel_only mode (order adds)   no
     post_only                     EService:Market in post_only mode (order adds)     no
+    insufficient_funds            EOrder:Insufficient funds                          no
+    orders_limit                  EOrder:Orders limit exceeded                       no
     latency                       the call is delayed by `delay_s`, then runs        yes
 
 A fault matches a call when its `account` (an account name, None = everyone), `method` (e.g. "AddOrder",
@@ -49,6 +51,7 @@ FAULT_KINDS: dict[str, tuple[str | None, bool]] = {
     "cancel_only": ("EService:Market in cancel_only mode", False),
     "insufficient_funds": ("EOrder:Insufficient funds", False),
     "post_only": ("EService:Market in post_only mode", False),
+    "orders_limit": ("EOrder:Orders limit exceeded", False),
     "latency": (None, True),
 }
 

@@ -7,17 +7,20 @@
         ├── RetryableError            EService:Unavailable/Busy/Deadline elapsed (and any EService:* not listed
         │                             elsewhere), EGeneral/EDatabase:Internal error.
         │                             Reads retry with backoff; for an order the outcome is unknown (look it up).
-        ├── RateLimitedError          EAPI:Rate limit exceeded, EGeneral:Too many requests, EOrder:Rate limit
-        │   │                         exceeded, EService:Throttled: ts. Retry after `.retry_after_s`.
+        ├── RateLimitedError          EAPI:Rate limit exceeded, EGeneral:Too many requests, EOrder:(Domain) rate
+        │   │                         limit exceeded, EAuth:Rate limit exceeded / Too many requests,
+        │   │                         EService:Throttled: ts. Retry after `.retry_after_s`.
         │   └── LockoutError          EGeneral:Temporary lockout: back off for minutes.
         ├── InvalidNonceError         EAPI:Invalid nonce: re-sign with a fresh nonce (nothing was executed).
         ├── MarketClosedError         EService:Market in cancel_only/post_only mode, EGeneral:Market in ...: later.
         ├── OrderRejectedError        the order is wrong for this account or market; never retried as is
         │   ├── InsufficientFundsError    EOrder:Insufficient funds
         │   ├── OrderMinimumError         EOrder:Order minimum not met / Cost minimum not met
-        │   └── InvalidOrderError         tick size, invalid price, unknown order, orders limit, unknown pair, ...
+        │   └── InvalidOrderError         tick size, invalid price, unknown order, orders limit, unknown pair,
+        │                                 margin refusals, EBM:limit exceeded (a purchase limit), ...
         ├── ConfigurationError        invalid key/signature, permission denied, unknown method, bad request,
-        │                             invalid arguments: a fault in configuration or code; never retried.
+        │                             invalid arguments, an account disabled or unconfirmed: a fault in
+        │                             configuration or code, or the account's standing; never retried.
         └── UnknownKrakenError        a string this table does not know: raised, never swallowed.
 
 `AmbiguousOrderError` (a KrakenError) is raised by the client when an order's outcome stayed unknown even after
@@ -159,6 +162,12 @@ _BY_PREFIX: dict[str, type[KrakenAPIError]] = {
     "EGeneral:Market in cancel_only mode": MarketClosedError,
     "EGeneral:Market in post_only mode": MarketClosedError,
     "EOrder:Rate limit exceeded": RateLimitedError,
+    "EOrder:Domain rate limit exceeded": RateLimitedError,  # the limit a master account shares with its subaccounts
+    "EAuth:Rate limit exceeded": RateLimitedError,
+    "EAuth:Too many requests": RateLimitedError,
+    "EAuth:Account temporary disabled": ConfigurationError,
+    "EAuth:Account unconfirmed": ConfigurationError,
+    "EAccount:Invalid permissions": ConfigurationError,
     "EOrder:Insufficient funds": InsufficientFundsError,
     "EOrder:Insufficient margin": InsufficientFundsError,
     "EOrder:Order minimum not met": OrderMinimumError,
@@ -171,6 +180,16 @@ _BY_PREFIX: dict[str, type[KrakenAPIError]] = {
     "EOrder:Positions limit exceeded": InvalidOrderError,
     "EOrder:Trading agreement required": ConfigurationError,
     "EOrder:Reduce only": InvalidOrderError,
+    "EOrder:Post only order": InvalidOrderError,
+    "EOrder:Scheduled orders limit exceeded": InvalidOrderError,
+    "EOrder:Unknown position": InvalidOrderError,
+    "EOrder:Cannot open position": InvalidOrderError,
+    "EOrder:Cannot open opposing position": InvalidOrderError,
+    "EOrder:Margin allowance exceeded": InvalidOrderError,
+    "EOrder:Margin level too low": InvalidOrderError,
+    "EOrder:Margin position size exceeded": InvalidOrderError,
+    "EBM:limit exceeded": InvalidOrderError,
+    "ETrade:Invalid request": InvalidOrderError,
     "EQuery:Unknown asset pair": InvalidOrderError,
     "EQuery:Unknown asset": InvalidOrderError,
     "EQuery:Invalid asset pair": InvalidOrderError,

@@ -680,8 +680,8 @@ class CopyEngine:
         book = self._book(account, rules)
         if (signal.side == "sell" and (book.position_base is None or cl_ord_id in self._exit_refusals)
                 and await self._reload_book(account)):
-            # Unread (the read at start-up failed) or refused for funds the book counted: what the exit is sized
-            # from is read afresh.
+            # Unread (the read at start-up failed) or refused before (for funds the book counted, say): what the
+            # exit is sized from is read afresh.
             book = self._book(account, rules)
         if book.daily_loss_reached:
             await self._keep_loss_limit(account)
@@ -720,15 +720,7 @@ class CopyEngine:
                                                      refused_whole=True)
                 # The book counts more than the follower has (a sale or transfer of its own): reconciliation reads
                 # the balances afresh and sizes the exit again, a few times, before calling it failed.
-                refusals, last_s = self._exit_refusals.get(cl_ord_id, (0, float("-inf")))
-                now_s = self.clock()
-                if now_s - last_s >= EXIT_REFUSAL_SPACING_S:  # a later signal's hold retries within seconds
-                    refusals, last_s = refusals + 1, now_s
-                self._exit_refusals[cl_ord_id] = (refusals, last_s)
-                if refusals < EXIT_REFUSALS_BEFORE_FAILING:
-                    return CopyResult(**base, status="unsettled", volume_base=plan.volume_base,
-                                      notional_usd=plan.notional_usd,
-                                      reason=f"exit retried once the balances are read again: {_describe(exc)}")
+                return self._exit_refused(base, plan, cl_ord_id, exc, "exit retried once the balances are read again")
             return CopyResult(**base, status="failed", volume_base=plan.volume_base,
                               notional_usd=plan.notional_usd, reason=_describe(exc), acked_at_s=self.clock())
         except _REFUSED_FOR_NOW as exc:
@@ -738,6 +730,10 @@ class CopyEngine:
             return CopyResult(**base, status="failed", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
                               reason=_describe(exc), acked_at_s=self.clock())
         except KrakenError as exc:
+            if plan.side == "sell":
+                # Any other refusal of an exit (an error string Kraken added, too many open orders, a pair's minimum
+                # changed): it executed nothing, and leaving the position held is worse than trying again a few times.
+                return self._exit_refused(base, plan, cl_ord_id, exc, "exit retried later")
             return CopyResult(**base, status="failed", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
                               reason=_describe(exc), acked_at_s=self.clock())
         acked_at_s = self.clock()
@@ -768,6 +764,20 @@ class CopyEngine:
         return CopyResult(**base, status="succeeded", volume_base=volume_base, notional_usd=notional_usd,
                           order_id=placed.order_id, acked_at_s=acked_at_s,
                           reason="recovered after a lost reply" if placed.recovered else None)
+
+    def _exit_refused(self, base: dict, plan: OrderPlan, cl_ord_id: str, exc: KrakenError, retry: str) -> CopyResult:
+        """An exit the exchange refused: unsettled, so that reconciliation sizes it again from balances read afresh
+        and sends it, until it has been refused EXIT_REFUSALS_BEFORE_FAILING times; then failed."""
+        refusals, last_s = self._exit_refusals.get(cl_ord_id, (0, float("-inf")))
+        now_s = self.clock()
+        if now_s - last_s >= EXIT_REFUSAL_SPACING_S:  # a later signal's hold retries within seconds
+            refusals, last_s = refusals + 1, now_s
+        self._exit_refusals[cl_ord_id] = (refusals, last_s)
+        if refusals < EXIT_REFUSALS_BEFORE_FAILING:
+            return CopyResult(**base, status="unsettled", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
+                              reason=f"{retry}: {_describe(exc)}")
+        return CopyResult(**base, status="failed", volume_base=plan.volume_base, notional_usd=plan.notional_usd,
+                          reason=_describe(exc), acked_at_s=now_s)
 
     async def _find_settled(self, gateway: OrderGateway, cl_ord_id: str, sent_at_s: float | None) -> Fill | None:
         """The order carrying `cl_ord_id`, or None once proven absent. Waiting for the moment a lookup proves it
@@ -1012,8 +1022,9 @@ class CopyEngine:
 # Refusals that executed nothing and pass by themselves: the market not online yet, the trading counter full after
 # the client's retries. (Insufficient funds is handled on its own: see _send_and_book.)
 _REFUSED_FOR_NOW = (MarketClosedError, RateLimitedError)
-#: an exit refused for insufficient funds this many times, each sized from balances read afresh, fails; refusals
-#: closer together than the spacing count once, so that failing takes a couple of reconciliation passes (a minute apart)
+#: an exit refused (insufficient funds, or any refusal not listed above) this many times, each sized from balances
+#: read afresh, fails; refusals closer together than the spacing count once, so that failing takes a couple of
+#: reconciliation passes (a minute apart)
 EXIT_REFUSALS_BEFORE_FAILING = 3
 EXIT_REFUSAL_SPACING_S = 30.0
 

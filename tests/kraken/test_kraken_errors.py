@@ -16,6 +16,13 @@ TABLE = [
     ("EAPI:Rate limit exceeded", e.RateLimitedError),
     ("EGeneral:Too many requests", e.RateLimitedError),
     ("EOrder:Rate limit exceeded", e.RateLimitedError),
+    ("EOrder:Domain rate limit exceeded", e.RateLimitedError),  # Kraken's spot error list, beyond API.md §6
+    ("EAuth:Rate limit exceeded", e.RateLimitedError),
+    ("EAuth:Too many requests", e.RateLimitedError),
+    ("EAuth:Account temporary disabled", e.ConfigurationError),
+    ("EAccount:Invalid permissions", e.ConfigurationError),
+    ("EBM:limit exceeded:CAL", e.InvalidOrderError),
+    ("EOrder:Margin level too low", e.InvalidOrderError),
     ("EService: Throttled: 1700000010", e.RateLimitedError),
     ("EService:Throttled:1700000010", e.RateLimitedError),
     ("EGeneral:Temporary lockout", e.LockoutError),

@@ -335,6 +335,19 @@ async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_t
         assert entry.status == "succeeded"  # not held behind the exit
 
 
+async def test_an_exit_refused_for_another_reason_is_sent_again_by_reconciliation(served, tmp_path):
+    """An exit the exchange refuses for a reason of its own (here too many open orders; one day a string Kraken
+    adds) executed nothing: it is kept for reconciliation, never failed at the first refusal."""
+    async with alice_sees_the_master_close(served, tmp_path, refused_with="orders_limit",
+                                           settle_retry_s=0.01) as (rig, exit_signal, _):
+        [result] = (await rig.engine.copy(exit_signal)).results
+        assert result.status == "unsettled"
+        rig.exchange.clear_faults()
+        await rig.engine.reconcile()
+        assert rig.held("alice") == 0 and await rig.store.signal_status(exit_signal.signal_id) == "done"
+        assert all(count == 1 for count in rig.orders_per_cl_ord_id("alice").values())
+
+
 async def test_an_exit_settled_by_the_next_signals_hold_is_logged_with_what_it_sold(served, tmp_path):
     from structlog.testing import capture_logs
 
