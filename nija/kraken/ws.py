@@ -8,8 +8,10 @@ used for one connection only. Kraken (wss://ws-auth.kraken.com/v2) and the embed
 speak the same messages: a subscribe request carrying the token, its answer, then `{"channel": "executions",
 "type": "update", "data": [...]}` per order event and a `heartbeat` every second. Numbers are parsed as Decimal.
 
-The stream never ends quietly: `FeedClosed` when the server closes it or stays silent for `silence_s`, `FeedRefused`
-when the subscription is refused; the token never appears in either.
+The stream never ends quietly: `FeedClosed` when the server closes it, stays silent for `silence_s` or does not
+answer the subscription within `CONNECT_TIMEOUT_S` (heartbeats do not count); `FeedRefused` when the subscription is
+refused, or the ConfigurationError of Kraken's error string when it says the key may not (`EGeneral:Permission
+denied`). The token never appears in any of them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from nija.kraken.client import DEFAULT_BASE_URL, KrakenClient
+from nija.kraken.errors import ConfigurationError, classify, error_from_kraken
 
 __all__ = ["WS_AUTH_URL", "FeedClosed", "FeedRefused", "executions", "ws_auth_url"]
 
@@ -71,10 +74,14 @@ async def executions(client: KrakenClient, url: str, *, silence_s: float = SILEN
             "channel": "executions", "token": token.get_secret_value(), "snap_orders": False,
             "snap_trades": False}}))
         subscribed = False
+        loop = asyncio.get_running_loop()
+        answer_by = loop.time() + CONNECT_TIMEOUT_S  # heartbeats alone must not keep an unanswered subscription
         while True:
             try:
-                message = await ws.receive(timeout=silence_s if subscribed else CONNECT_TIMEOUT_S)
+                message = await ws.receive(timeout=silence_s if subscribed else max(0.0, answer_by - loop.time()))
             except TimeoutError:
+                if not subscribed:
+                    raise FeedClosed(f"{url} did not answer the subscription within {CONNECT_TIMEOUT_S:g} s") from None
                 raise FeedClosed(f"{url} said nothing for {silence_s:g} s") from None
             if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
                                 aiohttp.WSMsgType.ERROR):
@@ -87,9 +94,13 @@ async def executions(client: KrakenClient, url: str, *, silence_s: float = SILEN
                 continue  # not Kraken's JSON: nothing to act on
             if not isinstance(body, dict):
                 continue
-            if body.get("method") == "subscribe" and body.get("req_id") == 1:
+            answers = body.get("method") == "subscribe" and body.get("req_id") in (1, None)
+            if not subscribed and (answers or body.get("success") is False):  # the answer, or an error for it
                 if not body.get("success"):
-                    raise FeedRefused(f"executions subscription refused: {body.get('error')}")
+                    error = str(body.get("error"))
+                    if issubclass(classify(error), ConfigurationError):  # e.g. the key lacks the permission
+                        raise error_from_kraken([error], method="subscribe to executions")
+                    raise FeedRefused(f"executions subscription refused: {error}")
                 subscribed = True
                 on_subscribed()
             elif subscribed and body.get("channel") == "executions":

@@ -67,8 +67,9 @@ _POLL_WITH_FILLS_CALLS = 6
 _TRADE_PAGES = 4
 #: seconds between the safety-net polls while the executions channel is followed
 FEED_UP_POLL_S = 30.0
-#: after a trade on the channel, polls that find nothing new (REST may lag the channel) look again after these waits
-_RECHECK_AFTER_S = (0.25, 0.5, 1.0, 2.0)
+#: after a trade on the channel, polls that find nothing new (REST may lag the channel) look again after these waits:
+#: for about 16 s, so that a REST lag of seconds costs seconds, not the 30 s safety net
+_RECHECK_AFTER_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 #: waits before connecting to the channel again: doubling up to the last; a refused key's permission, much longer
 _FEED_RETRY_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
 _FEED_NOT_PERMITTED_RETRY_S = 900.0

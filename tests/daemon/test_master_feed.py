@@ -135,3 +135,33 @@ async def test_once_the_channel_drops_the_polls_come_at_the_regular_interval_at_
         await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
         await wait_for(lambda: held(exchange, "alice") > 0, timeout_s=10)  # not ~30 s later
     await trader.context.close()
+
+
+async def test_a_trade_rest_shows_only_later_than_the_channel_is_still_copied_at_once(
+        exchange, copying, watching, capsys):
+    """Kraken's REST can lag its channel: the first look after the trade finds nothing, the looks again find it."""
+    settings, trader = copying()
+    log = LogLines(capsys)
+    lag_s = 1.5
+
+    def lagging(read):
+        def orders_rest_shows(acct, params):
+            result = read(acct, params)
+            if acct.name == "feed-master":
+                shown_by = exchange.now() - lag_s
+                for listing in ("open", "closed"):
+                    if listing in result:
+                        result[listing] = {txid: order for txid, order in result[listing].items()
+                                           if float(order.get("closetm") or order["opentm"]) <= shown_by}
+            return result
+        return orders_rest_shows
+
+    for method in ("OpenOrders", "ClosedOrders"):
+        permission, read = exchange.methods_private[method]
+        exchange.methods_private[method] = (permission, lagging(read))
+    async with running(settings, master_poll_s=NEVER_S) as daemon:
+        await wait_for(lambda: (log.logged("master_feed_up") and watching()) or daemon.done())
+        await asyncio.sleep(lag_s)  # the first look's orders are all shown by now
+        await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
+        await wait_for(lambda: held(exchange, "alice") > 0, timeout_s=10)  # not at the 30 s safety net
+    await trader.context.close()
