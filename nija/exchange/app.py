@@ -83,6 +83,30 @@ def parse_body(raw: bytes, content_type: str) -> dict:
     return params
 
 
+#: messages one WebSocket connection may have waiting; a client that reads none of them is cut off, not kept in memory
+WS_OUTBOX_MAX = 10_000
+
+
+class _Outbox:
+    """What waits to be sent on one WebSocket connection, bounded: once full, the connection is closed (code 1008)
+    as a server does with a client that stopped reading."""
+
+    __slots__ = ("ws", "queue", "_closing")
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[dict] = asyncio.Queue(maxsize=WS_OUTBOX_MAX)
+        self._closing: asyncio.Task | None = None
+
+    def put(self, message: dict) -> None:
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            if self._closing is None:
+                self._closing = asyncio.get_running_loop().create_task(
+                    self.ws.close(code=1008, message=b"too many messages not read"))
+
+
 class ExchangeServer:
     """Runs an Exchange on 127.0.0.1 (by default) until the `async with` block ends.
 
@@ -283,25 +307,24 @@ class ExchangeServer:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._websockets.add(ws)
-        outbox: asyncio.Queue[dict] = asyncio.Queue()
+        outbox = _Outbox(ws)
         stops: list = []
         sender = asyncio.create_task(self._ws_send(ws, outbox))
         try:
-            outbox.put_nowait({"channel": "status", "type": "update",
-                               "data": [{"api_version": "v2", "system": self.exchange.system_status,
-                                         "version": "2.0.0"}]})
+            outbox.put({"channel": "status", "type": "update",
+                        "data": [{"api_version": "v2", "system": self.exchange.system_status, "version": "2.0.0"}]})
             async for message in ws:
                 if message.type != web.WSMsgType.TEXT:
                     continue
                 try:
                     request_msg = json.loads(message.data)
                 except ValueError:
-                    outbox.put_nowait({"error": "EGeneral:Invalid arguments", "success": False})
+                    outbox.put({"error": "EGeneral:Invalid arguments", "success": False})
                     continue
                 if not isinstance(request_msg, dict):
-                    outbox.put_nowait({"error": "EGeneral:Invalid arguments", "success": False})
+                    outbox.put({"error": "EGeneral:Invalid arguments", "success": False})
                     continue
-                outbox.put_nowait(self._ws_answer(request_msg, outbox, stops))
+                outbox.put(self._ws_answer(request_msg, outbox, stops))
         finally:
             for stop in stops:
                 stop()
@@ -311,7 +334,7 @@ class ExchangeServer:
             self._websockets.discard(ws)
         return ws
 
-    def _ws_answer(self, message: dict, outbox: asyncio.Queue, stops: list) -> dict:
+    def _ws_answer(self, message: dict, outbox: _Outbox, stops: list) -> dict:
         method, req_id = message.get("method"), message.get("req_id")
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         now = rfc3339(time.time())
@@ -328,17 +351,17 @@ class ExchangeServer:
         sequence = itertools.count(1)
 
         def tell(item: dict) -> None:
-            outbox.put_nowait({"channel": "executions", "type": "update", "data": [item], "sequence": next(sequence)})
+            outbox.put({"channel": "executions", "type": "update", "data": [item], "sequence": next(sequence)})
 
         stops.append(self.exchange.watch_executions(acct.name, tell))
         return {**answer, "success": True, "result": {"channel": "executions", "snapshot": False}}
 
-    async def _ws_send(self, ws: web.WebSocketResponse, outbox: asyncio.Queue) -> None:
+    async def _ws_send(self, ws: web.WebSocketResponse, outbox: _Outbox) -> None:
         """Everything queued for this connection, in order, and a heartbeat each second it is quiet."""
         with contextlib.suppress(ConnectionError, RuntimeError):
             while not ws.closed:
                 try:
-                    message = await asyncio.wait_for(outbox.get(), timeout=1.0)
+                    message = await asyncio.wait_for(outbox.queue.get(), timeout=1.0)
                 except TimeoutError:
                     message = {"channel": "heartbeat"}
                 await ws.send_str(json.dumps(message))

@@ -164,3 +164,29 @@ async def test_heartbeats_without_an_answer_to_the_subscription_end_the_stream(
     with pytest.raises(FeedClosed, match="did not answer the subscription within 1.5 s"):
         async with following(client, ws_auth_url(exchange_url)):
             pass
+
+
+async def test_a_connection_whose_messages_pile_up_unsent_is_closed_not_kept(
+        exchange, exchange_url, context, monkeypatch):
+    """The embedded exchange bounds what waits for one connection: one that stops draining is cut off."""
+    import json
+
+    import nija.exchange.app
+    from nija.exchange.app import ExchangeServer
+
+    async def stalled(self, ws, outbox):  # the status and the subscription's answer go out, then nothing drains
+        for _ in range(2):
+            await ws.send_str(json.dumps(await outbox.queue.get()))
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(ExchangeServer, "_ws_send", stalled)
+    monkeypatch.setattr(nija.exchange.app, "WS_OUTBOX_MAX", 3)
+    exchange.set_price("XBTUSD", Decimal("50000"))
+    master = exchange.account("master")
+    async with following(client_of(master, exchange_url, context), ws_auth_url(exchange_url),
+                         silence_s=60) as (_, task):
+        trader = client_of(master, exchange_url, context)
+        for _ in range(4):
+            await trader.add_order("XBTUSD", "buy", Decimal("0.0002"))
+        with pytest.raises(FeedClosed, match="closed the connection"):
+            await asyncio.wait_for(task, 5)
