@@ -51,6 +51,8 @@ HEALTH_S = 5.0
 #: the master's equity is read again this often to choose the rate profile (every minute while unknown)
 MASTER_EQUITY_S, MASTER_EQUITY_RETRY_S = 3600.0, 60.0
 PAIRS_REFRESH_S = 900.0
+#: a host clock this far from Kraken's is told (`clock_skew`); order deadlines follow Kraken's clock either way
+CLOCK_SKEW_WARN_S = 1.0
 #: how long orders in flight may take to finish once a stop is asked for (Render waits 30 s before SIGKILL)
 STOP_GRACE_S = 20.0
 #: the open-files soft limit the daemon asks for (two lock files and a connection per account, with room to spare)
@@ -419,8 +421,9 @@ async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:
 
 async def _pairs_refresh_loop(master: KrakenClient, watcher: MasterFillWatcher, engine: CopyEngine) -> None:
     """Load Kraken's pairs again now and then: new listings, and status changes (a pair in cancel_only is
-    skipped with its reason instead of being sent orders that fail)."""
+    skipped with its reason instead of being sent orders that fail). Kraken's clock is read at start and as often."""
     while True:
+        await _check_clock(master)
         await asyncio.sleep(PAIRS_REFRESH_S)
         try:
             pairs = await master.pairs(refresh=True)
@@ -429,6 +432,21 @@ async def _pairs_refresh_loop(master: KrakenClient, watcher: MasterFillWatcher, 
             continue
         watcher.pairs = pairs
         engine.set_pairs(pairs)
+
+
+async def _check_clock(master: KrakenClient) -> None:
+    """Stamp order deadlines in Kraken's time, and tell a host clock that is off. Kraken refuses an order whose
+    deadline its own clock has passed, and a lookup proves an order absent only once that clock is past it."""
+    try:
+        offset_s = await master.clock_offset_s()
+    except Exception as exc:  # noqa: BLE001 — the last offset stays; the next round reads again
+        log.warning("clock_check_failed", error=str(exc), error_class=type(exc).__name__)
+        return
+    master.context.clock_offset_s = offset_s
+    if abs(offset_s) >= CLOCK_SKEW_WARN_S:
+        log.warning("clock_skew", kraken_minus_host_s=round(offset_s, 1),
+                    consequence="order deadlines are stamped in Kraken's time meanwhile",
+                    fix="keep this host's clock in sync (NTP: `timedatectl set-ntp true`, or chrony)")
 
 
 async def _follower_health(lifecycle: Lifecycle, engine: CopyEngine) -> None:

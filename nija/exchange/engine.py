@@ -485,8 +485,13 @@ class Exchange:
         return self.clock.now()
 
     def wall_now(self) -> float:
-        """Real unix time (on the exchange's monotonic clock), for request deadlines."""
+        """Real unix time (on the exchange's monotonic clock), for request deadlines and `Time`."""
         return self._wall_start + (self.mono() - self._wall_mono)
+
+    def shift_wall_clock(self, seconds: float) -> None:
+        """Set the exchange's server clock `seconds` ahead (negative: behind), as Kraken's is to a host whose clock is
+        off: `Time` and the order deadline check follow it; the market clock does not."""
+        self._wall_start += seconds
 
     # ---- faults ---------------------------------------------------------------------------------------------
     def inject(self, fault: Fault) -> Fault:
@@ -647,7 +652,7 @@ class Exchange:
 
     # ---- public methods -------------------------------------------------------------------------------------
     def pub_time(self, params: dict) -> dict:
-        now = self.clock.now()
+        now = self.wall_now()  # Kraken's server clock, the one its deadlines are checked on (not the market's)
         return {"unixtime": int(now), "rfc1123": rfc1123(now)}
 
     def pub_system_status(self, params: dict) -> dict:

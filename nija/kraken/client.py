@@ -240,6 +240,9 @@ class KrakenContext:
         self._pairs_loading: dict[str, asyncio.Task[Pairs]] = {}
         self._urls: dict[str, URL] = {}
         self.timeouts = RequestTimeouts()
+        #: Kraken's clock minus this host's, in seconds (see KrakenClient.clock_offset_s): order deadlines are stamped
+        #: in Kraken's time, and a lookup proves an order absent only once Kraken's clock has passed its deadline
+        self.clock_offset_s = 0.0
         self._users = 0
         # Kraken's REST counters outlive a restart: start from what the last run left, and keep the file current.
         self._levels = RestLevelsFile(self.nonces.mark_path.parent / REST_LEVELS_FILE)
@@ -785,6 +788,16 @@ class KrakenClient:
         """Dead-man's switch: cancel every order in `timeout_s` seconds unless called again (0 disables)."""
         return CancelAllAfterResult.model_validate(await self.private("CancelAllOrdersAfter", timeout=int(timeout_s)))
 
+    async def clock_offset_s(self) -> float:
+        """Kraken's clock minus this host's, in seconds, from Kraken's `Time` (whole seconds): 0.0 when the two agree
+        as far as that reading can tell, else the smallest offset that explains it."""
+        before_s = time.time()
+        unixtime = int((await self.public("Time"))["unixtime"])
+        after_s = time.time()
+        # Kraken read its clock somewhere between our two readings, and truncated it to the second.
+        lowest, highest = unixtime - after_s, unixtime + 1 - before_s
+        return 0.0 if lowest <= 0.0 <= highest else (lowest if lowest > 0 else highest)
+
     async def websockets_token(self) -> SecretStr:
         """A token for one WebSocket v2 connection's private channels (nija.kraken.ws); the key needs Kraken's
         "WebSocket interface" permission. It opens a subscription within 15 minutes, and is kept out of reprs."""
@@ -854,7 +867,7 @@ class KrakenClient:
 
     def _stamp_deadline(self, cl_ord_id: str | None, deadline_s: float) -> str:
         """Kraken's `deadline` for an AddOrder leaving now; remembers when a lookup of `cl_ord_id` proves absence."""
-        now_s = time.time()
+        now_s = time.time() + self.context.clock_offset_s  # Kraken's time: it checks the deadline on its clock
         deadline_unix = math.ceil(now_s + deadline_s)  # whole seconds, never less than deadline_s ahead
         loop_now = asyncio.get_running_loop().time()
         self._note_settle_time(cl_ord_id, loop_now + (deadline_unix - now_s) + self.deadline_margin_s)
@@ -909,8 +922,9 @@ class KrakenClient:
         deadline_s: float | None = None
         if deadline is not None:
             # The caller's deadline: a lookup proves absence only after it, as for ours.
+            kraken_now_s = time.time() + self.context.clock_offset_s
             self._note_settle_time(cl_ord_id, asyncio.get_running_loop().time()
-                                   + _parse_rfc3339(deadline) - time.time() + self.deadline_margin_s)
+                                   + _parse_rfc3339(deadline) - kraken_now_s + self.deadline_margin_s)
         elif not validate:
             deadline_s = self.order_deadline_s
         request = {

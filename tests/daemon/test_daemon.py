@@ -281,6 +281,32 @@ async def test_balance_snapshots_show_what_each_account_holds_besides_usd(
     assert "ETH" in snapshot("alice") and "1.5000000000" in snapshot("alice")
 
 
+async def test_a_host_clock_behind_krakens_is_told_and_the_masters_fills_are_still_copied(
+        exchange, exchange_url, tmp_path, monkeypatch, capsys):
+    """From a host 30 s behind Kraken, every order's deadline stamped on the host's clock would have passed on
+    arrival: the daemon reads Kraken's clock at start, says so, and stamps deadlines in Kraken's time."""
+    exchange.set_price("XBTUSD", Decimal("50000"))
+    exchange.shift_wall_clock(30)
+    master = exchange.create_account("skewed-master", {"ZUSD": Decimal("10000")})
+    env = daemon_env(exchange_url, master, tmp_path)
+    (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice"}))
+    alice = exchange.account("alice")
+    monkeypatch.setenv("KRAKEN_USER_ALICE_API_KEY", alice.api_key)
+    monkeypatch.setenv("KRAKEN_USER_ALICE_API_SECRET", alice.api_secret)
+    log = LogLines(capsys)
+    async with running(load_settings(env, dotenv_path=None), master_poll_s=0.1) as daemon, \
+            KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces")) as context:
+        await wait_for(lambda: (log.logged("clock_skew") and (tmp_path / "state" / "master_fills.json").exists())
+                       or daemon.done())
+        line = next(line for line in log.read() if "clock_skew" in line)
+        assert "kraken_minus_host_s=29." in line or "kraken_minus_host_s=30.0" in line
+        assert "NTP" in line
+        context.clock_offset_s = 30.0  # the master's own tool keeps Kraken's time too
+        trader = KrakenClient(master.api_key, master.api_secret, base_url=exchange_url, context=context)
+        await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
+        await wait_for(lambda: exchange.balances("alice").get("XXBT", Decimal(0)) > 0)
+
+
 async def test_a_master_balance_unread_at_start_is_read_again_and_sets_the_rate_profile(
         exchange, exchange_url, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(nija.daemon, "MASTER_EQUITY_RETRY_S", 0.1)

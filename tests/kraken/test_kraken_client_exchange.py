@@ -12,7 +12,7 @@ import pytest
 
 from nija.exchange import Fault
 from nija.kraken.client import KrakenClient, KrakenContext, derive_cl_ord_id
-from nija.kraken.errors import AmbiguousOrderError, InsufficientFundsError
+from nija.kraken.errors import AmbiguousOrderError, InsufficientFundsError, RetryableError
 from nija.kraken.limits import Tier
 from nija.kraken.nonce import NonceCoordinator
 from nija.kraken.rest_levels import SAVE_EVERY_S
@@ -429,3 +429,19 @@ async def test_a_refused_order_is_proven_absent_at_once(exchange, context, excha
     with pytest.raises(InsufficientFundsError):
         await client.add_order("XBTUSD", "buy", Decimal("100"), cl_ord_id="refused-1")  # far beyond the cash
     assert client.settle_delay_s("refused-1") == 0
+
+
+async def test_orders_on_a_host_whose_clock_is_behind_krakens_carry_a_deadline_kraken_accepts(
+        exchange, context, exchange_url):
+    """Kraken checks an order's deadline on its own clock: from a host 20 s behind, a deadline stamped on the host's
+    clock has passed on arrival. Once Kraken's `Time` is read, deadlines are stamped in Kraken's time."""
+    exchange.create_account("late", balances={"ZUSD": Decimal("1000")}, tier=ROOMY)
+    client = client_for(exchange, "late", context, base_url=exchange_url, order_attempts=1)
+    assert await client.clock_offset_s() == 0.0  # the same clock, as far as whole seconds tell
+    exchange.shift_wall_clock(20)
+    with pytest.raises(RetryableError, match="Deadline elapsed"):
+        await client.add_order("XBTUSD", "buy", VOLUME)
+    context.clock_offset_s = await client.clock_offset_s()
+    assert 19 < context.clock_offset_s <= 20
+    result = await client.add_order("XBTUSD", "buy", VOLUME)
+    assert len(exchange.orders_by_cl_ord_id("late")[result.cl_ord_id]) == 1
