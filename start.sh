@@ -23,14 +23,29 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-# Reinstall only when the package definition or the wanted extras changed.
+if [ "${1:-}" = "bench" ] && [ $# -lt 2 ]; then
+    echo "usage: ./start.sh bench client|exchange|copy|master_lag [ARGS...]" >&2
+    exit 2
+fi
+
+# Install only when the package definition changed or an extra is wanted that is not installed yet (a run after a
+# benchmark does not reinstall: the bench extra already holds what a run needs).
 stamp="$VENV/.nija-installed"
-want="$("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' pyproject.toml) $extras"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+hash="$("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' pyproject.toml)"
+installed="$(cat "$stamp" 2>/dev/null || true)"
+installed_extras=""
+[ "${installed%% *}" = "$hash" ] && installed_extras="${installed#* }"
+missing=""
+for extra in ${extras//,/ }; do
+    case ",$installed_extras," in *",$extra,"*) ;; *) missing="$missing $extra" ;; esac
+done
+if [ -n "$missing" ]; then
+    extras="$extras${installed_extras:+,$installed_extras}"
+    extras="$(echo "$extras" | tr ',' '\n' | sort -u | paste -sd, -)"
     echo "start.sh: installing NIJA and its dependencies ($extras)" >&2
     "$VENV/bin/python" -m pip install -qq --disable-pip-version-check --upgrade pip >&2
     "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e ".[$extras]" >&2
-    echo "$want" > "$stamp"
+    echo "$hash $extras" > "$stamp"
 fi
 
 if [ "${1:-}" = "test" ]; then
@@ -39,7 +54,6 @@ if [ "${1:-}" = "test" ]; then
 fi
 if [ "${1:-}" = "bench" ]; then
     shift
-    [ $# -ge 1 ] || { echo "usage: ./start.sh bench client|exchange|copy|master_lag [ARGS...]" >&2; exit 2; }
     name=$1
     shift
     exec "$VENV/bin/python" -m "bench.$name" "$@"

@@ -127,6 +127,23 @@ def credential_names(name: str) -> tuple[str, str]:
     return f"KRAKEN_USER_{upper}_API_KEY", f"KRAKEN_USER_{upper}_API_SECRET"
 
 
+#: what Kraken's API key page must allow, in its own words
+FOLLOWER_KEY_PERMISSIONS = "query funds, query open and closed orders and trades, and create and modify orders"
+MASTER_KEY_PERMISSIONS = ("query funds, query open and closed orders and trades, and use the WebSocket interface "
+                          "(which copies each master trade at once)")
+
+
+def refused_key_fix(error: str, key_var: str, secret_var: str, permissions: str) -> str:
+    """What to do about a key Kraken refused, told by Kraken's error string in `error`."""
+    if "EAPI:Invalid key" in error:
+        return f"Kraken knows no such key: copy it again into {key_var}, and its secret into {secret_var}"
+    if "EAPI:Invalid signature" in error:
+        return f"the secret does not belong to the key: copy the secret shown with this key into {secret_var}"
+    if "Permission denied" in error or "Invalid permissions" in error:
+        return f"give the key the permissions to {permissions} on Kraken's API key page"
+    return f"check {key_var} / {secret_var}, and give the key the permissions to {permissions}"
+
+
 def _problem_from_validation(file: str, error: ValidationError) -> ConfigProblem:
     """One line for the file: its first problem, then every other one, so that all are fixed in one go."""
     found = [(".".join(str(part) for part in e["loc"]) or "(file)", _fix_for(e)) for e in error.errors()]
@@ -183,7 +200,8 @@ def load_followers(
             continue  # templates shipped with NIJA, not the operator's followers
         file = str(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_object_without_repeats)
+            # utf-8-sig: an editor's byte order mark is no syntax error
+            data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_object_without_repeats)
         except _RepeatedField as exc:
             problems.append(ConfigProblem(file, exc.field, "appears twice in the file, and only one can count: "
                                                            "keep the one you mean"))
@@ -218,8 +236,9 @@ def load_followers(
         key, secret = (env.get(key_var) or "").strip(), (env.get(secret_var) or "").strip()
         missing = [var for var, value in ((key_var, key), (secret_var, secret)) if not value]
         if missing:
-            problems.append(ConfigProblem(file, "credentials", f"{' and '.join(missing)} not set: export "
-                                                               "it in the environment or .env"))
+            them = "it" if len(missing) == 1 else "them"
+            problems.append(ConfigProblem(file, "credentials", f"{' and '.join(missing)} not set: set {them} in "
+                                                               "the environment or .env"))
             continue
         if not secret_is_valid(secret):
             problems.append(ConfigProblem(file, "credentials", f"{secret_var} is not valid base64: copy the "

@@ -27,7 +27,7 @@ from decimal import Decimal
 from pydantic import SecretStr
 
 from nija import logs
-from nija.accounts import Follower, FollowerConfig, load_followers
+from nija.accounts import MASTER_KEY_PERMISSIONS, Follower, FollowerConfig, load_followers, refused_key_fix
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.errors import ConfigurationError, KrakenError
 from nija.kraken.nonce import NonceCoordinator
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="paper mode on the embedded exchange even when master keys are set")
     p.add_argument("--speed", type=float, default=1.0, help="paper mode: simulated seconds per real second")
     p.add_argument("--seed", type=int, default=7, help="paper mode: seed of the market's price paths")
-    p.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
+    p.add_argument("--duration", type=_positive_s, default=None, help="stop by itself after this many seconds")
     return p
 
 
@@ -152,6 +152,7 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
     async with AsyncExitStack() as stack:
         if paper:
             await _lock(stack, InstanceLock(settings.state_dir, "paper"))
+            _forget_last_paper_run(settings)
             base_url, master_key, master_secret, followers = await _paper_exchange(stack, settings, speed, seed)
         else:
             base_url, master_key, master_secret = (settings.kraken_api_url, settings.master_api_key,
@@ -269,8 +270,8 @@ async def _connect_master(master: KrakenClient, base_url: str, lifecycle: Lifecy
     try:
         equity = await _balance_snapshot(master, "master", lifecycle)
     except ConfigurationError as exc:
-        raise StartupError(f"the master's key was refused ({exc}): check KRAKEN_MASTER_API_KEY / "
-                           "KRAKEN_MASTER_API_SECRET and give the key the query and trade permissions") from None
+        fix = refused_key_fix(str(exc), "KRAKEN_MASTER_API_KEY", "KRAKEN_MASTER_API_SECRET", MASTER_KEY_PERMISSIONS)
+        raise StartupError(f"the master's key was refused ({exc}): {fix}") from None
     return pairs, equity
 
 
@@ -315,6 +316,16 @@ async def _lock_follower_keys(stack: AsyncExitStack, settings: Settings, followe
     return kept
 
 
+def _positive_s(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0, e.g. 60")
+    return seconds
+
+
 def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -324,6 +335,15 @@ def _stop_event() -> asyncio.Event:
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
     return stop
+
+
+def _forget_last_paper_run(settings: Settings) -> None:
+    """Each paper run trades on a fresh embedded exchange with new keys: the last run's copies and master watch
+    belong to an exchange that is gone (resumed, they would be looked for and sent again on the new one)."""
+    watch = settings.state_dir / "master_fills.json"
+    store = settings.store_path
+    for path in (watch, store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
+        path.unlink(missing_ok=True)
 
 
 async def _paper_exchange(stack: AsyncExitStack, settings: Settings, speed: float, seed: int):
@@ -352,8 +372,13 @@ def _configured_followers(settings: Settings, lifecycle: Lifecycle) -> list[Foll
         # One bad file leaves one follower out; every other one runs.
         log.error("follower_config_problem", file=problem.file, field=problem.field, problem=problem.message)
         lifecycle.problem(f"config:{problem.file}", problem.message)
-    log.info("followers_loaded", count=len(loaded.followers), names=[f.name for f in loaded.followers],
-             left_out=len(loaded.problems))
+    if loaded.followers:
+        log.info("followers_loaded", count=len(loaded.followers), names=[f.name for f in loaded.followers],
+                 left_out=len(loaded.problems))
+    else:  # a daemon that copies to no one is most likely pointed at the wrong directory
+        log.warning("followers_loaded", count=0, names=[], left_out=len(loaded.problems),
+                    fix=f"add one JSON file per follower to {settings.users_dir} (see config/users/*.example.json), "
+                        "or set NIJA_USERS_DIR to the directory that holds them")
     return loaded.followers
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Protocol
 
-from nija.accounts import FollowerConfig, credential_names
+from nija.accounts import FOLLOWER_KEY_PERMISSIONS, FollowerConfig, credential_names, refused_key_fix
 from nija.kraken.errors import (
     AmbiguousOrderError,
     ConfigurationError,
@@ -975,8 +975,7 @@ class CopyEngine:
                 if account.unusable is None:
                     key_var, secret_var = credential_names(account.name)
                     log.error("follower_key_refused", name=account.name, error=_describe(exc),
-                              fix=f"check {key_var} / {secret_var} and give the key the permissions to query funds, "
-                                  "query open and closed orders and trades, and create and modify orders")
+                              fix=refused_key_fix(str(exc), key_var, secret_var, FOLLOWER_KEY_PERMISSIONS))
                 account.unusable = _describe(exc)
             return False  # unknown stays unknown; known stays as last read (never zero)
         account.unusable = None

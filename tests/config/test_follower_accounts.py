@@ -33,6 +33,18 @@ def test_good_files_load_with_defaults_and_credentials(tmp_path):
     assert alice.api_secret.get_secret_value() == "c2Etc2VjcmV0" and "c2Etc2VjcmV0" not in repr(alice)
 
 
+def test_a_file_saved_with_a_byte_order_mark_loads(tmp_path):
+    (tmp_path / "alice.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"name": "alice"}).encode())
+    load = load_followers(tmp_path, ENV)
+    assert load.ok and [f.name for f in load.followers] == ["alice"]
+
+
+def test_both_missing_credentials_are_named_in_one_line(tmp_path):
+    write(tmp_path, "carol", {"name": "carol"})
+    [problem] = load_followers(tmp_path, ENV).problems
+    assert "KRAKEN_USER_CAROL_API_KEY and KRAKEN_USER_CAROL_API_SECRET not set: set them" in problem.message
+
+
 def test_one_bad_file_is_left_out_with_one_clear_line(tmp_path):
     write(tmp_path, "alice", {"name": "alice", "risk_multipler": 2})  # typo
     write(tmp_path, "bob", {"name": "bob"})

@@ -181,16 +181,31 @@ async def test_paper_mode_copies_the_paper_masters_fills(tmp_path):
         assert Decimal("7") < await alice_btc() * price <= Decimal("8.5")
 
 
-async def test_a_refused_master_key_stops_the_start_with_the_variable_to_fix(exchange, exchange_url, tmp_path):
+async def test_a_second_paper_run_starts_afresh_without_a_key_change_warning(tmp_path, capsys):
+    """Each paper run is a new embedded exchange with new keys: nothing of the last run is resumed or warned about."""
+    settings = load_settings({"NIJA_STATE_DIR": str(tmp_path / "state")}, dotenv_path=None)
+    for _ in range(2):
+        log = LogLines(capsys)  # this run's lines only
+        async with running(settings, paper=True, master_poll_s=0.1) as daemon:
+            await wait_for(lambda: log.logged("master_watch_started") or daemon.done())
+        assert not log.logged("master_watch_reset")
+
+
+@pytest.mark.parametrize("wrong, to_fix", [("key", "copy it again into KRAKEN_MASTER_API_KEY"),
+                                            ("secret", "secret does not belong to the key")])
+async def test_a_refused_master_key_stops_the_start_with_the_variable_to_fix(exchange, exchange_url, tmp_path,
+                                                                             wrong, to_fix):
     master = exchange.account("master")
+    other = exchange.account("alice")
     (tmp_path / "users").mkdir()
-    env = {"KRAKEN_API_URL": exchange_url, "KRAKEN_MASTER_API_KEY": "not-a-key-the-exchange-knows",
-           "KRAKEN_MASTER_API_SECRET": master.api_secret, "NIJA_STATE_DIR": str(tmp_path / "state"),
-           "NIJA_USERS_DIR": str(tmp_path / "users")}
+    env = {"KRAKEN_API_URL": exchange_url,
+           "KRAKEN_MASTER_API_KEY": "not-a-key-the-exchange-knows" if wrong == "key" else master.api_key,
+           "KRAKEN_MASTER_API_SECRET": other.api_secret if wrong == "secret" else master.api_secret,
+           "NIJA_STATE_DIR": str(tmp_path / "state"), "NIJA_USERS_DIR": str(tmp_path / "users")}
     with pytest.raises(StartupError) as info:
         await asyncio.wait_for(run(load_settings(env, dotenv_path=None)), 30)
-    assert "KRAKEN_MASTER_API_KEY" in str(info.value)
-    assert master.api_secret not in str(info.value)
+    assert to_fix in str(info.value)
+    assert master.api_secret not in str(info.value) and other.api_secret not in str(info.value)
 
 
 async def test_an_unreachable_url_stops_the_start_naming_it(tmp_path):
@@ -436,3 +451,12 @@ def test_follower_files_without_master_keys_warn_that_the_run_is_paper(tmp_path,
     captured = capsys.readouterr()
     logged = captured.out + captured.err
     assert "master_keys_missing" in logged and "KRAKEN_MASTER_API_KEY" in logged and "paper_mode" in logged
+
+
+async def test_a_daemon_with_no_follower_files_warns_where_to_put_them(exchange, exchange_url, tmp_path, capsys):
+    env = daemon_env(exchange_url, exchange.account("master"), tmp_path)  # an empty users directory
+    log = LogLines(capsys)
+    async with running(load_settings(env, dotenv_path=None), master_poll_s=0.1) as daemon:
+        await wait_for(lambda: log.logged("followers_loaded") or daemon.done())
+    line = next(line for line in log.read() if "followers_loaded" in line)
+    assert "warning" in line and "NIJA_USERS_DIR" in line and str(tmp_path / "users") in line
