@@ -11,10 +11,12 @@ used by two accounts would break its nonce sequence and its rate counter).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,6 +25,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from nija.lifecycle import state_dir_problem
+from nija.logs import setting_problems
 from nija.settings import Settings, SettingsError, load_settings, secret_is_valid
 from nija.validation import plain_fix
 
@@ -273,6 +277,21 @@ Validates the settings (environment and .env) and every follower file, prints a 
 well, 1 otherwise. Nothing is sent to Kraken."""
 
 
+def _unusable_state_dir(state_dir: Path) -> str | None:
+    """Why NIJA could not keep its state in `state_dir`, or None; a missing one is not created (a run will)."""
+    existing = state_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        with tempfile.TemporaryFile(dir=existing):  # the run's first write there: can it be made?
+            pass
+    except OSError as exc:  # named by the directory, not by the probe's temporary file
+        return state_dir_problem(OSError(exc.errno, exc.strerror, str(existing)), state_dir)
+    return None
+
+
 def check_main(argv: list[str], *, environ: Mapping[str, str] | None = None, out=None) -> int:
     """`nija check`: a readable report of the settings and follower files; non-zero exit when something is wrong."""
     out = out or sys.stdout
@@ -301,9 +320,18 @@ def check_main(argv: list[str], *, environ: Mapping[str, str] | None = None, out
         failed = True
         settings = Settings()  # only to find the follower files: nothing above is reported as configured
     else:
-        print("settings: ok", file=out)
+        # What a run would only find at start (the state directory) or carry on past with a default (the logs).
+        problems = setting_problems(environ)
+        unusable = _unusable_state_dir(settings.state_dir)
+        if unusable:
+            problems.append(unusable)
+        print("settings: FAILED" if problems else "settings: ok", file=out)
+        for problem in problems:
+            print(f"  ✗ {problem}", file=out)
+        failed = bool(problems)
         print(f"  mode             {settings.copy_trading_mode.value}", file=out)
-        print(f"  api url          {settings.kraken_api_url}", file=out)
+        print(f"  api url          {settings.kraken_api_url if settings.has_master_keys else 'the embedded exchange'}",
+              file=out)
         print(f"  master keys      {'set' if settings.has_master_keys else 'not set (paper mode)'}", file=out)
         print(f"  state dir        {settings.state_dir}", file=out)
         print(f"  copy concurrency {settings.copy_concurrency}", file=out)

@@ -49,11 +49,25 @@ class _StreamLogger:
     log = debug = info = warning = warn = error = critical = exception = fatal = failure = err = msg
 
 
+def setting_problems(environ=None) -> list[str]:
+    """What is wrong with NIJA_LOG_LEVEL and NIJA_LOG_FORMAT (a run carries on with the defaults; `nija check`
+    reports them)."""
+    environ = os.environ if environ is None else environ
+    problems = []
+    level_name = (environ.get("NIJA_LOG_LEVEL") or "INFO").strip().upper()
+    if level_name not in _LEVELS:
+        problems.append(f"NIJA_LOG_LEVEL={level_name!r} is not a level: use one of {', '.join(_LEVELS)}")
+    wanted = (environ.get("NIJA_LOG_FORMAT") or "").strip().lower()
+    if wanted not in ("", "json", "console"):
+        problems.append(f"NIJA_LOG_FORMAT={wanted!r} is not a format: use json or console")
+    return problems
+
+
 def configure(level: str | None = None, *, json_lines: bool | None = None, to_stderr: bool = False) -> None:
     """Set up structlog once for the process. NIJA_LOG_LEVEL and NIJA_LOG_FORMAT (console|json) override; call it
     after `load_settings`, which puts `.env` into the environment. `to_stderr` keeps a command's report on stdout
     apart from its log lines."""
-    level_name = (level or os.environ.get("NIJA_LOG_LEVEL") or "INFO").upper()
+    level_name = (level or os.environ.get("NIJA_LOG_LEVEL") or "INFO").strip().upper()
     if level_name not in _LEVELS:
         print(f"NIJA_LOG_LEVEL={level_name!r} is not a level: use one of {', '.join(_LEVELS)}; using INFO",
               file=sys.stderr)

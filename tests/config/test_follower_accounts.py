@@ -135,3 +135,21 @@ def test_every_problem_of_a_file_is_named_in_its_one_line_in_plain_words(tmp_pat
     assert problem.field == "name" and "use 1-40 letters, digits or _" in text and "Value error" not in text
     assert "risk_multiplier: Input should be a valid decimal (got 'two')" in text
     assert "disabled_symbols: use a list (got 'XDG'), e.g. [\"DOGE\"" in text
+
+
+def test_check_reports_what_a_run_would_only_find_at_start(tmp_path):
+    """A state directory NIJA cannot write, and log settings a run would replace by defaults."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {**ENV, "NIJA_STATE_DIR": str(blocker / "state"), "NIJA_LOG_LEVEL": "verbose", "NIJA_LOG_FORMAT": "xml",
+           "NIJA_USERS_DIR": str(tmp_path)}
+    out = io.StringIO()
+    assert check_main([], environ=env, out=out) == 1
+    report = out.getvalue()
+    assert f"NIJA_STATE_DIR={blocker / 'state'} must be a directory NIJA can create and write" in report
+    assert "NIJA_LOG_LEVEL='VERBOSE' is not a level" in report and "NIJA_LOG_FORMAT='xml' is not a format" in report
+    assert not (blocker / "state").exists()
+    out = io.StringIO()
+    assert check_main([], environ={**ENV, "NIJA_STATE_DIR": str(tmp_path / "new" / "state"),
+                                   "NIJA_USERS_DIR": str(tmp_path)}, out=out) == 0, out.getvalue()
+    assert not (tmp_path / "new").exists()  # checked, not created
