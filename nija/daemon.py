@@ -267,6 +267,7 @@ async def _connect_master(master: KrakenClient, base_url: str, lifecycle: Lifecy
     except KrakenError as exc:
         raise StartupError(f"cannot load Kraken's pairs from KRAKEN_API_URL={base_url} ({exc}): check the URL "
                            "and the network") from None
+    await _check_clock(master)  # before any order: unfinished copies are resumed as soon as the engine starts
     try:
         equity = await _balance_snapshot(master, "master", lifecycle)
     except ConfigurationError as exc:
@@ -446,10 +447,10 @@ async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:
 
 async def _pairs_refresh_loop(master: KrakenClient, watcher: MasterFillWatcher, engine: CopyEngine) -> None:
     """Load Kraken's pairs again now and then: new listings, and status changes (a pair in cancel_only is
-    skipped with its reason instead of being sent orders that fail). Kraken's clock is read at start and as often."""
+    skipped with its reason instead of being sent orders that fail). Kraken's clock is read as often."""
     while True:
-        await _check_clock(master)
         await asyncio.sleep(PAIRS_REFRESH_S)
+        await _check_clock(master)
         try:
             pairs = await master.pairs(refresh=True)
         except Exception as exc:  # noqa: BLE001 — keep the pairs we have; the next round tries again
@@ -463,13 +464,13 @@ async def _check_clock(master: KrakenClient) -> None:
     """Stamp order deadlines in Kraken's time, and tell a host clock that is off. Kraken refuses an order whose
     deadline its own clock has passed, and a lookup proves an order absent only once that clock is past it."""
     try:
-        offset_s = await master.clock_offset_s()
+        reading = await master.read_clock()
     except Exception as exc:  # noqa: BLE001 — the last offset stays; the next round reads again
         log.warning("clock_check_failed", error=str(exc), error_class=type(exc).__name__)
         return
-    master.context.clock_offset_s = offset_s
-    if abs(offset_s) >= CLOCK_SKEW_WARN_S:
-        log.warning("clock_skew", kraken_minus_host_s=round(offset_s, 1),
+    master.context.clock_offset_s = reading.lowest_s  # never later than Kraken's clock: see KrakenContext
+    if abs(reading.off_by_s) >= CLOCK_SKEW_WARN_S:
+        log.warning("clock_skew", kraken_minus_host_s=round(reading.off_by_s, 1),
                     consequence="order deadlines are stamped in Kraken's time meanwhile",
                     fix="keep this host's clock in sync (NTP: `timedatectl set-ntp true`, or chrony)")
 

@@ -102,9 +102,10 @@ class _Outbox:
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
-            if self._closing is None:
+            if self._closing is None:  # later messages are dropped meanwhile: the client is cut off anyway
                 self._closing = asyncio.get_running_loop().create_task(
                     self.ws.close(code=1008, message=b"too many messages not read"))
+                self._closing.add_done_callback(lambda task: task.cancelled() or task.exception())
 
 
 class ExchangeServer:

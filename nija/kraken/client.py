@@ -35,6 +35,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -75,7 +76,9 @@ from nija.kraken.rest_levels import REST_LEVELS_FILE, SAVE_EVERY_S, RestLevelsFi
 from nija.kraken.scheduler import KeyBudget, Pacer, RateScheduler
 from nija.logs import get_logger
 
-__all__ = ["KrakenClient", "KrakenContext", "default_context", "derive_cl_ord_id", "DEFAULT_BASE_URL"]
+__all__ = [
+    "ClockReading", "KrakenClient", "KrakenContext", "default_context", "derive_cl_ord_id", "DEFAULT_BASE_URL",
+]
 
 DEFAULT_BASE_URL = "https://api.kraken.com"
 USER_AGENT = "nija/0.1 (+https://github.com/nija)"
@@ -202,6 +205,21 @@ def _key_fingerprint(api_key: str) -> str:
     return "k" + hashlib.sha256(api_key.encode()).hexdigest()[:10]
 
 
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """Kraken's clock minus this host's, in seconds, lies between `lowest_s` and `highest_s`."""
+
+    lowest_s: float
+    highest_s: float
+
+    @property
+    def off_by_s(self) -> float:
+        """How far the clocks are apart for certain (0.0 when the reading allows them to agree), signed."""
+        if self.lowest_s > 0:
+            return self.lowest_s
+        return self.highest_s if self.highest_s < 0 else 0.0
+
+
 class KrakenContext:
     """What all clients share: one HTTP session, one nonce coordinator, one rate scheduler, the loaded pairs.
 
@@ -240,8 +258,9 @@ class KrakenContext:
         self._pairs_loading: dict[str, asyncio.Task[Pairs]] = {}
         self._urls: dict[str, URL] = {}
         self.timeouts = RequestTimeouts()
-        #: Kraken's clock minus this host's, in seconds (see KrakenClient.clock_offset_s): order deadlines are stamped
-        #: in Kraken's time, and a lookup proves an order absent only once Kraken's clock has passed its deadline
+        #: Kraken's clock minus this host's, in seconds: at most the true offset (ClockReading.lowest_s), so that a
+        #: lookup proves an order absent never before Kraken's clock has passed the order's deadline (stamped in
+        #: Kraken's time, a second early at worst). 0.0 until a reading is taken.
         self.clock_offset_s = 0.0
         self._users = 0
         # Kraken's REST counters outlive a restart: start from what the last run left, and keep the file current.
@@ -788,15 +807,14 @@ class KrakenClient:
         """Dead-man's switch: cancel every order in `timeout_s` seconds unless called again (0 disables)."""
         return CancelAllAfterResult.model_validate(await self.private("CancelAllOrdersAfter", timeout=int(timeout_s)))
 
-    async def clock_offset_s(self) -> float:
-        """Kraken's clock minus this host's, in seconds, from Kraken's `Time` (whole seconds): 0.0 when the two agree
-        as far as that reading can tell, else the smallest offset that explains it."""
+    async def read_clock(self) -> ClockReading:
+        """Where Kraken's clock stands against this host's, from Kraken's `Time` (whole seconds)."""
         before_s = time.time()
         unixtime = int((await self.public("Time"))["unixtime"])
         after_s = time.time()
-        # Kraken read its clock somewhere between our two readings, and truncated it to the second.
-        lowest, highest = unixtime - after_s, unixtime + 1 - before_s
-        return 0.0 if lowest <= 0.0 <= highest else (lowest if lowest > 0 else highest)
+        # Kraken read its clock somewhere between our two readings (a wait for the public pacer included), and
+        # truncated it to the second.
+        return ClockReading(lowest_s=unixtime - after_s, highest_s=unixtime + 1 - before_s)
 
     async def websockets_token(self) -> SecretStr:
         """A token for one WebSocket v2 connection's private channels (nija.kraken.ws); the key needs Kraken's
@@ -835,8 +853,10 @@ class KrakenClient:
 
     def _unknown_send_delay_s(self, sent_at_s: float | None) -> float:
         origin_s = max(self._created_at_s, sent_at_s or 0.0)
-        # + 1: a deadline is stamped in whole seconds, rounded up
-        return max(0.0, origin_s + self.order_deadline_s + 1 + self.deadline_margin_s - time.time())
+        # + 1: a deadline is stamped in whole seconds, rounded up; a Kraken clock behind ours reaches a deadline
+        # stamped on our clock (a run that had not read Kraken's yet) that much later
+        behind_s = max(0.0, -self.context.clock_offset_s)
+        return max(0.0, origin_s + self.order_deadline_s + 1 + behind_s + self.deadline_margin_s - time.time())
 
     def _refused(self, cl_ord_id: str) -> None:
         """Kraken refused the last send of `cl_ord_id` and every earlier one was proven absent before it went: a

@@ -10,8 +10,8 @@ speak the same messages: a subscribe request carrying the token, its answer, the
 
 The stream never ends quietly: `FeedClosed` when the server closes it, stays silent for `silence_s` or does not
 answer the subscription within `CONNECT_TIMEOUT_S` (heartbeats do not count); `FeedRefused` when the subscription is
-refused, or the ConfigurationError of Kraken's error string when it says the key may not (`EGeneral:Permission
-denied`). The token never appears in any of them.
+refused, or a ConfigurationError when the refusal says the key may not (`EGeneral:Permission denied`). The token
+never appears in any of them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from nija.kraken.client import DEFAULT_BASE_URL, KrakenClient
-from nija.kraken.errors import ConfigurationError, classify, error_from_kraken
+from nija.kraken.errors import error_from_kraken
 
 __all__ = ["WS_AUTH_URL", "FeedClosed", "FeedRefused", "executions", "ws_auth_url"]
 
@@ -76,13 +76,15 @@ async def executions(client: KrakenClient, url: str, *, silence_s: float = SILEN
         subscribed = False
         loop = asyncio.get_running_loop()
         answer_by = loop.time() + CONNECT_TIMEOUT_S  # heartbeats alone must not keep an unanswered subscription
+        unanswered = FeedClosed(f"{url} did not answer the subscription within {CONNECT_TIMEOUT_S:g} s")
         while True:
+            wait_s = silence_s if subscribed else answer_by - loop.time()
+            if wait_s <= 0:  # (aiohttp takes a timeout of 0 for none at all)
+                raise unanswered
             try:
-                message = await ws.receive(timeout=silence_s if subscribed else max(0.0, answer_by - loop.time()))
+                message = await ws.receive(timeout=wait_s)
             except TimeoutError:
-                if not subscribed:
-                    raise FeedClosed(f"{url} did not answer the subscription within {CONNECT_TIMEOUT_S:g} s") from None
-                raise FeedClosed(f"{url} said nothing for {silence_s:g} s") from None
+                raise (FeedClosed(f"{url} said nothing for {silence_s:g} s") if subscribed else unanswered) from None
             if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
                                 aiohttp.WSMsgType.ERROR):
                 raise FeedClosed(f"{url} closed the connection ({message.type.name.lower()})")
@@ -98,7 +100,7 @@ async def executions(client: KrakenClient, url: str, *, silence_s: float = SILEN
             if not subscribed and (answers or body.get("success") is False):  # the answer, or an error for it
                 if not body.get("success"):
                     error = str(body.get("error"))
-                    if issubclass(classify(error), ConfigurationError):  # e.g. the key lacks the permission
+                    if "Permission denied" in error:  # the key lacks the WebSocket permission: a long wait
                         raise error_from_kraken([error], method="subscribe to executions")
                     raise FeedRefused(f"executions subscription refused: {error}")
                 subscribed = True

@@ -142,7 +142,7 @@ async def test_a_trade_rest_shows_only_later_than_the_channel_is_still_copied_at
     """Kraken's REST can lag its channel: the first look after the trade finds nothing, the looks again find it."""
     settings, trader = copying()
     log = LogLines(capsys)
-    lag_s = 1.5
+    lag_s = 6.0  # beyond the first four looks again (3.75 s)
 
     def lagging(read):
         def orders_rest_shows(acct, params):
@@ -163,5 +163,5 @@ async def test_a_trade_rest_shows_only_later_than_the_channel_is_still_copied_at
         await wait_for(lambda: (log.logged("master_feed_up") and watching()) or daemon.done())
         await asyncio.sleep(lag_s)  # the first look's orders are all shown by now
         await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
-        await wait_for(lambda: held(exchange, "alice") > 0, timeout_s=10)  # not at the 30 s safety net
+        await wait_for(lambda: held(exchange, "alice") > 0, timeout_s=20)  # not at the 30 s safety net
     await trader.context.close()
