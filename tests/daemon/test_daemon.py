@@ -42,6 +42,14 @@ async def running(settings, **options):
         assert await asyncio.wait_for(daemon, 30) == 0
 
 
+def alice_follows(exchange, tmp_path, monkeypatch) -> None:
+    """A follower file for the exchange's alice in `tmp_path`/users, her keys in the environment."""
+    (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice"}))
+    alice = exchange.account("alice")
+    monkeypatch.setenv("KRAKEN_USER_ALICE_API_KEY", alice.api_key)
+    monkeypatch.setenv("KRAKEN_USER_ALICE_API_SECRET", alice.api_secret)
+
+
 class LogLines:
     """What the daemon logged so far, as the console renderer the tests use shows it."""
 
@@ -281,10 +289,7 @@ async def test_balance_snapshots_show_what_each_account_holds_besides_usd(
     exchange.fund("master", "XXBT", "0.25")
     exchange.fund("alice", "XETH", "1.5")
     env = daemon_env(exchange_url, master, tmp_path)
-    (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice"}))
-    alice = exchange.account("alice")
-    monkeypatch.setenv("KRAKEN_USER_ALICE_API_KEY", alice.api_key)
-    monkeypatch.setenv("KRAKEN_USER_ALICE_API_SECRET", alice.api_secret)
+    alice_follows(exchange, tmp_path, monkeypatch)
     log = LogLines(capsys)
 
     def snapshot(name):
@@ -304,10 +309,7 @@ async def test_a_host_clock_behind_krakens_is_told_and_the_masters_fills_are_sti
     exchange.shift_wall_clock(30)
     master = exchange.create_account("skewed-master", {"ZUSD": Decimal("10000")})
     env = daemon_env(exchange_url, master, tmp_path)
-    (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice"}))
-    alice = exchange.account("alice")
-    monkeypatch.setenv("KRAKEN_USER_ALICE_API_KEY", alice.api_key)
-    monkeypatch.setenv("KRAKEN_USER_ALICE_API_SECRET", alice.api_secret)
+    alice_follows(exchange, tmp_path, monkeypatch)
     log = LogLines(capsys)
     async with running(load_settings(env, dotenv_path=None), master_poll_s=0.1) as daemon, \
             KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces")) as context:

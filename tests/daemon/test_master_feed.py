@@ -2,7 +2,6 @@
 safety net, and a channel that is refused or drops never stops the copying."""
 
 import asyncio
-import json
 from decimal import Decimal
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.nonce import NonceCoordinator
 from nija.settings import load_settings
-from tests.daemon.test_daemon import LogLines, daemon_env, running, wait_for
+from tests.daemon.test_daemon import LogLines, alice_follows, daemon_env, running, wait_for
 
 #: a poll interval no test waits out: whatever is copied in time was woken by the channel
 NEVER_S = 600.0
@@ -25,10 +24,7 @@ def copying(exchange, exchange_url, tmp_path, monkeypatch):
         master = exchange.create_account("feed-master", {"ZUSD": Decimal("10000")}, tier="pro",
                                          permissions=master_permissions)
         env = daemon_env(exchange_url, master, tmp_path, KRAKEN_TIER="pro", **env_extra)
-        (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice"}))
-        alice = exchange.account("alice")
-        monkeypatch.setenv("KRAKEN_USER_ALICE_API_KEY", alice.api_key)
-        monkeypatch.setenv("KRAKEN_USER_ALICE_API_SECRET", alice.api_secret)
+        alice_follows(exchange, tmp_path, monkeypatch)
         # The master's trades come from its own tool, with a nonce sequence of its own (a second key).
         trader_key = exchange.add_key("feed-master")
         context = KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces"))
