@@ -118,5 +118,7 @@ def main(argv: list[str], *, environ: Mapping[str, str] | None = None, out=None)
         if row.problem:
             print(f"{row.name:<20} {row.role:<9} {'unknown':>14} {'unknown':>14}  {row.problem}", file=out)
         else:
-            print(f"{row.name:<20} {row.role:<9} {row.cash_usd:>14} {row.equity_usd:>14}", file=out)
+            cents = Decimal("0.01")  # as the daemon's balance_snapshot lines show them
+            print(f"{row.name:<20} {row.role:<9} {row.cash_usd.quantize(cents):>14} "
+                  f"{row.equity_usd.quantize(cents):>14}", file=out)
     return 1 if any(row.problem for row in rows) else 0
