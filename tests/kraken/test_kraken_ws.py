@@ -134,34 +134,23 @@ async def test_silence_longer_than_the_heartbeat_ends_the_stream(exchange, excha
             await asyncio.wait_for(task, 5)
 
 
-async def test_a_subscription_refused_for_the_keys_permission_is_a_configuration_error(
-        exchange, exchange_url, context, monkeypatch):
-    """Kraken's answer may come without the request's req_id: a refusal is still a refusal, and one that names the
-    key's permission is told as such (the watcher then waits long before trying again)."""
-    from nija.exchange.app import ExchangeServer
-
-    def refuse(self, message, outbox, stops):
-        return {"method": "subscribe", "success": False, "error": "EGeneral:Permission denied"}
-
-    monkeypatch.setattr(ExchangeServer, "_ws_answer", refuse)
-    client = client_of(exchange.account("master"), exchange_url, context)
-    with pytest.raises(ConfigurationError, match="Permission denied"):
-        async with following(client, ws_auth_url(exchange_url)):
-            pass
-
-
-async def test_heartbeats_without_an_answer_to_the_subscription_end_the_stream(
-        exchange, exchange_url, context, monkeypatch):
+@pytest.mark.parametrize("answer, ends_with, reason", [
+    # Kraken's answer may come without the request's req_id: a refusal is still a refusal, and one that names the
+    # key's permission is told as such (the watcher then waits long before trying again).
+    ({"method": "subscribe", "success": False, "error": "EGeneral:Permission denied"},
+     ConfigurationError, "Permission denied"),
+    # The server keeps the line alive but never answers: heartbeats alone do not keep the subscription waiting.
+    ({"channel": "heartbeat"}, FeedClosed, "did not answer the subscription within 1.5 s"),
+])
+async def test_a_subscription_refused_or_never_answered_ends_the_stream(
+        exchange, exchange_url, context, monkeypatch, answer, ends_with, reason):
     import nija.kraken.ws
     from nija.exchange.app import ExchangeServer
 
-    def unanswered(self, message, outbox, stops):
-        return {"channel": "heartbeat"}  # the server keeps the line alive but never answers
-
-    monkeypatch.setattr(ExchangeServer, "_ws_answer", unanswered)
+    monkeypatch.setattr(ExchangeServer, "_ws_answer", lambda self, message, outbox, stops: answer)
     monkeypatch.setattr(nija.kraken.ws, "CONNECT_TIMEOUT_S", 1.5)
     client = client_of(exchange.account("master"), exchange_url, context)
-    with pytest.raises(FeedClosed, match="did not answer the subscription within 1.5 s"):
+    with pytest.raises(ends_with, match=reason):
         async with following(client, ws_auth_url(exchange_url)):
             pass
 
