@@ -110,8 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jitter-ms", type=float, default=0.0, help="random extra latency, uniform in [0, MS]")
     p.add_argument("--public-limit", metavar="BURST/PER_S", default=None,
                    help="limit public calls per client address, e.g. 5/1 (default: no limit)")
-    p.add_argument("--tier", default="starter", help="tier of --demo accounts: starter|intermediate|pro")
-    p.add_argument("--nonce-window", type=int, default=0, help="nonce window of --demo accounts")
+    # None: not given, so a restart from --state can tell which of these it does not apply.
+    p.add_argument("--tier", default=None, help="tier of --demo accounts: starter (default)|intermediate|pro")
+    p.add_argument("--nonce-window", type=int, default=None, help="nonce window of --demo accounts (default 0)")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="inject a fault: KIND[:next_n=N|probability=P,account=NAME,method=M,execute=true,"
                         f"delay_s=S]; kinds: {', '.join(FAULT_KINDS)}")
@@ -149,14 +150,20 @@ def _public_limit(raw: str | None) -> tuple[float, float] | None:
 def build_exchange(args: argparse.Namespace) -> Exchange:
     """The exchange the flags describe; ValueError (SimFileError for files) names what to fix."""
     args.public_limit_parsed = _public_limit(args.public_limit)
+    if args.accounts and (args.tier is not None or args.nonce_window is not None):
+        raise ValueError("--tier and --nonce-window shape the --demo accounts: give each account of "
+                         f"{args.accounts} its own \"tier\" and \"nonce_window\" instead")
     ex = Exchange(seed=args.seed, speed=args.speed, admin_token=args.admin_token)
     loaded = bool(args.state) and load_state(ex, args.state)
+    # Flags that only shape accounts being created: a restart from --state keeps the stored ones.
+    args.not_applied = [flag for flag, value in (("--accounts", args.accounts), ("--tier", args.tier),
+                                                 ("--nonce-window", args.nonce_window)) if loaded and value is not None]
     if not loaded:
         if args.accounts:
             for spec in accounts_from_file(args.accounts):
                 spec.create_in(ex)
         else:
-            add_demo_accounts(ex, tier=args.tier, nonce_window=args.nonce_window)
+            add_demo_accounts(ex, tier=args.tier or "starter", nonce_window=args.nonce_window or 0)
     for spec in args.fault:
         ex.inject(parse_fault(spec))
     ex.set_status(None, args.market_status)
@@ -221,6 +228,9 @@ async def _run(ex: Exchange, args: argparse.Namespace) -> None:
             raise CannotServe(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
         out.say(f"NIJA embedded Kraken exchange on {server.url} (seed {ex.seed}, speed {ex.clock.speed:g})")
         out.say(f"admin token: {ex.admin_token}  (header X-Admin-Token on {server.url}/admin/...)")
+        if args.not_applied:
+            out.say(f"accounts restored from --state {args.state}: {', '.join(args.not_applied)} not applied (they "
+                    "shape new accounts only): move the file away to start afresh")
         master = master_name(ex)
         for acct in ex.accounts():
             role = "master" if acct.name == master else "follower"

@@ -68,6 +68,13 @@ def test_bad_accounts_file_is_a_clear_error(tmp_path, capsys):
     assert "account #1 'x': balance: unknown field: remove it or fix its spelling" in capsys.readouterr().err
 
 
+def test_demo_only_flags_with_an_accounts_file_are_a_clear_error(tmp_path, capsys):
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text(json.dumps([{"name": "master", "balances": {"ZUSD": "500"}}]))
+    assert main(["--accounts", str(accounts), "--tier", "pro", "--port", "0"]) == 2
+    assert f'give each account of {accounts} its own "tier"' in capsys.readouterr().err
+
+
 def test_nija_sim_runs_writes_env_and_keeps_state(tmp_path):
     accounts = tmp_path / "accounts.json"
     accounts.write_text(json.dumps({"accounts": [{"name": "master", "balances": {"ZUSD": "500"},
@@ -93,10 +100,13 @@ def test_nija_sim_runs_writes_env_and_keeps_state(tmp_path):
     assert saved["accounts"][0]["tier"]["rest_max"] == 3
     key = next(line.split("=", 1)[1] for line in lines if line.startswith("KRAKEN_MASTER_API_KEY="))
     assert saved["accounts"][0]["api_key"] == key
-    # A restart with the same state file keeps the same keys (accounts come from the state, not the file).
+    # A restart with the same state file keeps the same keys (accounts come from the state, not the file), and
+    # says that a flag for new accounts is not applied to the stored ones.
     again = subprocess.run([sys.executable, "-m", "nija", "sim", "--port", "0", "--state", str(state),
-                            "--duration", "0.2"], capture_output=True, text=True, timeout=60)
+                            "--tier", "intermediate", "--duration", "0.2"], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and key in again.stdout
+    assert "carol (follower, pro)" in again.stdout
+    assert f"accounts restored from --state {state}: --tier not applied" in again.stdout
     # ... the master trader's second key too: the .env written before still trades the master.
     trader_key = next(line.split("=", 1)[1] for line in lines if line.startswith("PAPER_MASTER_TRADER_API_KEY="))
     assert trader_key in again.stdout
