@@ -38,6 +38,7 @@ from nija.store import Store, StoreError
 from nija.trading.copy import CopyEngine
 from nija.trading.kraken_gateway import follower_accounts, ticker_price_source
 from nija.trading.master_fills import MasterFillWatcher
+from nija.trading.positions import value_usd
 from nija.trading.profiles import profile_for
 from nija.trading.sizing import PairRules
 
@@ -196,7 +197,8 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
             poll_s=master_poll_s or profile_for(master_equity_usd).order_status_refresh_s,
             report=lambda problem: (lifecycle.problem("master", problem) if problem
                                     else lifecycle.recovered("master")),
-            pairs_changed=engine.set_pairs))
+            pairs_changed=engine.set_pairs,
+            value_usd=lambda owned: value_usd(owned, engine.prices)))
         tasks = [asyncio.create_task(_heartbeat(lifecycle, engine), name="heartbeat"),
                  asyncio.create_task(_pairs_refresh_loop(master, watcher, engine), name="pairs-refresh"),
                  asyncio.create_task(_reconcile_loop(engine), name="reconcile"),

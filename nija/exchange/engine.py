@@ -25,6 +25,10 @@ from .faults import Fault, FaultInjector
 from .market import INTERVALS, Clock, Market, PairMarket
 from .pairs import ASSETS, MAKER_FEES, PAIRS, TAKER_FEES, PairSpec, resolve_pair
 
+_ZERO = Decimal(0)
+#: asset id → its Kraken Rewards (auto-earn) balance, which Kraken lets orders in the asset draw on: XXBT → XBT.F
+_EARN_KEYS = {asset.id: f"{asset.altname}.F" for asset in ASSETS.values()}
+
 __all__ = ["Exchange", "Account", "Order", "Trade", "KrakenReject", "DEMO_ACCOUNTS"]
 
 #: the first NIJA's live accounts, in USD (`--demo` and the test fixtures)
@@ -198,7 +202,18 @@ class Account:
                 f"nonce_window={self.nonce_window})")
 
     def available(self, asset: str) -> Decimal:
-        return self.balances.get(asset, Decimal(0)) - self.holds.get(asset, Decimal(0))
+        return (self.balances.get(asset, _ZERO) + self.balances.get(_EARN_KEYS.get(asset, ""), _ZERO)
+                - self.holds.get(asset, _ZERO))
+
+    def debit(self, asset: str, amount: Decimal) -> None:
+        """Take `amount` of `asset`: from the spot balance first, then from the auto-earn one orders also use."""
+        spot = self.balances.get(asset, _ZERO)
+        earn_key = _EARN_KEYS.get(asset)
+        if amount > spot and earn_key in self.balances:
+            from_earn = min(amount - max(spot, _ZERO), self.balances[earn_key])
+            self.balances[earn_key] -= from_earn
+            amount -= from_earn
+        self.balances[asset] = spot - amount
 
     def accept_nonce(self, nonce: int) -> bool:
         return _accept_nonce(self, nonce)
@@ -1221,9 +1236,9 @@ class Exchange:
         fee_quote = zero if fee_base else fee
         if order.side == "buy":
             bal[spec.base] = bal.get(spec.base, zero) + vol - fee_base
-            bal[spec.quote] = bal.get(spec.quote, zero) - cost - fee_quote
+            acct.debit(spec.quote, cost + fee_quote)
         else:
-            bal[spec.base] = bal.get(spec.base, zero) - vol - fee_base
+            acct.debit(spec.base, vol + fee_base)
             bal[spec.quote] = bal.get(spec.quote, zero) + cost - fee_quote
         order.vol_exec += vol
         order.cost += cost

@@ -21,6 +21,7 @@ __all__ = [
     "common_asset_name",
     "kraken_asset_name",
     "split_balance_suffix",
+    "is_tradable_balance",
     "BALANCE_SUFFIXES",
 ]
 
@@ -53,6 +54,13 @@ def split_balance_suffix(balance_key: str) -> tuple[str, str | None]:
     if dot and suffix.upper() in BALANCE_SUFFIXES:
         return name, suffix.upper()
     return balance_key, None
+
+
+def is_tradable_balance(balance_key: str) -> bool:
+    """Whether orders in the asset draw on this balance: a spot balance, or Kraken Rewards' auto-earn `.F` (read-only
+    as a key, but "use USDT to transact with your USDT and USDT.F balances", says Kraken's BalanceEx documentation).
+    Staked, opt-in and allocated balances (`.S`, `.M`, `.B`, ...) must be released first."""
+    return split_balance_suffix(balance_key)[1] in (None, "F")
 
 
 def common_asset_name(kraken_name: str, asset_altnames: Mapping[str, str] | None = None) -> str:
@@ -250,11 +258,11 @@ class Pairs:
     def normalise_balances(
         self, balances: Mapping[str, Decimal], *, include_suffixed: bool = False
     ) -> dict[str, Decimal]:
-        """Balances summed per common asset name. Suffixed sub-balances (XBT.F, ETH2.S) are left out unless
-        `include_suffixed`, because they cannot be sold as they are."""
+        """Balances summed per common asset name: what orders can trade (spot and auto-earn `.F`), plus with
+        `include_suffixed` what is staked or allocated (ETH2.S, DOT.B), which cannot be sold as it is."""
         totals: dict[str, Decimal] = {}
         for key, amount in balances.items():
-            if split_balance_suffix(key)[1] is not None and not include_suffixed:
+            if not include_suffixed and not is_tradable_balance(key):
                 continue
             common = self.asset_name(key)
             totals[common] = totals.get(common, Decimal(0)) + Decimal(amount)

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from nija.kraken.client import KrakenClient
 from nija.kraken.models import Order
-from nija.kraken.pairs import Pairs, split_balance_suffix
+from nija.kraken.pairs import Pairs, is_tradable_balance
 from nija.trading.copy import Fill, Placed
 from nija.trading.positions import BalanceRead
 from nija.trading.sizing import OrderPlan
@@ -69,9 +69,9 @@ class KrakenGateway:
         locked: dict[str, Decimal] = {}
         for key, entry in (await self.client.balance_ex()).by_asset.items():
             asset = self.pairs.asset_name(key)
-            if split_balance_suffix(key)[1] is not None:
-                # Earn and staking sub-balances (XBT.F, USD.M, ...) cannot be sold or spent as they are, but they
-                # are the account's as much as its cash: part of the equity entries are sized from.
+            if not is_tradable_balance(key):
+                # Staked and allocated sub-balances (ETH2.S, USD.M, ...) cannot be sold or spent as they are, but
+                # they are the account's as much as its cash: part of the equity entries are sized from.
                 locked[asset] = locked.get(asset, Decimal(0)) + entry.balance
                 continue
             available[asset] = available.get(asset, Decimal(0)) + entry.available

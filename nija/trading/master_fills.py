@@ -8,11 +8,12 @@ fill is never signalled twice under two ids, and never lost.
 
 For a sell, the fraction of the master's position it closed needs the position *before* the fill; it is the
 balance read right after the poll plus what the fills since then sold (minus what they bought). The master's
-equity before the fill is its equivalent balance now plus the fees paid since, as a trade at market leaves equity
-unchanged but for its fee. Both reads are made only when a poll finds fills, and when a sell is among them the
-orders are read again after them: a fill landing in between would be in the balances but not in the fills worked
-back, so the poll reads again. A poll that found entries only reads the equity alone: a fill landing meanwhile
-moves it by a fee, and the next poll finds that fill.
+equity before the fill is its equity now plus the fees paid since, as a trade at market leaves equity unchanged but
+for its fee; it is valued as the followers' equity is (same prices, staked and Earn balances included), so that
+an entry sized by their ratio compares like with like. The balances are read (one BalanceEx, for both) only when
+a poll finds fills, and when a sell is among them the orders are read again after them: a fill landing in between
+would be in the balances but not in the fills worked back, so the poll reads again. A poll that found entries only
+needs the equity alone: a fill landing meanwhile moves it by a fee, and the next poll finds that fill.
 
 On the first start, what the open orders have executed so far is history too, like the orders closed before it.
 A partial fill of an open order has no time of its own: it is placed at the poll that saw it, but after a gap (a
@@ -38,7 +39,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -61,8 +62,8 @@ _OVERLAP_S = 120.0
 _READ_ATTEMPTS = 3
 #: a poll this long after the previous one follows a gap (a restart, a stall) rather than the usual interval
 _GAP_S = 60.0
-#: REST calls of a poll that finds fills: the order reads, the balances and equity, the order reads again
-_POLL_WITH_FILLS_CALLS = 6
+#: REST calls of a poll that finds fills: the order reads, the balances, the order reads again
+_POLL_WITH_FILLS_CALLS = 5
 #: TradesHistory pages (50 executions each, 2 on the REST counter) read to date the entries found after a gap
 _TRADE_PAGES = 4
 #: seconds between the safety-net polls while the executions channel is followed
@@ -107,6 +108,7 @@ class MasterFillWatcher:
         clock: Callable[[], float] = time.time,
         report: Callable[[str | None], None] = lambda problem: None,
         pairs_changed: Callable[[Pairs], None] = lambda pairs: None,
+        value_usd: Callable[[Mapping[str, Decimal]], Decimal | None] = lambda owned: None,
     ) -> None:
         self.client = client
         self.pairs = pairs
@@ -118,6 +120,9 @@ class MasterFillWatcher:
         self.report = report
         #: told when the watcher loaded the pairs again (a pair listed after start-up), e.g. CopyEngine.set_pairs
         self.pairs_changed = pairs_changed
+        #: the master's holdings (per common asset name, staked included) in USD as the followers' equity is valued
+        #: (e.g. positions.value_usd at the engine's prices); None while a price is missing
+        self.value_usd = value_usd
         self._since_s: float | None = None
         self._polled_s: float | None = None  # the last poll (partial fills seen after a gap are dated to it)
         self._saved_polled_s: float | None = None
@@ -318,13 +323,12 @@ class MasterFillWatcher:
         signals: list[Signal] = []
         if fills and not any(fill.order.descr.type == "sell" for fill in fills):
             # Entries only: sized from the master's equity, which a fill landing meanwhile moves by its fee alone.
-            # No balances, no second look at the orders: 3 calls instead of 6, 9 s of a Starter key's decay.
-            balances, equity_now = {}, (await self.client.trade_balance()).equivalent_balance
+            # No second look at the orders: 3 calls instead of 5, 6 s of a Starter key's decay.
+            balances, equity_now = await self._holdings_and_equity()
             signals = await self._signals_for(await self._dated_by_trades(fills, now_s), balances, equity_now)
         elif fills:
             for _ in range(_READ_ATTEMPTS):
-                balances = self.pairs.normalise_balances((await self.client.balance()).by_asset)
-                equity_now = (await self.client.trade_balance()).equivalent_balance
+                balances, equity_now = await self._holdings_and_equity()
                 again = await self._orders_since(self._since_s - _OVERLAP_S)
                 if _executed(again) == _executed(orders):
                     break  # no fill landed while the balances were read: they hold exactly the fills listed
@@ -342,6 +346,16 @@ class MasterFillWatcher:
             self._save()
         await self._emit_pending(now_s)
         return signals
+
+    async def _holdings_and_equity(self) -> tuple[dict[str, Decimal], Decimal]:
+        """What the master can trade, per common asset name (its position for a sell's fraction), and its equity
+        now, valued by `value_usd` as the followers' equity is. Kraken's TradeBalance `eb` stands in only while a
+        holding has no price yet: its valuation is Kraken's, not the one the followers' equity gets."""
+        raw = {key: entry.balance for key, entry in (await self.client.balance_ex()).by_asset.items()}
+        equity = self.value_usd(self.pairs.normalise_balances(raw, include_suffixed=True))
+        if equity is None:
+            equity = (await self.client.trade_balance()).equivalent_balance
+        return self.pairs.normalise_balances(raw), equity
 
     async def _emit_pending(self, now_s: float) -> None:
         if not self._pending:

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from nija.trading.profiles import profile_for
 
-__all__ = ["PriceBook", "Portfolio", "BalanceRead", "refresh_interval_s", "utc_day", "CASH_ASSET"]
+__all__ = ["PriceBook", "Portfolio", "BalanceRead", "refresh_interval_s", "utc_day", "value_usd", "CASH_ASSET"]
 
 ZERO = Decimal(0)
 CASH_ASSET = "USD"
@@ -47,6 +47,24 @@ class PriceBook:
         if asset == CASH_ASSET:
             return Decimal(1)
         return self.usd_by_asset.get(asset)
+
+
+def value_usd(owned: Mapping[str, Decimal], prices: PriceBook) -> Decimal | None:
+    """What `owned` (amounts per common asset name) is worth at `prices`: every account's equity, the master's
+    and the followers', is valued this one way, so the ratio an entry is sized by compares like with like. Unknown
+    (None) while a holding that has a USD market has no price yet: leaving it out would understate the equity
+    (invariant 7). Holdings that cannot have a price (no USD market) are left out."""
+    total = ZERO
+    for asset, amount in owned.items():
+        if amount == ZERO:
+            continue
+        price = prices.get(asset)
+        if price is None:
+            if prices.has_usd_market(asset):
+                return None
+            continue
+        total += amount * price
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,25 +113,14 @@ class Portfolio:
         return None if self.holdings is None else self.holdings.get(asset, ZERO)
 
     def equity_usd(self, prices: PriceBook) -> Decimal | None:
-        """Everything the account owns at its last price: cash and holdings, and what is locked in open orders,
-        staking or Earn. Unknown (None) while a holding that has a USD market has no price yet, since leaving it
-        out would understate the equity every entry is sized from (invariant 7)."""
+        """Everything the account owns at its last price (`value_usd`): cash and holdings, and what is locked in
+        open orders, staking or Earn. None while unknown."""
         if self.holdings is None:
             return None
         owned = dict(self.holdings)
         for asset, amount in self.locked.items():
             owned[asset] = owned.get(asset, ZERO) + amount
-        total = ZERO
-        for asset, amount in owned.items():
-            if amount == ZERO:
-                continue
-            price = prices.get(asset)
-            if price is None:
-                if prices.has_usd_market(asset):
-                    return None
-                continue
-            total += amount * price
-        return total
+        return value_usd(owned, prices)
 
     def apply_fill(self, base: str, side: str, executed_base: Decimal, cost_usd: Decimal, fee_usd: Decimal) -> None:
         """Account for one executed order: base in/out, USD out/in, fee paid in USD (Kraken's default for USD pairs)."""

@@ -120,6 +120,36 @@ async def test_master_fill_is_copied_and_a_bad_follower_file_leaves_only_itself_
         assert [len(orders) for orders in exchange.orders_by_cl_ord_id(name).values()] == [1]
 
 
+async def test_auto_earn_balances_are_equity_and_position_alike_for_master_and_follower(
+        exchange, exchange_url, tmp_path, monkeypatch):
+    """Two identical accounts, most of their BTC in Kraken Rewards (XBT.F, which orders in BTC draw on): the
+    follower copies the master one for one, entry and exit."""
+    exchange.set_price("XBTUSD", Decimal("50000"))
+    holdings = {"ZUSD": Decimal("10000"), "XBT.F": Decimal("0.2")}
+    master, twin = exchange.create_account("earner", holdings), exchange.create_account("twin", holdings)
+    settings = load_settings(daemon_env(exchange_url, master, tmp_path), dotenv_path=None)
+    (tmp_path / "users" / "twin.json").write_text(json.dumps({"name": "twin"}))
+    monkeypatch.setenv("KRAKEN_USER_TWIN_API_KEY", twin.api_key)
+    monkeypatch.setenv("KRAKEN_USER_TWIN_API_SECRET", twin.api_secret)
+
+    def btc(name):
+        balances = exchange.balances(name)
+        return balances.get("XXBT", Decimal(0)) + balances.get("XBT.F", Decimal(0))
+
+    async with running(settings, master_poll_s=0.1) as daemon, \
+            KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces")) as context:
+        await wait_for(lambda: (tmp_path / "state" / "master_fills.json").exists() or daemon.done())
+        trader = KrakenClient(master.api_key, master.api_secret, base_url=exchange_url, context=context)
+        await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
+        await wait_for(lambda: btc("twin") > Decimal("0.2"))
+        # (Before: the master's equity left XBT.F out, the twin's counted it: the twin bought 0.04.)
+        assert btc("earner") == Decimal("0.22") and abs(btc("twin") - Decimal("0.22")) < Decimal("0.00002")
+        # A quarter of the master's BTC, most of it drawn from XBT.F: the twin sells a quarter of its own.
+        await trader.add_order("XBTUSD", "sell", Decimal("0.055"), oflags="fciq")
+        await wait_for(lambda: btc("twin") < Decimal("0.2"))
+        assert btc("earner") == Decimal("0.165") and abs(btc("twin") - Decimal("0.165")) < Decimal("0.00002")
+
+
 async def test_a_second_daemon_on_the_same_keys_refuses_to_start(exchange, exchange_url, tmp_path, monkeypatch):
     master = exchange.account("master")
     (tmp_path / "users").mkdir()

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from nija.kraken.client import KrakenClient, KrakenContext
-from nija.kraken.models import Balances, ClosedOrdersPage, Order, Trade, TradeBalance, TradesPage
+from nija.kraken.models import ClosedOrdersPage, ExtendedBalances, Order, Trade, TradeBalance, TradesPage
 from nija.kraken.limits import Tier
 from nija.kraken.nonce import NonceCoordinator
 from nija.kraken.scheduler import Pacer
@@ -198,8 +198,8 @@ class PartlyFilledMaster:
     async def closed_orders(self, **_):
         return ClosedOrdersPage(closed={}, count=0)
 
-    async def balance(self):
-        return Balances(by_asset={"ZUSD": "100000", "XXBT": str(self.vol_exec)})
+    async def balance_ex(self):
+        return ExtendedBalances.from_result({"ZUSD": {"balance": "100000"}, "XXBT": {"balance": str(self.vol_exec)}})
 
     async def trade_balance(self):
         return TradeBalance.model_validate({"eb": "150000"})
@@ -261,9 +261,9 @@ class ScriptedMaster:
         self.reads["ClosedOrders"] += 1
         return ClosedOrdersPage(closed=dict(self.closed), count=len(self.closed))
 
-    async def balance(self):
-        self.reads["Balance"] += 1
-        answer = Balances(by_asset={"ZUSD": "100000", "XXBT": str(self.xbt)})
+    async def balance_ex(self):
+        self.reads["BalanceEx"] += 1
+        answer = ExtendedBalances.from_result({"ZUSD": {"balance": "100000"}, "XXBT": {"balance": str(self.xbt)}})
         hook, self.after_balance_read = self.after_balance_read, None
         if hook:
             hook()
@@ -284,22 +284,30 @@ class ScriptedMaster:
         return TradesPage(trades={t.tid: t for t in page}, count=len(picked))
 
 
-async def test_a_poll_that_finds_entries_only_reads_the_equity_alone(master, tmp_path):
-    """3 REST calls instead of 6: on a Starter key that is 9 s of the counter's decay sooner for the next look."""
+async def test_a_poll_that_finds_entries_only_reads_the_orders_once(master, tmp_path):
+    """3 REST calls instead of 5: on a Starter key that is 6 s of the counter's decay sooner for the next look."""
     kraken, emitted = ScriptedMaster(), []
     watcher = watcher_for(kraken, await master.pairs(), tmp_path, emitted, time.time)
+    watcher.value_usd = lambda owned: owned["USD"] + owned.get("BTC", Decimal(0)) * 50000  # as the followers'
     await watcher.poll()
     kraken.reads.clear()
     kraken.closed, kraken.xbt = {"OA": _order("OA", "closed", "0.3", closetm=time.time())}, Decimal("0.3")
     [entry] = await watcher.poll()
-    assert entry.side == "buy" and entry.master_equity_usd > 0
-    assert kraken.reads == Counter({"OpenOrders": 1, "ClosedOrders": 1, "TradeBalance": 1})
+    assert entry.side == "buy" and entry.master_equity_usd == Decimal("115000") + entry.fee_usd
+    assert kraken.reads == Counter({"OpenOrders": 1, "ClosedOrders": 1, "BalanceEx": 1})
     kraken.reads.clear()
     kraken.closed["OB"] = _order("OB", "closed", "0.1", closetm=time.time(), side="sell")
     kraken.xbt = Decimal("0.2")
     [exit_] = await watcher.poll()  # an exit needs the position, read between two looks at the orders
     assert exit_.position_fraction == Decimal("0.1") / Decimal("0.3")
-    assert kraken.reads == Counter({"OpenOrders": 2, "ClosedOrders": 2, "Balance": 1, "TradeBalance": 1})
+    assert kraken.reads == Counter({"OpenOrders": 2, "ClosedOrders": 2, "BalanceEx": 1})
+    # A holding without a price yet: Kraken's own equivalent balance stands in.
+    watcher.value_usd = lambda owned: None
+    kraken.reads.clear()
+    kraken.closed["OC"], kraken.xbt = _order("OC", "closed", "0.4", closetm=time.time()), Decimal("0.6")
+    [entry] = await watcher.poll()
+    assert entry.master_equity_usd == Decimal("150000") + entry.fee_usd
+    assert kraken.reads == Counter({"OpenOrders": 1, "ClosedOrders": 1, "BalanceEx": 1, "TradeBalance": 1})
 
 
 async def test_an_order_that_closes_between_the_two_order_reads_is_one_fill_not_two(master, tmp_path):

@@ -83,10 +83,12 @@ def test_asset_ids_both_ways(pairs):
     assert split_balance_suffix("ZUSD") == ("ZUSD", None)
 
 
-def test_balances_are_summed_per_asset_and_suffixed_ones_left_out_unless_asked(pairs):
-    raw = {"ZUSD": Decimal("10"), "USD.F": Decimal("2.5"), "XXBT": Decimal("0.1"), "XBT.F": Decimal("0.05")}
-    assert pairs.normalise_balances(raw) == {"USD": Decimal("10"), "BTC": Decimal("0.1")}
-    assert pairs.normalise_balances(raw, include_suffixed=True) == {"USD": Decimal("12.5"), "BTC": Decimal("0.15")}
+def test_balances_are_summed_per_asset_and_staked_ones_left_out_unless_asked(pairs):
+    # Auto-earn (.F) is traded through its base asset; staked (.S) must be unstaked first.
+    raw = {"ZUSD": Decimal("10"), "USD.F": Decimal("2.5"), "XXBT": Decimal("0.1"), "XBT.F": Decimal("0.05"),
+           "XBT.S": Decimal("1")}
+    assert pairs.normalise_balances(raw) == {"USD": Decimal("12.5"), "BTC": Decimal("0.15")}
+    assert pairs.normalise_balances(raw, include_suffixed=True) == {"USD": Decimal("12.5"), "BTC": Decimal("1.15")}
 
 
 def test_pair_fields_parse_as_decimal(pairs):
