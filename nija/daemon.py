@@ -27,7 +27,8 @@ from decimal import Decimal
 from pydantic import SecretStr
 
 from nija import logs
-from nija.accounts import MASTER_KEY_PERMISSIONS, Follower, FollowerConfig, load_followers, refused_key_fix
+from nija.accounts import (MASTER_KEY_PERMISSIONS, Follower, FollowerConfig, credential_names, load_followers,
+                           refused_key_fix)
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.errors import ConfigurationError, KrakenError
 from nija.kraken.nonce import NonceCoordinator
@@ -198,7 +199,8 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
             report=lambda problem: (lifecycle.problem("master", problem) if problem
                                     else lifecycle.recovered("master")),
             pairs_changed=engine.set_pairs,
-            value_usd=lambda owned: value_usd(owned, engine.prices)))
+            value_usd=lambda owned: value_usd(owned, engine.prices),
+            own_copy=lambda cl_ord_id: _own_copy(engine, cl_ord_id)))
         tasks = [asyncio.create_task(_heartbeat(lifecycle, engine), name="heartbeat"),
                  asyncio.create_task(_pairs_refresh_loop(master, watcher, engine), name="pairs-refresh"),
                  asyncio.create_task(_reconcile_loop(engine), name="reconcile"),
@@ -231,6 +233,21 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         await asyncio.gather(*tasks, return_exceptions=True)
     lifecycle.stopped()
     return exit_code
+
+
+async def _own_copy(engine: CopyEngine, cl_ord_id: str) -> bool:
+    """Whether a master order is a copy NIJA placed: the follower's key then trades the master's Kraken account
+    (a second key of it), and every copy would come back as a master fill. That follower is left out."""
+    name = await engine.follower_of(cl_ord_id)
+    if name is None:
+        return False
+    problem = f"{name}'s key trades the master's Kraken account: its copies came back as master fills"
+    if engine.leave_out(name, problem):  # the health loop keeps the daemon degraded from now on
+        key_var, _ = credential_names(name)
+        log.error("follower_is_master_account", name=name, problem=problem,
+                  fix=f"set {key_var} and its secret to a key of {name}'s own Kraken account, then restart; "
+                      f"{name} copies nothing until then")
+    return True
 
 
 def _state(load):
@@ -482,8 +499,8 @@ async def _follower_health(lifecycle: Lifecycle, engine: CopyEngine) -> None:
     be read twice in a row (one miss is the network's business), recovered after."""
     while True:
         for account in engine.followers.values():
-            if account.unusable:
-                lifecycle.problem(f"follower:{account.name}", account.unusable)
+            if account.left_out or account.unusable:
+                lifecycle.problem(f"follower:{account.name}", account.left_out or account.unusable)
             elif account.failed_reads >= 2:
                 lifecycle.problem(f"follower:{account.name}", f"cannot be reached: {account.read_problem}")
             else:

@@ -269,6 +269,11 @@ class Store:
             " updated_at FROM intents WHERE signal_id = ? ORDER BY rowid", (signal_id,))
         return [_row(values) for values in rows]
 
+    async def follower_of(self, cl_ord_id: str) -> str | None:
+        """The follower an order with this client order id was sent for; None if NIJA never sent it."""
+        rows = await self._db.execute_fetchall("SELECT follower FROM intents WHERE cl_ord_id = ?", (cl_ord_id,))
+        return rows[0][0] if rows else None
+
     # --- daily equity marks --------------------------------------------------------------------------------------
 
     async def day_start_equity(self, follower: str, day: str, equity_usd: Decimal) -> Decimal:

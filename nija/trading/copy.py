@@ -142,6 +142,8 @@ class FollowerAccount:
     loss_limit_stored: str | None = None
     #: why the account cannot trade (its key was rejected); set by a balance read, cleared by the next good one
     unusable: str | None = None
+    #: why the account is left out until a restart (its key trades the master's account)
+    left_out: str | None = None
     limits: FollowerLimits | None = None  # the config's sizing knobs, built once
 
     def __post_init__(self) -> None:
@@ -154,7 +156,7 @@ class FollowerAccount:
 
     @property
     def copies(self) -> bool:
-        return self.config.enabled and self.config.copy_from_master
+        return self.config.enabled and self.config.copy_from_master and self.left_out is None
 
 
 # --- results ---------------------------------------------------------------------------------------------------------
@@ -526,6 +528,18 @@ class CopyEngine:
         future = self._summary_waiters.pop(summary.signal_id, None)
         if future is not None and not future.done():
             future.set_result(summary)
+
+    async def follower_of(self, cl_ord_id: str) -> str | None:
+        """The follower an order was sent for, if this engine sent it (its intents are stored before the send)."""
+        return await self.store.follower_of(cl_ord_id)
+
+    def leave_out(self, name: str, reason: str) -> bool:
+        """Copy nothing more to follower `name` until a restart; False if it was left out already (or unknown)."""
+        account = self.followers.get(name)
+        if account is None or account.left_out is not None:
+            return False
+        account.left_out = reason
+        return True
 
     def set_pairs(self, pairs) -> None:
         """Use freshly loaded pairs (new listings, changed status or minimums) from the next signal on."""

@@ -109,6 +109,7 @@ class MasterFillWatcher:
         report: Callable[[str | None], None] = lambda problem: None,
         pairs_changed: Callable[[Pairs], None] = lambda pairs: None,
         value_usd: Callable[[Mapping[str, Decimal]], Decimal | None] = lambda owned: None,
+        own_copy: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.client = client
         self.pairs = pairs
@@ -123,6 +124,9 @@ class MasterFillWatcher:
         #: the master's holdings (per common asset name, staked included) in USD as the followers' equity is valued
         #: (e.g. positions.value_usd at the engine's prices); None while a price is missing
         self.value_usd = value_usd
+        #: whether an order (by client order id) is a copy NIJA placed for a follower: then that follower's key
+        #: trades the master's account, and the fill is no signal (it would be copied again, for ever)
+        self.own_copy = own_copy
         self._since_s: float | None = None
         self._polled_s: float | None = None  # the last poll (partial fills seen after a gap are dated to it)
         self._saved_polled_s: float | None = None
@@ -469,6 +473,10 @@ class MasterFillWatcher:
                             reason="only USD-quoted pairs are copied")
                 continue
             equity += fill.fee_usd
+            if self.own_copy is not None and fill.order.cl_ord_id and await self.own_copy(fill.order.cl_ord_id):
+                log.warning("master_fill_not_copied", order_id=fill.order.txid, pair=pair.altname,
+                            reason="a copy NIJA placed for a follower whose key trades the master's account")
+                continue
             signals.append(signal_from_master_order(
                 fill.order.txid,
                 pair=pair.key,

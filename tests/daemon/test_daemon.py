@@ -150,6 +150,33 @@ async def test_auto_earn_balances_are_equity_and_position_alike_for_master_and_f
         assert btc("earner") == Decimal("0.165") and abs(btc("twin") - Decimal("0.165")) < Decimal("0.00002")
 
 
+async def test_a_follower_whose_key_trades_the_master_account_is_left_out_after_one_copy(
+        exchange, exchange_url, tmp_path, monkeypatch, capsys):
+    """dave was given a second key of the master's account: each of his copies is a master fill that would be copied
+    again, dave's included, until the master's cash ran out. His first copy is recognised by its client order id."""
+    exchange.set_price("XBTUSD", Decimal("50000"))
+    master = exchange.create_account("loop-master", {"ZUSD": Decimal("10000")})
+    settings = load_settings(daemon_env(exchange_url, master, tmp_path), dotenv_path=None)
+    alice_follows(exchange, tmp_path, monkeypatch)
+    (tmp_path / "users" / "dave.json").write_text(json.dumps({"name": "dave"}))
+    second_key = exchange.add_key("loop-master")
+    monkeypatch.setenv("KRAKEN_USER_DAVE_API_KEY", second_key.api_key)
+    monkeypatch.setenv("KRAKEN_USER_DAVE_API_SECRET", second_key.api_secret)
+    log = LogLines(capsys)
+
+    async with running(settings, master_poll_s=0.1) as daemon, \
+            KrakenContext(nonces=NonceCoordinator(tmp_path / "trader-nonces")) as context:
+        await wait_for(lambda: (tmp_path / "state" / "master_fills.json").exists() or daemon.done())
+        trader = KrakenClient(master.api_key, master.api_secret, base_url=exchange_url, context=context)
+        await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
+        await wait_for(lambda: log.logged("follower_is_master_account", "name=dave"))
+        await asyncio.sleep(1.0)  # ten more polls: nothing else is copied
+        # The master's own order and dave's one copy; alice copied the master's order alone.
+        assert len(exchange.orders("loop-master")) == 2
+        assert len(exchange.orders("alice")) == 1
+        assert sum("copy_summary" in line for line in log.read()) == 1  # dave's copy was no signal
+
+
 async def test_a_second_daemon_on_the_same_keys_refuses_to_start(exchange, exchange_url, tmp_path, monkeypatch):
     master = exchange.account("master")
     (tmp_path / "users").mkdir()
