@@ -16,11 +16,11 @@ order did, so the next signal on the same pair first settles it by lookup (retri
 from the settled position; if it stays unknown, the next signal is held (unsettled, not sent) for reconciliation.
 
 Exits are never dropped (invariant 4): an exit whose position cannot be read, or that the exchange refuses for now
-(market not online, rate limit), stays unsettled and is retried by reconciliation. One refused for insufficient
-funds is sent again at once a fee's worth smaller (a whole balance and its fee), then left to reconciliation, which
-sizes it from balances read afresh (the follower sold or moved some itself), and fails after a few such refusals so
-that it never holds the pair for good. An entry in the same case is skipped or failed: buying later would be at a
-later price.
+(market not online, rate limit, the follower's key refused), stays unsettled and is retried by reconciliation. One
+refused for insufficient funds is sent again at once a fee's worth smaller (a whole balance and its fee), then left
+to reconciliation, which sizes it from balances read afresh (the follower sold or moved some itself), and fails
+after a few such refusals so that it never holds the pair for good. An entry in the same case is skipped or failed:
+buying later would be at a later price.
 
 One follower's error, slowness or rate limit never delays another: each has its own task, its own timeout, and
 the only shared resource is the semaphore, held just for the order call itself.
@@ -689,7 +689,11 @@ class CopyEngine:
             return CopyResult(**base, status="unsettled",
                               reason=f"pair_{status}: {rules.pair} is in {status} mode, exit retried once it is back")
         if account.unusable and not account.portfolio.known:
-            # The exchange refused this account's key: report that, rather than "balance unknown".
+            # The exchange refused this account's key: report that, rather than "balance unknown". An exit is never
+            # dropped: it is sent once the key works (in this run, or the next one with the key fixed).
+            if signal.side == "sell":
+                return CopyResult(**base, status="unsettled",
+                                  reason=f"account unusable: {account.unusable}; exit retried once its key works")
             return CopyResult(**base, status="failed", reason=f"account unusable: {account.unusable}")
         book = self._book(account, rules)
         if (signal.side == "sell" and (book.position_base is None or cl_ord_id in self._exit_refusals)
@@ -1032,9 +1036,11 @@ class CopyEngine:
                 log.exception("balance_refresh_crashed")
 
 
-# Refusals that executed nothing and pass by themselves: the market not online yet, the trading counter full after
-# the client's retries. (Insufficient funds is handled on its own: see _send_and_book.)
-_REFUSED_FOR_NOW = (MarketClosedError, RateLimitedError)
+# Refusals that executed nothing and say nothing against the order: the market not online yet, the trading counter
+# full after the client's retries, the follower's key refused (revoked, a permission taken away: an exit waits for
+# the key to work again, as it does after a restart with the key fixed). (Insufficient funds is handled on its own:
+# see _send_and_book.)
+_REFUSED_FOR_NOW = (MarketClosedError, RateLimitedError, ConfigurationError)
 #: an exit refused (insufficient funds, or any refusal not listed above) this many times, each sized from balances
 #: read afresh, fails; refusals closer together than the spacing count once, so that failing takes a couple of
 #: reconciliation passes (a minute apart)

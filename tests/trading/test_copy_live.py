@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from decimal import Decimal as D
 
 import pytest
@@ -393,3 +394,36 @@ async def test_a_market_copy_logs_what_it_really_got_once_its_fill_is_read(serve
     assert fill["order_id"] == result["order_id"] == order.txid
     assert fill["volume"] == f"{order.vol_exec:f}" and fill["notional"] == str(order.cost.quantize(D("0.01")))
     assert D(fill["fee_usd"]) == order.fee > 0
+
+
+@pytest.mark.parametrize("read_before", [True, False], ids=["holding-known", "holding-never-read"])
+async def test_an_exit_for_a_follower_whose_key_is_refused_waits_for_the_key_to_work(served, tmp_path, read_before):
+    """dora's key loses its permissions (revoked, or edited on Kraken's key page) while she holds BTC, the master
+    sells half: her exit is kept, whether her holding was read before or never, and sent once the key works again."""
+    exchange, url = served
+    later_s = [0.0]  # the engine's clock, moved on by the reconciliation passes of a long refusal
+    rig = await make_rig(exchange, url, tmp_path, {"dora": {"usd": "1000"}},
+                         engine_options={"clock": lambda: time.time() + later_s[0]})
+    try:
+        await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
+        await rig.engine.wait_idle()
+        held = rig.held("dora")
+        dora, permissions = exchange.account("dora"), exchange.account("dora").permissions
+        dora.permissions = frozenset()
+        if not read_before:
+            rig.engine.followers["dora"].portfolio.forget()  # as when the read at start-up was refused
+        await rig.engine.refresh_all()
+        assert rig.engine.followers["dora"].unusable
+        [result] = (await rig.engine.copy(await rig.master_trade("sell", D("0.05")))).results
+        assert result.status == "unsettled"
+        for _ in range(5):  # an hour of reconciliation passes while the key is refused: the exit still waits
+            later_s[0] += 720
+            await rig.engine.reconcile()
+        assert rig.engine.unsettled == 1
+        dora.permissions = permissions
+        await rig.engine.refresh_all()
+        await rig.engine.reconcile()
+        assert rig.engine.unsettled == 0
+        assert rig.held("dora") == held - round_volume_down(held / 2, 8)
+    finally:
+        await rig.close()
