@@ -4,7 +4,7 @@
     MasterFillWatcher(master) ──signals──► CopyEngine ──orders──► followers          (stored first: nija.store)
 
 It takes the lock for its master key (one daemon per set of keys), logs a balance snapshot of every account, then
-copies every master fill until SIGTERM/SIGINT, when it stops taking signals and lets the orders in flight finish
+copies every master fill until SIGTERM/SIGINT/SIGHUP, when it stops taking signals and lets the orders in flight finish
 (well inside Render's 30 s). With no master keys it runs in paper mode: the embedded exchange in-process, with a
 master and two followers funded like the first NIJA's live accounts; the exchange's URL and keys are written to
 `<state dir>/paper/keys.env`, with a second key of the master for the trader's own Kraken client.
@@ -117,7 +117,7 @@ class StartupError(RuntimeError):
 async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, seed: int = 7,
               duration_s: float | None = None, stop: asyncio.Event | None = None,
               master_poll_s: float | None = None) -> int:
-    """The daemon until `stop` is set (SIGTERM/SIGINT set it) or `duration_s` passes; returns the exit code.
+    """The daemon until `stop` is set (SIGTERM/SIGINT/SIGHUP set it) or `duration_s` passes; returns the exit code.
 
     `master_poll_s` overrides the rate profile's order-status interval for the master-fill watcher.
     """
@@ -349,7 +349,8 @@ def _positive_s(text: str) -> float:
 def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: a terminal closed (an SSH session ended) stops NIJA cleanly rather than killing it mid-copy.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         try:
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)

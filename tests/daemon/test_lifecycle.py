@@ -132,3 +132,33 @@ def test_the_host_lock_directory_is_the_users_own(tmp_path, monkeypatch):
     path = nija.lifecycle.host_lock_dir()
     assert path == tmp_path / ".local" / "state" / "nija" / "locks"
     assert path.stat().st_mode & 0o777 == 0o700 and path.stat().st_uid == os.getuid()
+
+
+def test_sighup_stops_nija_run_cleanly(tmp_path):
+    """A closed terminal (an SSH session ended) sends SIGHUP: NIJA stops as on SIGTERM, not killed mid-copy."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("KRAKEN_", "NIJA_"))}
+    env.update(HOME=str(tmp_path), NIJA_STATE_DIR=str(tmp_path / "state"), NIJA_USERS_DIR=str(tmp_path / "users"),
+               NIJA_LOG_FORMAT="json")
+    (tmp_path / "users").mkdir()
+    daemon = subprocess.Popen([sys.executable, "-m", "nija", "run"], cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    guard = threading.Timer(120, daemon.kill)  # a hang fails the test instead of stalling the suite
+    guard.start()
+    try:
+        lines = []
+        for line in daemon.stdout:
+            lines.append(line)
+            if '"state": "running"' in line:
+                break
+        daemon.send_signal(signal.SIGHUP)
+        lines += daemon.stdout.readlines()
+        assert daemon.wait() == 0, "".join(lines)
+    finally:
+        guard.cancel()
+    assert any('"state": "stopped"' in line for line in lines), "".join(lines)
