@@ -328,10 +328,15 @@ def check_main(argv: list[str], *, environ: Mapping[str, str] | None = None, out
         print("settings: FAILED" if problems else "settings: ok", file=out)
         for problem in problems:
             print(f"  ✗ {problem}", file=out)
+        for warning in settings.warnings:
+            print(f"  ! {warning}", file=out)
         failed = bool(problems)
         print(f"  mode             {settings.copy_trading_mode.value}", file=out)
         print(f"  api url          {settings.kraken_api_url if settings.has_master_keys else 'the embedded exchange'}",
               file=out)
+        if settings.has_master_keys:
+            ws_url = settings.ws_auth_url_for(settings.kraken_api_url)
+            print(f"  executions url   {ws_url or 'off (the master is polled only)'}", file=out)
         print(f"  master keys      {'set' if settings.has_master_keys else 'not set (paper mode)'}", file=out)
         print(f"  state dir        {settings.state_dir}", file=out)
         print(f"  copy concurrency {settings.copy_concurrency}", file=out)

@@ -147,6 +147,8 @@ async def _cancel_start_on_stop(stop: asyncio.Event, main: asyncio.Task, lifecyc
 
 async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, start_guard: asyncio.Task, *,
                paper: bool, speed: float, seed: int, duration_s: float | None, master_poll_s: float | None) -> int:
+    for warning in settings.warnings:
+        log.warning("settings_warning", warning=warning)
     if paper:
         # Paper trading keeps its own store and marks: it never mixes with a live account's state.
         settings = replace(settings, state_dir=settings.state_dir / "paper")

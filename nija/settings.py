@@ -26,7 +26,10 @@ Follower credentials (`KRAKEN_USER_<NAME>_API_KEY` / `_API_SECRET`) are read by 
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -74,6 +77,8 @@ class Settings:
     taker_fee_rate: Decimal = Decimal("0.004")
     balance_refresh_s: float | None = None
     order_timeout_s: float = 10.0
+    #: what NIJA runs with but the operator most likely did not mean (see `setting_warnings`)
+    warnings: tuple[str, ...] = ()
 
     @property
     def has_master_keys(self) -> bool:
@@ -171,6 +176,9 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
     raw = _text(env, "KRAKEN_API_URL")
     if raw is not None:
         problem = _url_problem("KRAKEN_API_URL", raw, ("http", "https"), "https://api.kraken.com")
+        if problem is None and "/0/" in urlsplit(raw).path + "/":
+            problem = (f"KRAKEN_API_URL={raw!r} names an endpoint: give the base URL alone, e.g. "
+                       "https://api.kraken.com (NIJA adds /0/public/... and /0/private/...)")
         if problem:
             problems.append(problem)
         else:
@@ -242,4 +250,44 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
 
     if problems:
         raise SettingsError(problems)
-    return Settings(**values)
+    return Settings(**values, warnings=tuple(setting_warnings(env)))
+
+
+#: every variable NIJA reads (besides the followers' KRAKEN_USER_<NAME>_API_KEY / _API_SECRET)
+KNOWN_VARIABLES = ("NIJA_STATE_DIR", "NIJA_USERS_DIR", "COPY_TRADING_MODE", "KRAKEN_API_URL", "KRAKEN_WS_AUTH_URL",
+                   "KRAKEN_MASTER_API_KEY", "KRAKEN_MASTER_API_SECRET", "KRAKEN_TIER", "NIJA_COPY_CONCURRENCY",
+                   "NIJA_TAKER_FEE_RATE", "NIJA_BALANCE_REFRESH_S", "NIJA_ORDER_TIMEOUT_S", "NIJA_LOG_LEVEL",
+                   "NIJA_LOG_FORMAT", "NIJA_SIM_ADMIN_TOKEN")
+_FOLLOWER_CREDENTIAL = re.compile(r"KRAKEN_USER_.+_API_(KEY|SECRET)")
+_LOOPBACK_HOSTS = ("localhost", "::1")
+
+
+def setting_warnings(env: Mapping[str, str]) -> list[str]:
+    """What NIJA runs with but an operator most likely did not mean: a NIJA_/KRAKEN_ variable it does not read (a
+    misspelt one leaves its setting at the default, or the run in paper mode), and keys sent unencrypted to a host
+    that is not this one."""
+    warnings = []
+    for name in sorted(env):
+        if (name.startswith(("NIJA_", "KRAKEN_")) and name not in KNOWN_VARIABLES
+                and not _FOLLOWER_CREDENTIAL.fullmatch(name)):
+            # A misspelt key is most likely meant as a key: look among the variables of its kind first.
+            same_kind = [known for known in KNOWN_VARIABLES if known.rsplit("_", 1)[-1] == name.rsplit("_", 1)[-1]]
+            near = difflib.get_close_matches(name, same_kind, n=1, cutoff=0.6) or difflib.get_close_matches(
+                name, KNOWN_VARIABLES, n=1, cutoff=0.75)
+            warnings.append(f"{name} is not a variable NIJA reads: " + (
+                f"did you mean {near[0]}?" if near else "fix its spelling, or remove it if it is another tool's"))
+    for name in ("KRAKEN_API_URL", "KRAKEN_WS_AUTH_URL"):
+        raw = _text(env, name)
+        url = urlsplit(raw) if raw else None
+        host = (url.hostname or "") if url else ""
+        if url and url.scheme in ("http", "ws") and host and not _is_loopback(host):
+            warnings.append(f"{name} sends API keys, signed calls and balances unencrypted to {host}: use "
+                            f"{url.scheme}s:// unless that network is yours alone")
+    return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() in _LOOPBACK_HOSTS

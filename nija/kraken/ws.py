@@ -27,7 +27,7 @@ import aiohttp
 from nija.kraken.client import DEFAULT_BASE_URL, KrakenClient
 from nija.kraken.errors import error_from_kraken
 
-__all__ = ["WS_AUTH_URL", "FeedClosed", "FeedRefused", "executions", "ws_auth_url"]
+__all__ = ["WS_AUTH_URL", "FeedClosed", "FeedNotServed", "FeedRefused", "executions", "ws_auth_url"]
 
 #: Kraken's authenticated WebSocket v2 endpoint
 WS_AUTH_URL = "wss://ws-auth.kraken.com/v2"
@@ -39,6 +39,10 @@ CONNECT_TIMEOUT_S = 10.0
 
 class FeedClosed(Exception):
     """The WebSocket connection ended (closed by the server, a network error, or silence)."""
+
+
+class FeedNotServed(FeedClosed):
+    """The URL answered HTTP, but with no WebSocket channel (a 404, say): a wrong address, not a network blip."""
 
 
 class FeedRefused(Exception):
@@ -67,6 +71,11 @@ async def executions(client: KrakenClient, url: str, *, silence_s: float = SILEN
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             ws = await session.ws_connect(url, autoping=True, max_msg_size=1 << 22)
+    except aiohttp.WSServerHandshakeError as exc:
+        if exc.status < 500 and exc.status != 429:  # 5xx and 429 pass by themselves
+            raise FeedNotServed(f"{url} answered HTTP {exc.status} ({exc.message}), not a WebSocket channel") \
+                from None
+        raise FeedClosed(f"cannot connect to {url}: HTTP {exc.status} ({exc.message})") from None
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise FeedClosed(f"cannot connect to {url}: {type(exc).__name__}: {exc}") from None
     try:

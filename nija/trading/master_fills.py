@@ -48,7 +48,7 @@ from nija.kraken import KrakenClient
 from nija.kraken.errors import ConfigurationError
 from nija.kraken.models import Order, Trade
 from nija.kraken.pairs import PairInfo, Pairs, UnknownPairError
-from nija.kraken.ws import FeedClosed, executions
+from nija.kraken.ws import WS_AUTH_URL, FeedClosed, FeedNotServed, executions
 from nija.logs import get_logger
 from nija.trading.signals import ENTRY_MAX_AGE_S, Signal, signal_from_master_order
 
@@ -271,6 +271,11 @@ class MasterFillWatcher:
                 log.warning("master_feed_unavailable", error=str(exc), retry_in_s=retry_s, polls_every_s=self.poll_s,
                             fix="give the master API key the 'WebSocket interface' permission on Kraken, or set "
                                 "KRAKEN_WS_AUTH_URL=off to poll only")
+            except FeedNotServed as exc:
+                retry_s = _FEED_NOT_PERMITTED_RETRY_S
+                log.warning("master_feed_unavailable", error=str(exc), retry_in_s=retry_s, polls_every_s=self.poll_s,
+                            fix=f"set KRAKEN_WS_AUTH_URL to the channel's address ({WS_AUTH_URL} for Kraken), or "
+                                "leave it unset to take the one that goes with KRAKEN_API_URL, or off to poll only")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 — the channel is an extra: polls carry on without it

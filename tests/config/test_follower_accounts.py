@@ -151,5 +151,7 @@ def test_check_reports_what_a_run_would_only_find_at_start(tmp_path):
     assert not (blocker / "state").exists()
     out = io.StringIO()
     assert check_main([], environ={**ENV, "NIJA_STATE_DIR": str(tmp_path / "new" / "state"),
-                                   "NIJA_USERS_DIR": str(tmp_path)}, out=out) == 0, out.getvalue()
+                                   "NIJA_USERS_DIR": str(tmp_path), "NIJA_STATEDIR": "x"}, out=out) == 0, out.getvalue()
     assert not (tmp_path / "new").exists()  # checked, not created
+    # A misspelt variable is told, without failing the check: the run goes on with the default.
+    assert "  ! NIJA_STATEDIR is not a variable NIJA reads: did you mean NIJA_STATE_DIR?" in out.getvalue()

@@ -115,3 +115,28 @@ def test_a_line_of_dot_env_that_cannot_be_read_is_a_problem_to_fix(tmp_path, mon
     assert caught.value.problems == [
         f"{tmp_path / '.env'} line 2 cannot be read: write it as NAME=value, or start it with # to keep it as a "
         "comment"]  # never the line itself: it may hold a secret
+
+
+def test_misspelt_variables_and_plain_text_to_another_host_are_warned_with_the_likely_fix():
+    settings = load_settings({
+        "KRAKEN_MASTER_KEY": "k", "KRAKEN_API_SECRET": "s", "NIJA_STATEDIR": "/tmp/s", "NIJA_SOMETHING": "1",
+        "KRAKEN_USER_BOB_API_KEY": "k", "KRAKEN_USER_BOB_API_SECRET": "c2VjcmV0", "NIJA_LOG_LEVEL": "info",
+        "KRAKEN_API_URL": "http://10.0.0.5:8517", "KRAKEN_WS_AUTH_URL": "ws://localhost:8517/v2", "PATH": "/bin",
+    }, dotenv_path=None)
+    assert settings.warnings == (
+        "KRAKEN_API_SECRET is not a variable NIJA reads: did you mean KRAKEN_MASTER_API_SECRET?",
+        "KRAKEN_MASTER_KEY is not a variable NIJA reads: did you mean KRAKEN_MASTER_API_KEY?",
+        "NIJA_SOMETHING is not a variable NIJA reads: fix its spelling, or remove it if it is another tool's",
+        "NIJA_STATEDIR is not a variable NIJA reads: did you mean NIJA_STATE_DIR?",
+        "KRAKEN_API_URL sends API keys, signed calls and balances unencrypted to 10.0.0.5: use https:// unless that "
+        "network is yours alone",
+    )
+    assert "c2VjcmV0" not in " ".join(settings.warnings)
+    assert load_settings({"KRAKEN_API_URL": "http://127.0.0.1:9"}, dotenv_path=None).warnings == ()
+
+
+def test_an_endpoint_given_for_the_base_url_is_refused():
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"KRAKEN_API_URL": "https://api.kraken.com/0/public"}, dotenv_path=None)
+    assert "KRAKEN_API_URL='https://api.kraken.com/0/public' names an endpoint: give the base URL alone" in str(
+        caught.value)

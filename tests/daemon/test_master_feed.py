@@ -58,14 +58,21 @@ async def test_a_master_trade_is_copied_at_once_though_polls_are_minutes_apart(e
     assert [len(orders) for orders in exchange.orders_by_cl_ord_id("alice").values()] == [1, 1]
 
 
-async def test_a_master_key_without_the_websocket_permission_is_told_and_polls_carry_the_copying(
-        exchange, copying, watching, capsys):
-    settings, trader = copying(master_permissions=("query", "trade"))
+@pytest.mark.parametrize("cause, told", [
+    ("key without the WebSocket permission", ("WebSocket interface", "KRAKEN_WS_AUTH_URL=off")),
+    ("KRAKEN_WS_AUTH_URL without /v2", ("HTTP 404", "set KRAKEN_WS_AUTH_URL to the channel's address")),
+])
+async def test_a_channel_that_cannot_be_followed_is_told_with_its_fix_and_polls_carry_the_copying(
+        exchange, exchange_url, copying, watching, capsys, cause, told):
+    if cause.startswith("key"):
+        settings, trader = copying(master_permissions=("query", "trade"))
+    else:  # a wrong address is no network blip: not retried every few seconds, and named
+        settings, trader = copying(KRAKEN_WS_AUTH_URL=exchange_url.replace("http", "ws", 1))
     log = LogLines(capsys)
     async with running(settings, master_poll_s=0.2) as daemon:
         await wait_for(lambda: (log.logged("master_feed_unavailable") and watching()) or daemon.done())
         line = next(line for line in log.read() if "master_feed_unavailable" in line)
-        assert "WebSocket interface" in line and "KRAKEN_WS_AUTH_URL=off" in line
+        assert all(words in line for words in told), line
         await trader.add_order("XBTUSD", "buy", Decimal("0.02"))
         await wait_for(lambda: held(exchange, "alice") > 0)
         assert not daemon.done()
