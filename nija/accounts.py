@@ -193,8 +193,9 @@ def load_followers(
     directory = Path(users_dir)
     problems: list[ConfigProblem] = []
     if not directory.is_dir():
+        what = "is a file, not a directory" if directory.exists() else "does not exist"
         problems.append(ConfigProblem(str(directory), "(directory)",
-                                      "does not exist: create it or set NIJA_USERS_DIR to the follower directory"))
+                                      f"{what}: create it or set NIJA_USERS_DIR to the follower directory"))
         return FollowerLoad([], problems)
 
     candidates: list[Follower] = []

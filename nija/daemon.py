@@ -20,9 +20,10 @@ import resource
 import signal
 import sys
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 
 from pydantic import SecretStr
 
@@ -53,6 +54,8 @@ HEALTH_S = 5.0
 #: the master's equity is read again this often to choose the rate profile (every minute while unknown)
 MASTER_EQUITY_S, MASTER_EQUITY_RETRY_S = 3600.0, 60.0
 PAIRS_REFRESH_S = 900.0
+#: how often the follower directory is looked at for changes (which apply at the next start)
+FOLLOWER_FILES_CHECK_S = 30.0
 #: a host clock this far from Kraken's is told (`clock_skew`); order deadlines follow Kraken's clock either way
 CLOCK_SKEW_WARN_S = 1.0
 #: how long orders in flight may take to finish once a stop is asked for (Render waits 30 s before SIGKILL)
@@ -162,6 +165,7 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
             base_url, master_key, master_secret = (settings.kraken_api_url, settings.master_api_key,
                                                    settings.master_api_secret)
             await _lock_key(stack, settings.state_dir, master_key.get_secret_value())
+            follower_files = _follower_files(settings.users_dir)
             followers = await _lock_follower_keys(stack, settings, _configured_followers(settings, lifecycle),
                                                   lifecycle)
 
@@ -209,6 +213,9 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
                  asyncio.create_task(_follower_health(lifecycle, engine), name="follower-health"),
                  asyncio.create_task(_master_equity_loop(master, lifecycle, engine, watcher, master_poll_s),
                                      name="master-equity")]
+        if not paper:
+            tasks.append(asyncio.create_task(_watch_follower_files(settings.users_dir, follower_files),
+                                             name="follower-files"))
         if settings.copies:
             tasks.append(asyncio.create_task(watcher.run(), name="master-watch"))
             ws_url = settings.ws_auth_url_for(base_url)
@@ -387,6 +394,35 @@ async def _paper_exchange(stack: AsyncExitStack, settings: Settings, speed: floa
         "paper_mode", url=server.url, followers=[f.name for f in followers], keys_file=str(env_path),
         hint="no master keys set: trading on the embedded exchange; trade the paper master with the keys file")
     return server.url, SecretStr(master.api_key), SecretStr(master.api_secret), followers
+
+
+def _follower_files(directory: Path) -> dict[str, tuple[int, int]]:
+    """Each follower file's (modification time, size), by name: what tells that the directory changed."""
+    stamps = {}
+    try:
+        for path in directory.glob("*.json"):
+            with suppress(OSError):  # gone between the listing and the look
+                stat = path.stat()
+                stamps[path.name] = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        pass
+    return stamps
+
+
+async def _watch_follower_files(directory: Path, loaded: dict[str, tuple[int, int]]) -> None:
+    """Tell the operator, once per change, that follower files changed since start: they apply at the next start
+    only, so a follower switched off or removed meanwhile is still copied to until then."""
+    told = loaded
+    while True:
+        await asyncio.sleep(FOLLOWER_FILES_CHECK_S)
+        now = _follower_files(directory)
+        if now == told:
+            continue
+        log.warning("follower_files_changed", directory=str(directory),
+                    added=sorted(now.keys() - loaded.keys()), removed=sorted(loaded.keys() - now.keys()),
+                    edited=sorted(name for name in now.keys() & loaded.keys() if now[name] != loaded[name]),
+                    fix="restart NIJA to apply them; until then the followers loaded at start copy as they were")
+        told = now
 
 
 def _configured_followers(settings: Settings, lifecycle: Lifecycle) -> list[Follower]:

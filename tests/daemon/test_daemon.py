@@ -177,6 +177,22 @@ async def test_a_follower_whose_key_trades_the_master_account_is_left_out_after_
         assert sum("copy_summary" in line for line in log.read()) == 1  # dave's copy was no signal
 
 
+async def test_follower_files_changed_while_running_are_told_to_apply_at_the_next_start(
+        exchange, exchange_url, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(nija.daemon, "FOLLOWER_FILES_CHECK_S", 0.05)
+    settings = load_settings(daemon_env(exchange_url, exchange.account("master"), tmp_path), dotenv_path=None)
+    alice_follows(exchange, tmp_path, monkeypatch)
+    log = LogLines(capsys)
+    async with running(settings, master_poll_s=0.1) as daemon:
+        await wait_for(lambda: log.logged("lifecycle", "state=running") or daemon.done())
+        await asyncio.sleep(0.2)
+        assert not log.logged("follower_files_changed")  # nothing changed: nothing told
+        (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice", "enabled": False}))
+        (tmp_path / "users" / "carol.json").write_text(json.dumps({"name": "carol"}))
+        await wait_for(lambda: log.logged("follower_files_changed", "added=['carol.json']", "edited=['alice.json']",
+                                          "removed=[]"))
+
+
 async def test_a_second_daemon_on_the_same_keys_refuses_to_start(exchange, exchange_url, tmp_path, monkeypatch):
     master = exchange.account("master")
     (tmp_path / "users").mkdir()
