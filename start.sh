@@ -23,7 +23,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-if [ "${1:-}" = "bench" ] && [ $# -lt 2 ]; then
+if [ "${1:-}" = "bench" ] && { [ $# -lt 2 ] || [ ! -f "bench/$2.py" ] || [ "$2" = "__init__" ]; }; then
+    [ $# -ge 2 ] && echo "start.sh: no benchmark named '$2'" >&2
     echo "usage: ./start.sh bench client|exchange|copy|master_lag [ARGS...]" >&2
     exit 2
 fi

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from nija.lifecycle import state_dir_problem
 from nija.logs import setting_problems
-from nija.settings import Settings, SettingsError, load_settings, secret_is_valid
+from nija.settings import Settings, SettingsError, load_settings, secret_problem
 from nija.validation import plain_fix
 
 __all__ = [
@@ -245,9 +245,9 @@ def load_followers(
             problems.append(ConfigProblem(file, "credentials", f"{' and '.join(missing)} not set: set {them} in "
                                                                "the environment or .env"))
             continue
-        if not secret_is_valid(secret):
-            problems.append(ConfigProblem(file, "credentials", f"{secret_var} is not valid base64: copy the "
-                                                               "private key again from Kraken's API key page"))
+        problem = secret_problem(secret_var, secret)
+        if problem is not None:
+            problems.append(ConfigProblem(file, "credentials", problem))
             continue
         candidates.append(Follower(config, SecretStr(key), SecretStr(secret), path))
 

@@ -110,6 +110,16 @@ def secret_is_valid(secret_b64: str) -> bool:
     return True
 
 
+def secret_problem(variable: str, secret: str) -> str | None:
+    """Why the Kraken API secret in `variable` cannot be used, or None; never shows the value."""
+    if secret_is_valid(secret):
+        return None
+    if secret[:1] in ("'", '"') or secret[-1:] in ("'", '"'):
+        # .env drops matching quotes; Railway, Render and systemd keep them as part of the value.
+        return f"{variable} starts or ends with a quote, which is not part of a Kraken secret: remove the quotes"
+    return f"{variable} is not valid base64: copy the private key again from Kraken's API key page"
+
+
 def _text(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     if value is None:
@@ -200,11 +210,11 @@ def load_settings(environ: Mapping[str, str] | None = None, *, dotenv_path: str 
         missing = "KRAKEN_MASTER_API_SECRET" if secret is None else "KRAKEN_MASTER_API_KEY"
         problems.append(f"{missing} is not set while its pair is: set both master credentials or neither")
     elif key is not None:
-        if secret_is_valid(secret):
+        problem = secret_problem("KRAKEN_MASTER_API_SECRET", secret)
+        if problem is None:
             values["master_api_key"], values["master_api_secret"] = SecretStr(key), SecretStr(secret)
         else:
-            problems.append("KRAKEN_MASTER_API_SECRET is not valid base64: copy the private key again from "
-                            "Kraken's API key page")
+            problems.append(problem)
 
     raw = _text(env, "KRAKEN_TIER")
     if raw is not None:

@@ -44,6 +44,11 @@ def test_a_master_secret_that_is_not_base64_is_named_without_echoing_it():
                       dotenv_path=None)
     assert "KRAKEN_MASTER_API_SECRET is not valid base64" in str(caught.value)
     assert "secret!with*stars" not in str(caught.value)
+    # Quoted in a dashboard that keeps quotes (Railway, Render, systemd): the quotes are named, not the secret.
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"KRAKEN_MASTER_API_KEY": "k", "KRAKEN_MASTER_API_SECRET": "'c2VjcmV0'"}, dotenv_path=None)
+    assert "KRAKEN_MASTER_API_SECRET starts or ends with a quote" in str(caught.value)
+    assert "c2VjcmV0" not in str(caught.value)
 
 
 def test_timings_outside_what_a_daemon_can_live_with_and_urls_with_credentials_are_refused():
