@@ -358,8 +358,10 @@ def _positive_s(text: str) -> float:
 def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    # SIGHUP too: a terminal closed (an SSH session ended) stops NIJA cleanly rather than killing it mid-copy.
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    # SIGHUP too: a terminal closed (an SSH session ended) stops NIJA cleanly rather than killing it mid-copy;
+    # unless it is ignored (`nohup`), which asks NIJA to outlive the terminal.
+    hangup = () if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else (signal.SIGHUP,)
+    for signum in (signal.SIGTERM, signal.SIGINT, *hangup):
         try:
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)

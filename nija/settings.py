@@ -269,7 +269,6 @@ KNOWN_VARIABLES = ("NIJA_STATE_DIR", "NIJA_USERS_DIR", "COPY_TRADING_MODE", "KRA
                    "NIJA_TAKER_FEE_RATE", "NIJA_BALANCE_REFRESH_S", "NIJA_ORDER_TIMEOUT_S", "NIJA_LOG_LEVEL",
                    "NIJA_LOG_FORMAT", "NIJA_SIM_ADMIN_TOKEN")
 _FOLLOWER_CREDENTIAL = re.compile(r"KRAKEN_USER_.+_API_(KEY|SECRET)")
-_LOOPBACK_HOSTS = ("localhost", "::1")
 
 
 def setting_warnings(env: Mapping[str, str]) -> list[str]:
@@ -297,7 +296,13 @@ def setting_warnings(env: Mapping[str, str]) -> list[str]:
 
 
 def _is_loopback(host: str) -> bool:
+    """Whether `host` is this machine: localhost, a loopback address, or 0.0.0.0 (where `nija sim --host` listens)."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(name)
     except ValueError:
-        return host.lower() in _LOOPBACK_HOSTS
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or ip.is_unspecified or (mapped is not None and mapped.is_loopback)

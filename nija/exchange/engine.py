@@ -770,9 +770,11 @@ class Exchange:
         return {a: self._fmt_asset(a, v) for a, v in acct.balances.items()}
 
     def balance_ex(self, acct: Account, params: dict) -> dict:
-        return {a: {"balance": self._fmt_asset(a, v),
-                    "hold_trade": self._fmt_asset(a, acct.holds.get(a, Decimal(0)))}
-                for a, v in acct.balances.items()}
+        # A hold with no spot balance of its asset (an order drawing on XBT.F alone) is listed too: what is free
+        # is the spot and auto-earn balances less it.
+        owned = {**acct.balances, **{a: acct.balances.get(a, _ZERO) for a in acct.holds}}
+        return {a: {"balance": self._fmt_asset(a, v), "hold_trade": self._fmt_asset(a, acct.holds.get(a, _ZERO))}
+                for a, v in owned.items()}
 
     def _usd_value(self, asset: str, amount: Decimal) -> Decimal:
         if asset == "ZUSD":

@@ -52,6 +52,7 @@ FAULT_KINDS: dict[str, tuple[str | None, bool]] = {
     "insufficient_funds": ("EOrder:Insufficient funds", False),
     "post_only": ("EService:Market in post_only mode", False),
     "orders_limit": ("EOrder:Orders limit exceeded", False),
+    "invalid_arguments": ("EGeneral:Invalid arguments", False),
     "latency": (None, True),
 }
 

@@ -7,6 +7,7 @@ from nija.kraken.errors import (
     InsufficientFundsError,
     InvalidNonceError,
     InvalidOrderError,
+    KeyRefusedError,
     KrakenAPIError,
     KrakenError,
     LockoutError,
@@ -41,8 +42,8 @@ from nija.kraken.scheduler import RateScheduler
 __all__ = [
     "DEFAULT_BASE_URL", "KrakenClient", "KrakenContext", "default_context", "derive_cl_ord_id",
     "AmbiguousOrderError", "ConfigurationError", "InsufficientFundsError", "InvalidNonceError", "InvalidOrderError",
-    "KrakenAPIError", "KrakenError", "LockoutError", "MarketClosedError", "OrderMinimumError", "OrderRejectedError",
-    "RateLimitedError", "RetryableError", "TransportError", "UnknownKrakenError",
+    "KeyRefusedError", "KrakenAPIError", "KrakenError", "LockoutError", "MarketClosedError", "OrderMinimumError",
+    "OrderRejectedError", "RateLimitedError", "RetryableError", "TransportError", "UnknownKrakenError",
     "TIERS", "Tier", "tier_named",
     "OHLC", "AddOrderResult", "AssetBalance", "Balances", "CancelAllAfterResult", "CancelResult", "Candle",
     "ClosedOrdersPage", "ExtendedBalances", "Order", "OrderDescription", "Ticker", "TradeBalance",

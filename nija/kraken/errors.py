@@ -18,9 +18,11 @@
         │   ├── OrderMinimumError         EOrder:Order minimum not met / Cost minimum not met
         │   └── InvalidOrderError         tick size, invalid price, unknown order, orders limit, unknown pair,
         │                                 margin refusals, EBM:limit exceeded (a purchase limit), ...
-        ├── ConfigurationError        invalid key/signature, permission denied, unknown method, bad request,
-        │                             invalid arguments, an account disabled or unconfirmed: a fault in
-        │                             configuration or code, or the account's standing; never retried.
+        ├── ConfigurationError        unknown method, bad request, invalid arguments, a feature disabled: a
+        │   │                         fault in configuration or code; never retried.
+        │   └── KeyRefusedError       invalid key/signature, permission denied, an account disabled or
+        │                             unconfirmed, a trading agreement required: the key or the account's
+        │                             standing, which its owner can fix; nothing about the call itself.
         └── UnknownKrakenError        a string this table does not know: raised, never swallowed.
 
 `AmbiguousOrderError` (a KrakenError) is raised by the client when an order's outcome stayed unknown even after
@@ -47,6 +49,7 @@ __all__ = [
     "OrderMinimumError",
     "InvalidOrderError",
     "ConfigurationError",
+    "KeyRefusedError",
     "UnknownKrakenError",
     "AmbiguousOrderError",
     "error_from_kraken",
@@ -125,6 +128,10 @@ class ConfigurationError(KrakenAPIError):
     pass
 
 
+class KeyRefusedError(ConfigurationError):
+    pass
+
+
 class UnknownKrakenError(KrakenAPIError):
     pass
 
@@ -140,13 +147,13 @@ class AmbiguousOrderError(KrakenError):
 # Prefix of an error string (before any ":detail") → class. Matched longest prefix first.
 _BY_PREFIX: dict[str, type[KrakenAPIError]] = {
     "EAPI:Invalid nonce": InvalidNonceError,
-    "EAPI:Invalid key": ConfigurationError,
-    "EAPI:Invalid signature": ConfigurationError,
+    "EAPI:Invalid key": KeyRefusedError,
+    "EAPI:Invalid signature": KeyRefusedError,
     "EAPI:Bad request": ConfigurationError,
     "EAPI:Feature disabled": ConfigurationError,
     "EAPI:Rate limit exceeded": RateLimitedError,
     "EGeneral:Invalid arguments": ConfigurationError,
-    "EGeneral:Permission denied": ConfigurationError,
+    "EGeneral:Permission denied": KeyRefusedError,
     "EGeneral:Unknown method": ConfigurationError,
     "EGeneral:Too many requests": RateLimitedError,
     "EGeneral:Temporary lockout": LockoutError,
@@ -165,9 +172,9 @@ _BY_PREFIX: dict[str, type[KrakenAPIError]] = {
     "EOrder:Domain rate limit exceeded": RateLimitedError,  # the limit a master account shares with its subaccounts
     "EAuth:Rate limit exceeded": RateLimitedError,
     "EAuth:Too many requests": RateLimitedError,
-    "EAuth:Account temporary disabled": ConfigurationError,
-    "EAuth:Account unconfirmed": ConfigurationError,
-    "EAccount:Invalid permissions": ConfigurationError,
+    "EAuth:Account temporary disabled": KeyRefusedError,
+    "EAuth:Account unconfirmed": KeyRefusedError,
+    "EAccount:Invalid permissions": KeyRefusedError,
     "EOrder:Insufficient funds": InsufficientFundsError,
     "EOrder:Insufficient margin": InsufficientFundsError,
     "EOrder:Order minimum not met": OrderMinimumError,
@@ -178,7 +185,7 @@ _BY_PREFIX: dict[str, type[KrakenAPIError]] = {
     "EOrder:Unknown order": InvalidOrderError,
     "EOrder:Orders limit exceeded": InvalidOrderError,
     "EOrder:Positions limit exceeded": InvalidOrderError,
-    "EOrder:Trading agreement required": ConfigurationError,
+    "EOrder:Trading agreement required": KeyRefusedError,
     "EOrder:Reduce only": InvalidOrderError,
     "EOrder:Post only order": InvalidOrderError,
     "EOrder:Scheduled orders limit exceeded": InvalidOrderError,

@@ -41,6 +41,7 @@ from nija.kraken.errors import (
     AmbiguousOrderError,
     ConfigurationError,
     InsufficientFundsError,
+    KeyRefusedError,
     KrakenError,
     MarketClosedError,
     RateLimitedError,
@@ -1038,9 +1039,10 @@ class CopyEngine:
 
 # Refusals that executed nothing and say nothing against the order: the market not online yet, the trading counter
 # full after the client's retries, the follower's key refused (revoked, a permission taken away: an exit waits for
-# the key to work again, as it does after a restart with the key fixed). (Insufficient funds is handled on its own:
+# the key to work again, as it does after a restart with the key fixed; a call Kraken finds malformed is no such
+# case, and fails after a few refusals). (Insufficient funds is handled on its own:
 # see _send_and_book.)
-_REFUSED_FOR_NOW = (MarketClosedError, RateLimitedError, ConfigurationError)
+_REFUSED_FOR_NOW = (MarketClosedError, RateLimitedError, KeyRefusedError)
 #: an exit refused (insufficient funds, or any refusal not listed above) this many times, each sized from balances
 #: read afresh, fails; refusals closer together than the spacing count once, so that failing takes a couple of
 #: reconciliation passes (a minute apart)

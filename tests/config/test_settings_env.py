@@ -137,7 +137,9 @@ def test_misspelt_variables_and_plain_text_to_another_host_are_warned_with_the_l
         "network is yours alone",
     )
     assert "c2VjcmV0" not in " ".join(settings.warnings)
-    assert load_settings({"KRAKEN_API_URL": "http://127.0.0.1:9"}, dotenv_path=None).warnings == ()
+    for local in ("http://127.0.0.1:9", "http://localhost.:9", "http://[::1]:9", "http://[::ffff:127.0.0.1]:9",
+                  "http://0.0.0.0:9"):
+        assert load_settings({"KRAKEN_API_URL": local}, dotenv_path=None).warnings == (), local
 
 
 def test_an_endpoint_given_for_the_base_url_is_refused():

@@ -134,8 +134,10 @@ def test_the_host_lock_directory_is_the_users_own(tmp_path, monkeypatch):
     assert path.stat().st_mode & 0o777 == 0o700 and path.stat().st_uid == os.getuid()
 
 
-def test_sighup_stops_nija_run_cleanly(tmp_path):
-    """A closed terminal (an SSH session ended) sends SIGHUP: NIJA stops as on SIGTERM, not killed mid-copy."""
+@pytest.mark.parametrize("under_nohup", [False, True], ids=["terminal", "nohup"])
+def test_sighup_stops_nija_run_cleanly_unless_run_under_nohup(tmp_path, under_nohup):
+    """A closed terminal (an SSH session ended) sends SIGHUP: NIJA stops as on SIGTERM, not killed mid-copy. Under
+    `nohup` (SIGHUP ignored) it keeps running, as asked, and SIGTERM still stops it."""
     import os
     import signal
     import subprocess
@@ -146,8 +148,9 @@ def test_sighup_stops_nija_run_cleanly(tmp_path):
     env.update(HOME=str(tmp_path), NIJA_STATE_DIR=str(tmp_path / "state"), NIJA_USERS_DIR=str(tmp_path / "users"),
                NIJA_LOG_FORMAT="json")
     (tmp_path / "users").mkdir()
+    ignore_hangup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if under_nohup else None
     daemon = subprocess.Popen([sys.executable, "-m", "nija", "run"], cwd=tmp_path, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=ignore_hangup)
     guard = threading.Timer(120, daemon.kill)  # a hang fails the test instead of stalling the suite
     guard.start()
     try:
@@ -157,6 +160,10 @@ def test_sighup_stops_nija_run_cleanly(tmp_path):
             if '"state": "running"' in line:
                 break
         daemon.send_signal(signal.SIGHUP)
+        if under_nohup:
+            with pytest.raises(subprocess.TimeoutExpired):
+                daemon.wait(timeout=2)
+            daemon.send_signal(signal.SIGTERM)
         lines += daemon.stdout.readlines()
         assert daemon.wait() == 0, "".join(lines)
     finally:

@@ -97,6 +97,27 @@ def test_limit_rests_holds_funds_and_fills_when_price_crosses(exchange):
     assert D(exchange.call("alice", "BalanceEx")["ZUSD"]["hold_trade"]) == 0
 
 
+def test_orders_draw_on_auto_earn_balances_spot_first_and_balance_ex_shows_their_holds():
+    """Kraken Rewards' XBT.F is read-only as a key, but orders in XBT use it (Kraken's BalanceEx documentation)."""
+    ex = Exchange(seed=1)
+    ex.set_price("XBTUSD", D("50000"))
+    ex.create_account("earner", {"ZUSD": "10", "XXBT": "0.05", "XBT.F": "0.2"})
+    ex.call("earner", "AddOrder", {"pair": "XBTUSD", "type": "sell", "ordertype": "market", "volume": "0.1",
+                                   "oflags": "fciq"})
+    assert ex.balances("earner")["XXBT"] == 0 and ex.balances("earner")["XBT.F"] == D("0.15")
+    # An order resting on XBT.F alone: its hold is listed, though the account has no spot XBT at all.
+    ex.create_account("saver", {"ZUSD": "10", "XBT.F": "0.2"})
+    ex.call("saver", "AddOrder", {"pair": "XBTUSD", "type": "sell", "ordertype": "limit", "price": "60000",
+                                  "volume": "0.1", "oflags": "fciq"})
+    view = ex.call("saver", "BalanceEx")
+    free_btc = sum(D(view[key]["balance"]) - D(view[key]["hold_trade"]) for key in ("XXBT", "XBT.F"))
+    assert free_btc == D("0.1")
+    with pytest.raises(KrakenReject) as info:
+        ex.call("saver", "AddOrder", {"pair": "XBTUSD", "type": "sell", "ordertype": "market", "volume": "0.11",
+                                      "oflags": "fciq"})
+    assert info.value.errors == ["EOrder:Insufficient funds"]
+
+
 def test_post_only_limit_that_would_take_is_canceled(exchange):
     exchange.set_price("XBTUSD", D("50000"))
     res = exchange.call("alice", "AddOrder", {"pair": "XBTUSD", "type": "buy", "ordertype": "limit",

@@ -315,12 +315,15 @@ async def test_an_exit_the_book_overcounts_is_sent_smaller_at_once_or_resized_fr
         assert not rig.engine._exit_refusals  # nothing kept of a settled exit
 
 
-async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_the_pair(served, tmp_path,
-                                                                                       monkeypatch):
+@pytest.mark.parametrize("refused_with, error", [("insufficient_funds", "Insufficient funds"),
+                                                  ("invalid_arguments", "Invalid arguments")])
+async def test_an_exit_refused_again_and_again_fails_and_never_holds_the_pair(served, tmp_path, monkeypatch,
+                                                                              refused_with, error):
+    """Refused for funds, or as malformed (not a key refused, which waits for the key): failed after a few tries."""
     import nija.trading.copy
 
     monkeypatch.setattr(nija.trading.copy, "EXIT_REFUSAL_SPACING_S", 0.0)  # reconciliation passes a minute apart
-    async with alice_sees_the_master_close(served, tmp_path, refused_with="insufficient_funds",
+    async with alice_sees_the_master_close(served, tmp_path, refused_with=refused_with,
                                            settle_retry_s=0.01) as (rig, exit_signal, _):
         [result] = (await rig.engine.copy(exit_signal)).results
         assert result.status == "unsettled"  # sized again from fresh balances, not failed at the first refusal
@@ -330,7 +333,7 @@ async def test_an_exit_refused_for_funds_again_and_again_fails_and_never_holds_t
             await rig.engine.reconcile()
         assert await rig.store.signal_status(exit_signal.signal_id) == "done"
         [settled] = [r for s in rig.engine.summaries if s.signal_id == exit_signal.signal_id for r in s.results][-1:]
-        assert settled.status == "failed" and "Insufficient funds" in settled.reason
+        assert settled.status == "failed" and error in settled.reason
         rig.exchange.clear_faults()
         [entry] = (await rig.engine.copy(await rig.master_trade("buy", D("0.01")))).results
         assert entry.status == "succeeded"  # not held behind the exit
