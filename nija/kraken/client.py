@@ -1,7 +1,8 @@
 """The async Kraken client: one `KrakenClient` per account, everything costly shared through a `KrakenContext`.
 
     KrakenContext  (one per event loop by default)
-    ├── aiohttp.ClientSession   one connection pool for every account (fan-out to thousands)
+    ├── aiohttp.ClientSession   one connection pool for every account (fan-out to thousands); private calls
+    │                           are written straight onto its pooled connections (nija.kraken.wire)
     ├── NonceCoordinator        one nonce sequence per API key, persisted high-water mark (nija.kraken.nonce)
     ├── NonceLane per key       private calls on a key leave in nonce order (or within its nonce window)
     └── RateScheduler           REST counter per key+tier, trading counter per pair, public pacer per IP
@@ -43,9 +44,10 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import SecretStr
-from yarl import URL
 
+from nija.kraken import wire
 from nija.kraken.auth import decode_secret, sign
 from nija.kraken.errors import (
     AmbiguousOrderError,
@@ -99,6 +101,7 @@ _REPEATABLE = frozenset({
 # Calls charged on a pair's trading counter (API.md §3), and those Kraken takes as JSON only.
 _TRADING_METHODS = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder", "CancelOrder", "CancelOrderBatch"})
 _JSON_METHODS = frozenset({"AddOrderBatch", "CancelOrderBatch"})
+_METHOD_NAME = re.compile(r"[A-Za-z]+(?:/[A-Za-z]+)*")
 # Kraken takes an AddOrder `deadline` between now + 2 s and now + 60 s; whole seconds, rounded up, stay inside it.
 MIN_ORDER_DEADLINE_S, MAX_ORDER_DEADLINE_S = 2.0, 59.0
 DEFAULT_ORDER_DEADLINE_S = 5.0
@@ -256,7 +259,7 @@ class KrakenContext:
         self._lanes: dict[str, NonceLane] = {}
         self._pairs: dict[str, Pairs] = {}
         self._pairs_loading: dict[str, asyncio.Task[Pairs]] = {}
-        self._urls: dict[str, URL] = {}
+        self._origins: dict[str, wire.Origin] = {}
         self.timeouts = RequestTimeouts()
         #: Kraken's clock minus this host's, in seconds: at most the true offset (ClockReading.lowest_s), so that a
         #: lookup proves an order absent never before Kraken's clock has passed the order's deadline (stamped in
@@ -282,12 +285,15 @@ class KrakenContext:
             self._owns_session = True
         return self._session
 
-    def url(self, text: str) -> URL:
-        """`text` parsed once: aiohttp takes a ready URL without parsing and quoting it again on every request."""
-        url = self._urls.get(text)
-        if url is None:
-            url = self._urls[text] = URL(text)
-        return url
+    def origin(self, base_url: str) -> wire.Origin:
+        origin = self._origins.get(base_url)
+        if origin is None:
+            origin = self._origins[base_url] = wire.Origin(base_url)
+        return origin
+
+    @property
+    def user_agent(self) -> str:
+        return self._user_agent
 
     def lane(self, key_id: str, nonce_window: int) -> NonceLane:
         lane = self._lanes.get(key_id)
@@ -370,7 +376,6 @@ def default_context() -> KrakenContext:
 _TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
 # Private calls carry no aiohttp total timeout (it costs a timer and a context per request): RequestTimeouts below
 # enforces the same limit for them. Public calls keep aiohttp's own.
-_NO_TOTAL = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
 
 
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
@@ -465,12 +470,16 @@ class KrakenClient:
         key_text = (api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key).strip()
         if not key_text:
             raise ValueError("Kraken API key is empty: set it from Kraken's API key page")
+        if not wire.check_header_value(key_text):
+            raise ValueError("Kraken API key has a space, line break or non-ASCII character inside it, which no Kraken "
+                             "key has: copy it again from Kraken's API key page")
         self._api_key = SecretStr(key_text)  # stripped: a stray space from a .env file would fail every call
         self._api_secret = api_secret if isinstance(api_secret, SecretStr) else SecretStr(api_secret)
         self._hmac_key = decode_secret(self._api_secret.get_secret_value().strip())
         self.key_id = _key_fingerprint(key_text)
         self.name = name
         self.base_url = base_url.rstrip("/")
+        wire.Origin(self.base_url)  # a base URL requests cannot go to is refused here, not at the first call
         self.tier = tier_named(tier)
         if read_attempts < 1 or order_attempts < 1:
             raise ValueError("read_attempts and order_attempts must be at least 1")
@@ -555,6 +564,8 @@ class KrakenClient:
         executed (invalid nonce, rate limit). An AddOrder goes through `add_order`: it carries a client order id
         (one is derived when neither `cl_ord_id` nor `userref` is given) and is looked up after an ambiguous failure.
         """
+        if _METHOD_NAME.fullmatch(method) is None:  # it becomes part of the request line
+            raise ValueError(f"{method!r} is not a Kraken private method name (e.g. 'Balance', 'Earn/Strategies')")
         if method == "AddOrder" and params.get("userref") is None and {"pair", "type", "volume"} <= params.keys():
             fields = dict(params)
             volume = fields.pop("volume")
@@ -631,21 +642,17 @@ class KrakenClient:
                 body, content_type = _json_body(nonce, params), "application/json"
             else:
                 body, content_type = _form_body(nonce, params), "application/x-www-form-urlencoded"
-            headers = {
-                "API-Key": self._api_key.get_secret_value(),
-                "API-Sign": sign(path, nonce, body, self._hmac_key),
-                "Content-Type": content_type,
-            }
             context = self._context
+            headers = (
+                f"User-Agent: {context.user_agent}\r\nAPI-Key: {self._api_key.get_secret_value()}\r\n"
+                f"API-Sign: {sign(path, nonce, body, self._hmac_key)}\r\nContent-Type: {content_type}\r\n"
+            )
             context.keep_rest_levels()
             try:
                 slot, task = context.timeouts.enter(self._timeout_s)
                 failure = None
                 try:
-                    async with self._http().post(
-                        context.url(self.base_url + path), data=body, headers=headers, timeout=_NO_TOTAL
-                    ) as response:
-                        status, raw = response.status, await response.read()
+                    status, raw = await wire.post(self._http(), context.origin(self.base_url), path, headers, body)
                 except asyncio.CancelledError:
                     # Our own time limit or a caller's (e.g. the copy engine's asyncio.timeout): either way the
                     # request may still reach the server, so later nonces must out-rank it even within the window.
@@ -653,7 +660,7 @@ class KrakenClient:
                     if not context.timeouts.leave(slot, task):
                         raise
                     failure = "TimeoutError"
-                except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+                except (asyncio.TimeoutError, aiohttp.ClientError, OSError, HttpProcessingError) as exc:
                     # The request may still reach the server: later nonces must out-rank it even within the window.
                     lane.skip_past(nonce + lane.window)
                     failure = type(exc).__name__

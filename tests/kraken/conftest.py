@@ -7,6 +7,7 @@ import pytest
 
 from nija.kraken.client import KrakenContext
 from nija.kraken.nonce import NonceCoordinator
+from tests.kraken.scripted import serve_scripted
 
 
 @pytest.fixture
@@ -19,3 +20,10 @@ async def context(tmp_path):
     ctx = KrakenContext(nonces=NonceCoordinator(tmp_path / "state"), public_rate_per_s=1000.0)
     yield ctx
     await ctx.close()
+
+
+@pytest.fixture
+async def kraken():
+    """A scripted Kraken on 127.0.0.1 (tests.kraken.scripted): `kraken.on("Balance", Recorder(...))`, `kraken.url`."""
+    async with serve_scripted() as scripted:
+        yield scripted

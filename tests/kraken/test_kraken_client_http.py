@@ -4,100 +4,22 @@ retries, order lookup, secrets. What each kind of reply raises is in test_kraken
 import asyncio
 import json
 import re
-import time
 from datetime import datetime
 from decimal import Decimal
-from urllib.parse import parse_qs
 
 import pytest
-from aiohttp import web
 from structlog.testing import capture_logs
 
 from nija.kraken import errors
-from nija.kraken.auth import decode_secret, sign
 from nija.kraken.client import KrakenClient, derive_cl_ord_id
 from nija.kraken.limits import Tier
 from nija.kraken.errors import (
     AmbiguousOrderError,
     TransportError,
 )
+from tests.kraken.scripted import DROP, HANG, Raw, Recorder, envelope
 
 API_KEY = "test-api-key-for-unit-tests"
-
-
-def envelope(result=None, error=()):
-    return {"error": list(error), "result": result} if not error else {"error": list(error)}
-
-
-class Raw:
-    """A non-envelope reply: any status, body and content type."""
-
-    def __init__(self, status, body, content_type="text/html"):
-        self.status, self.body, self.content_type = status, body, content_type
-
-
-DROP = "drop"  # close the connection without answering
-HANG = "hang"  # answer later than the client's timeout
-
-
-class Recorder:
-    """Records every request to one method (form fields, headers, signature check) and answers from a script;
-    the last reply repeats."""
-
-    def __init__(self, secret_b64, *replies):
-        self.secret = decode_secret(secret_b64)
-        self.replies = list(replies)
-        self.requests: list[dict] = []
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if request.method == "POST":
-            fields = {k: v[0] for k, v in parse_qs(body.decode()).items()}
-            valid = request.headers.get("API-Sign") == sign(request.path, fields["nonce"], body, self.secret)
-        else:
-            fields, valid = dict(request.query), True
-        self.requests.append({"fields": fields, "headers": dict(request.headers), "signature_valid": valid,
-                              "received_at": time.time()})
-        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        if reply == DROP:
-            request.transport.abort()
-            return web.Response()
-        if reply == HANG:
-            await asyncio.sleep(0.5)
-            return web.json_response(envelope({}))
-        if isinstance(reply, Raw):
-            return web.Response(status=reply.status, text=reply.body, content_type=reply.content_type)
-        return web.json_response(reply)
-
-
-class ScriptedKraken:
-    def __init__(self):
-        self.routes: dict[str, Recorder] = {}
-
-    def on(self, method: str, recorder: Recorder) -> Recorder:
-        self.routes[method] = recorder
-        return recorder
-
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        recorder = self.routes.get(request.match_info["method"])
-        if recorder is None:
-            return web.json_response(envelope(error=["EGeneral:Unknown method"]))
-        return await recorder.handle(request)
-
-
-@pytest.fixture
-async def kraken():
-    scripted = ScriptedKraken()
-    app = web.Application()
-    app.router.add_route("*", "/0/{scope}/{method}", scripted.dispatch)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    scripted.url = f"http://127.0.0.1:{port}"
-    yield scripted
-    await runner.cleanup()
 
 
 @pytest.fixture
