@@ -56,6 +56,7 @@ MASTER_EQUITY_S, MASTER_EQUITY_RETRY_S = 3600.0, 60.0
 PAIRS_REFRESH_S = 900.0
 #: how often the follower directory is looked at for changes (which apply at the next start)
 FOLLOWER_FILES_CHECK_S = 30.0
+STORE_FILE_CHECK_S = 30.0  # how often the store file is checked to still be the one NIJA writes
 #: a host clock this far from Kraken's is told (`clock_skew`); order deadlines follow Kraken's clock either way
 CLOCK_SKEW_WARN_S = 1.0
 #: how long orders in flight may take to finish once a stop is asked for (Render waits 30 s before SIGKILL)
@@ -213,6 +214,7 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
                  asyncio.create_task(_follower_health(lifecycle, engine), name="follower-health"),
                  asyncio.create_task(_master_equity_loop(master, lifecycle, engine, watcher, master_poll_s),
                                      name="master-equity")]
+        tasks.append(asyncio.create_task(_watch_store_file(settings.store_path, lifecycle), name="store-file"))
         if not paper:
             tasks.append(asyncio.create_task(_watch_follower_files(settings.users_dir, follower_files),
                                              name="follower-files"))
@@ -425,6 +427,34 @@ async def _watch_follower_files(directory: Path, loaded: dict[str, tuple[int, in
                     edited=sorted(name for name in now.keys() & loaded.keys() if now[name] != loaded[name]),
                     fix="restart NIJA to apply them; until then the followers loaded at start copy as they were")
         told = now
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+async def _watch_store_file(path: Path, lifecycle: Lifecycle) -> None:
+    """Tell the operator when the store file is deleted or replaced while NIJA runs (a cleanup script, a volume
+    remounted): SQLite goes on writing to the file it opened, so whatever is recorded from then on — copies, their
+    outcomes, what is left to reconcile — is gone at the next start. The daemon stays degraded until the file is
+    back."""
+    opened = _file_identity(path)
+    while True:
+        await asyncio.sleep(STORE_FILE_CHECK_S)
+        now = _file_identity(path)
+        if now == opened:
+            lifecycle.recovered("store")
+            continue
+        if "store" not in lifecycle.problems:
+            log.error("store_file_missing", path=str(path), problem="deleted" if now is None else "replaced",
+                      consequence="copies recorded from now on are lost when NIJA stops",
+                      fix=f"keep {path.parent} for NIJA alone; stop NIJA (it finishes the copies under way) and "
+                          "start it again, then check the followers' open orders on Kraken")
+        lifecycle.problem("store", f"{path} was {'deleted' if now is None else 'replaced'} while NIJA runs")
 
 
 def _configured_followers(settings: Settings, lifecycle: Lifecycle) -> list[Follower]:

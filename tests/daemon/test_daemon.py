@@ -193,6 +193,22 @@ async def test_follower_files_changed_while_running_are_told_to_apply_at_the_nex
                                           "removed=[]"))
 
 
+async def test_a_store_file_deleted_while_running_is_told_and_keeps_the_daemon_degraded(
+        exchange, exchange_url, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(nija.daemon, "STORE_FILE_CHECK_S", 0.05)
+    settings = load_settings(daemon_env(exchange_url, exchange.account("master"), tmp_path), dotenv_path=None)
+    alice_follows(exchange, tmp_path, monkeypatch)
+    log = LogLines(capsys)
+    async with running(settings, master_poll_s=0.1) as daemon:
+        await wait_for(lambda: log.logged("lifecycle", "state=running") or daemon.done())
+        await asyncio.sleep(0.2)
+        assert not log.logged("store_file_missing")
+        for path in settings.store_path.parent.glob(settings.store_path.name + "*"):  # the database, its WAL
+            path.unlink()
+        await wait_for(lambda: log.logged("store_file_missing", "problem=deleted"))
+        await wait_for(lambda: log.logged("lifecycle", "state=degraded"))
+
+
 async def test_a_second_daemon_on_the_same_keys_refuses_to_start(exchange, exchange_url, tmp_path, monkeypatch):
     master = exchange.account("master")
     (tmp_path / "users").mkdir()
