@@ -102,6 +102,7 @@ _REPEATABLE = frozenset({
 _TRADING_METHODS = frozenset({"AddOrder", "AddOrderBatch", "EditOrder", "AmendOrder", "CancelOrder", "CancelOrderBatch"})
 _JSON_METHODS = frozenset({"AddOrderBatch", "CancelOrderBatch"})
 _METHOD_NAME = re.compile(r"[A-Za-z]+(?:/[A-Za-z]+)*")
+_USER_AGENT = re.compile(r"[\x20-\x7e]+")
 # Kraken takes an AddOrder `deadline` between now + 2 s and now + 60 s; whole seconds, rounded up, stay inside it.
 MIN_ORDER_DEADLINE_S, MAX_ORDER_DEADLINE_S = 2.0, 59.0
 DEFAULT_ORDER_DEADLINE_S = 5.0
@@ -251,6 +252,10 @@ class KrakenContext:
         self.scheduler = scheduler or RateScheduler(
             public_rate_per_s=public_rate_per_s, safety_margin=rate_safety_margin
         )
+        if session is not None:
+            wire.check_session(session)
+        if _USER_AGENT.fullmatch(user_agent) is None:
+            raise ValueError("user_agent must be printable ASCII on one line")
         self._session = session
         self._owns_session = session is None
         self._connection_limit = connection_limit
@@ -433,7 +438,8 @@ class KrakenClient:
 
     `api_key`/`api_secret`: the key pair (str or SecretStr). `base_url`: Kraken, or the embedded exchange.
     `tier`: the account's verification tier ("starter", "intermediate", "pro" or a custom `Tier`), which sizes the
-    REST counter. `session`: an aiohttp session to use instead of the context's. `context`: the shared
+    REST counter. `session`: an aiohttp session to use instead of the context's (not one with a proxy: private
+    calls go straight onto its connector's connections, see nija.kraken.wire). `context`: the shared
     KrakenContext (default: the running loop's). `nonce_window`: the nonce window set for this key on Kraken (in
     nonce units = ns; 0 = one call in flight). `timeout_s`: per HTTP request. `read_attempts`: tries for reads.
     `order_attempts`: sends of one AddOrder when earlier ones are proven not placed. `retry_base_s`: first backoff.
@@ -503,6 +509,8 @@ class KrakenClient:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self._timeout = _timeout(timeout_s)
         self._timeout_s = timeout_s
+        if session is not None:
+            wire.check_session(session)
         self._session = session
         if nonce_window < 0:
             raise ValueError(f"nonce_window must be >= 0, got {nonce_window}")

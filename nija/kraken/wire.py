@@ -9,8 +9,9 @@ reads the reply with aiohttp's own response parser, which handles chunked and co
 close exactly as for `session.post`. Failures raise what `session.post` raises (aiohttp.ClientError, OSError),
 plus aiohttp's HttpProcessingError for a reply that is not HTTP.
 
-Per-request session options (default headers, trace configs, middlewares, a session-wide proxy) do not apply to
-these requests; public calls and the WebSocket still go through the session as usual.
+Per-request session options (default headers, trace configs, middlewares) do not apply to these requests; public
+calls and the WebSocket still go through the session as usual. A session that sends through a proxy is refused
+(`check_session`): private calls would leave from another address than public ones.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import aiohttp
 from aiohttp.client_reqrep import ClientRequest
 from yarl import URL
 
-__all__ = ["Origin", "post", "check_header_value"]
+__all__ = ["Origin", "post", "check_header_value", "check_session"]
 
 _NO_LIMITS = aiohttp.ClientTimeout()  # the caller bounds the whole call (nija.kraken.client.RequestTimeouts)
 _HEADER_VALUE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: nothing that could end a header line early
@@ -31,6 +32,15 @@ _HEADER_VALUE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: nothing that could
 def check_header_value(value: str) -> bool:
     """Whether `value` can be written into a header line as it is (no spaces, line breaks or non-ASCII)."""
     return _HEADER_VALUE.fullmatch(value) is not None
+
+
+def check_session(session: aiohttp.ClientSession) -> None:
+    """Refuse a session with a proxy for every request (`proxy=`, or `trust_env=True` reading HTTP(S)_PROXY)."""
+    if session.trust_env or getattr(session, "_default_proxy", None) is not None:
+        raise ValueError(
+            "the aiohttp session given to NIJA sends through a proxy (proxy= or trust_env=True), which NIJA's private "
+            "calls do not use: pass a session without one, or leave the session to NIJA"
+        )
 
 
 class Origin:
@@ -74,7 +84,12 @@ async def post(session: aiohttp.ClientSession, origin: Origin, path: str, header
             f"POST {origin.path_prefix}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n{headers}"
             f"Content-Length: {len(body)}\r\n\r\n".encode() + body
         )
-        message, payload = await protocol.read()
+        while True:
+            message, payload = await protocol.read()
+            # An interim reply (100 Continue, 103 Early Hints) comes before the real one, as session.post skips it:
+            # left unread, the real reply would be taken as the next request's.
+            if not 100 <= message.code < 200 or message.code == 101:
+                break
         raw = await payload.read()
     except BaseException:
         connection.close()
