@@ -177,15 +177,24 @@ async def test_a_follower_whose_key_trades_the_master_account_is_left_out_after_
         assert sum("copy_summary" in line for line in log.read()) == 1  # dave's copy was no signal
 
 
-async def test_follower_files_changed_while_running_are_told_to_apply_at_the_next_start(
-        exchange, exchange_url, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(nija.daemon, "FOLLOWER_FILES_CHECK_S", 0.05)
+@contextlib.asynccontextmanager
+async def running_a_while(exchange, exchange_url, tmp_path, monkeypatch, capsys, check_every: str):
+    """The daemon, master plus alice, running for a moment with its `check_every` interval at 50 ms; yields
+    (settings, log lines)."""
+    monkeypatch.setattr(nija.daemon, check_every, 0.05)
     settings = load_settings(daemon_env(exchange_url, exchange.account("master"), tmp_path), dotenv_path=None)
     alice_follows(exchange, tmp_path, monkeypatch)
     log = LogLines(capsys)
     async with running(settings, master_poll_s=0.1) as daemon:
         await wait_for(lambda: log.logged("lifecycle", "state=running") or daemon.done())
         await asyncio.sleep(0.2)
+        yield settings, log
+
+
+async def test_follower_files_changed_while_running_are_told_to_apply_at_the_next_start(
+        exchange, exchange_url, tmp_path, monkeypatch, capsys):
+    async with running_a_while(exchange, exchange_url, tmp_path, monkeypatch, capsys,
+                               "FOLLOWER_FILES_CHECK_S") as (_settings, log):
         assert not log.logged("follower_files_changed")  # nothing changed: nothing told
         (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice", "enabled": False}))
         (tmp_path / "users" / "carol.json").write_text(json.dumps({"name": "carol"}))
@@ -195,13 +204,8 @@ async def test_follower_files_changed_while_running_are_told_to_apply_at_the_nex
 
 async def test_a_store_file_deleted_while_running_is_told_and_keeps_the_daemon_degraded(
         exchange, exchange_url, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(nija.daemon, "STORE_FILE_CHECK_S", 0.05)
-    settings = load_settings(daemon_env(exchange_url, exchange.account("master"), tmp_path), dotenv_path=None)
-    alice_follows(exchange, tmp_path, monkeypatch)
-    log = LogLines(capsys)
-    async with running(settings, master_poll_s=0.1) as daemon:
-        await wait_for(lambda: log.logged("lifecycle", "state=running") or daemon.done())
-        await asyncio.sleep(0.2)
+    async with running_a_while(exchange, exchange_url, tmp_path, monkeypatch, capsys,
+                               "STORE_FILE_CHECK_S") as (settings, log):
         assert not log.logged("store_file_missing")
         for path in settings.store_path.parent.glob(settings.store_path.name + "*"):  # the database, its WAL
             path.unlink()
