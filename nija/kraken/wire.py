@@ -2,12 +2,13 @@
 
 `session.post` builds for every request a request object, header multidicts, a body payload, a task that writes
 it (on Python 3.11, one more turn of the event loop) and a response object with a reader of its own: about 100 µs
-of the 250 µs a bare `session.post` costs here (docs/benchmarks/client.md). A Kraken private call needs none of it: a small body known in full, a fixed set of
-headers, a reply read whole. So it borrows a connection from the session's connector — the same pool, TLS context,
-DNS cache and connection limit as every other request of the process — writes the request's bytes itself, and
-reads the reply with aiohttp's own response parser, which handles chunked and compressed bodies, keep-alive and
-close exactly as for `session.post`. Failures raise what `session.post` raises (aiohttp.ClientError, OSError),
-plus aiohttp's HttpProcessingError for a reply that is not HTTP.
+of the 250 µs a bare `session.post` costs here (docs/benchmarks/client.md). A Kraken private call needs none of
+it: a small body known in full, a fixed set of headers, a reply read whole. So it borrows a connection from the
+session's connector — the same pool, TLS context, DNS cache and connection limit as every other request of the
+process — writes the request's bytes itself, and reads the reply with aiohttp's own response parser, which handles
+chunked and compressed bodies, keep-alive and close as for `session.post` (tests/kraken/test_kraken_wire.py).
+Failures raise what `session.post` raises (aiohttp.ClientError, OSError), plus aiohttp's HttpProcessingError for
+a reply that is not HTTP.
 
 Per-request session options (default headers, trace configs, middlewares) do not apply to these requests; public
 calls and the WebSocket still go through the session as usual. A session that sends through a proxy is refused
@@ -67,9 +68,10 @@ class Origin:
         return self._key_request
 
 
-async def post(session: aiohttp.ClientSession, origin: Origin, path: str, headers: str, body: bytes) -> tuple[int, bytes]:
-    """POST `body` to `origin` + `path` with `headers` (complete "Name: value\\r\\n" lines, values already checked
-    with `check_header_value`) on a pooled connection; returns the reply's status and body. The connection goes
+async def post(session: aiohttp.ClientSession, origin: Origin, path: str, headers: str,
+               body: bytes) -> tuple[int, bytes]:
+    """POST `body` to `origin` + `path` with `headers` (complete "Name: value\\r\\n" lines whose values hold no
+    line break) on a pooled connection; returns the reply's status and body. The connection goes
     back to the pool once the reply is read whole, and is closed on any failure or cancellation: a reply still on
     its way must never be taken for the next request's."""
     connection = await session.connector.connect(origin.key_request(), [], _NO_LIMITS)

@@ -50,7 +50,7 @@ def kraken_error(*strings: str) -> dict:
 
 HTML_520 = "<!DOCTYPE html><title>520: Web server is returning an unknown error</title>"
 
-# reply (as tests.kraken.scripted serves it) → what the caller gets, words its message holds, and whether a read retries
+# reply (as tests.kraken.scripted serves it) → the class raised, words in its message, whether a read retries
 READ_REPLIES = [
     pytest.param(Raw(520, HTML_520), TransportError, "HTTP 520 (HTML page)", True, id="cloudflare-520"),
     pytest.param(Raw(502, '{"error": []}', "application/json"), TransportError, "HTTP 502", True, id="non-200-json"),
