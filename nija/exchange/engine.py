@@ -8,7 +8,7 @@ the `result` object or raises `KrakenReject` with Kraken's error strings, so tes
 from __future__ import annotations
 
 import base64
-import calendar
+import functools
 import hashlib
 import hmac
 import os
@@ -17,6 +17,7 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal, InvalidOperation
 from typing import Any, Callable, Iterable
 
@@ -41,6 +42,8 @@ _CL_ORD_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-
 _CL_ORD_TEXT = re.compile(r"^[\x20-\x7e]{1,18}$")
 _TRUE = frozenset({"true", "True", "TRUE", "1", True, 1})
 _OFLAGS = frozenset({"post", "fcib", "fciq", "nompp", "viqc"})
+_BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_ID_CHAR_PAIRS = tuple(a + b for a in _BASE32 for b in _BASE32)  # indexed by 10 bits
 _QUERY, _TRADE, _WEBSOCKET = "query", "trade", "websocket"
 PERMISSIONS = (_QUERY, _TRADE, _WEBSOCKET)
 #: a WebSocket token must open a subscription within this long (Kraken: 15 minutes)
@@ -119,14 +122,19 @@ def _parse_time(value: Any, arg: str) -> float:
     except ValueError:
         pass
     try:
-        base = text.rstrip("Z").split("+")[0]
-        frac = 0.0
-        if "." in base:
-            base, f = base.split(".", 1)
-            frac = float("0." + f)
-        return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + frac
+        return _rfc3339_to_unix(text)
     except ValueError:
         raise _bad(arg) from None
+
+
+@functools.lru_cache(maxsize=64)  # every order sent within a second carries the same deadline
+def _rfc3339_to_unix(text: str) -> float:
+    if "T" not in text:
+        raise ValueError(text)
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
 
 
 def _accept_nonce(key: Account | ApiKey, nonce: int) -> bool:
@@ -548,8 +556,9 @@ class Exchange:
     def _new_id(self, prefix: str) -> str:
         """Kraken-like ids (`OUF4EM-FRGI2-MQMWZD`): 80 random bits, so collisions are not a practical concern."""
         bits = self._ids.getrandbits(80)
-        # base32 of the 80 bits, lowest 5 bits first (what a loop over 5-bit groups gives, without the loop)
-        chars = base64.b32encode(bits.to_bytes(10, "big")).decode()[::-1]
+        two = _ID_CHAR_PAIRS  # 10 bits → 2 base32 characters
+        chars = (two[bits & 1023] + two[bits >> 10 & 1023] + two[bits >> 20 & 1023] + two[bits >> 30 & 1023]
+                 + two[bits >> 40 & 1023] + two[bits >> 50 & 1023] + two[bits >> 60 & 1023] + two[bits >> 70])
         return f"{prefix}{chars[:5]}-{chars[5:10]}-{chars[10:16]}"
 
     # ---- authentication -------------------------------------------------------------------------------------

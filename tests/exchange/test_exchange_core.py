@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+import urllib.parse
 from decimal import Decimal as D
 
 import pytest
 
 from nija.exchange import Exchange, KrakenReject
+from nija.exchange.app import parse_body
 from nija.kraken.limits import Tier
 
 
@@ -232,6 +235,44 @@ def test_nonce_strictly_increasing_and_window():
     w = ex.create_account("w", {}, nonce_window=10)
     assert w.accept_nonce(100) and w.accept_nonce(95) and not w.accept_nonce(95) and not w.accept_nonce(89)
     assert w.accept_nonce(101)
+
+
+@pytest.mark.parametrize("ahead_s, render", [
+    (30, lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))),
+    (30, lambda t: time.strftime("%Y-%m-%dT%H:%M:%S.250Z", time.gmtime(t))),
+    (30, lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))),  # no zone: UTC
+    (30, lambda t: time.strftime("%Y-%m-%dT%H:%M:%S+02:00", time.gmtime(t + 7200))),
+    (30, lambda t: str(int(t))),
+    (-5, lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))),
+    (-5, lambda t: time.strftime("%Y-%m-%dT%H:%M:%S-01:00", time.gmtime(t - 3600))),
+    (120, lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))),
+    (120, lambda t: time.strftime("%Y-%m-%dT%H:%M:%S+02:00", time.gmtime(t + 7200))),
+])
+def test_deadline_is_read_in_any_rfc3339_zone(exchange, ahead_s, render):
+    exchange.set_price("XBTUSD", D("50000"))
+    order = {"pair": "XBTUSD", "type": "buy", "ordertype": "market", "volume": "0.0001",
+             "deadline": render(exchange.wall_now() + ahead_s)}
+    if ahead_s < 0:
+        with pytest.raises(KrakenReject, match="EService:Deadline elapsed"):
+            exchange.call("alice", "AddOrder", order)
+    elif ahead_s > 60:
+        with pytest.raises(KrakenReject, match="EGeneral:Invalid arguments:deadline"):
+            exchange.call("alice", "AddOrder", order)
+    else:
+        assert exchange.call("alice", "AddOrder", order)["txid"]
+
+
+@pytest.mark.parametrize("text", ["tomorrow", "2026-01-02", "2026-13-02T00:00:00Z", ""])
+def test_a_deadline_that_is_no_time_is_invalid(exchange, text):
+    order = {"pair": "XBTUSD", "type": "buy", "ordertype": "market", "volume": "0.0001", "deadline": text or " "}
+    with pytest.raises(KrakenReject, match="EGeneral:Invalid arguments:deadline"):
+        exchange.call("alice", "AddOrder", order)
+
+
+def test_form_bodies_are_decoded_as_parse_qsl_does():
+    raw = b"nonce=1&deadline=2026-01-02T03%3A04%3A05Z&a+b=c+d&empty=&bare&%E2%82%AC=%E2%82%AC&&pair=XBTUSD"
+    assert parse_body(raw, "application/x-www-form-urlencoded") == dict(
+        urllib.parse.parse_qsl(raw.decode(), keep_blank_values=True))
 
 
 def test_cancel_all_orders_after_really_fires():
