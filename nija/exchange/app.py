@@ -30,7 +30,6 @@ import random
 import time
 from decimal import Decimal
 from typing import Any
-from urllib.parse import unquote_plus
 
 from aiohttp import web
 
@@ -38,12 +37,20 @@ from ..kraken.limits import DecayingCounter
 from .engine import Exchange, KrakenReject, rfc3339
 from .faults import Fault
 from .pairs import resolve_pair
+from .rest_protocol import ABORT, ApiCall, Reply, RestProtocol, parse_body
 
-__all__ = ["ExchangeServer", "build_app", "parse_body"]
+__all__ = ["ABORT", "ApiCall", "ExchangeServer", "Reply", "build_app", "parse_body"]
 
 log = logging.getLogger("nija.exchange")
 
 _JSON = "application/json"
+_MAX_BODY = 1 << 20
+_SHUTDOWN_S = 2.0
+#: an idle keep-alive connection is closed after this long, as aiohttp's server does (its default), checked every
+#: IDLE_SWEEP_S
+KEEPALIVE_S = 75.0
+IDLE_SWEEP_S = 15.0
+_HTML = "text/html; charset=utf-8"
 _HTML_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
              "</center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n")
 _HTML_520 = ("<!DOCTYPE html>\n<html><head><title>api.kraken.com | 520: Web server is returning an unknown error"
@@ -59,29 +66,12 @@ def _default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _error(errors: list[str]) -> Reply:
+    return Reply(200, _JSON, _dumps({"error": errors}))
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=_default).encode()
-
-
-def parse_body(raw: bytes, content_type: str) -> dict:
-    """A private request's parameters from a form or JSON body (raises ValueError when unreadable)."""
-    if not raw:
-        return {}
-    if content_type.startswith(_JSON) or raw[:1] in (b"{", b"["):
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError("JSON body must be an object")
-        return data
-    params = {}
-    # parse_qsl's result (blank values kept, '+' is a space), without its cost: only a field holding '%' or '+'
-    # is unquoted, and in a form body that is the deadline's colons at most.
-    for field in raw.decode("utf-8").split("&"):
-        if field:
-            name, _, value = field.partition("=")
-            if "%" in field or "+" in field:
-                name, value = unquote_plus(name), unquote_plus(value)
-            params[name] = value
-    return params
 
 
 #: messages one WebSocket connection may have waiting; a client that reads none of them is cut off, not kept in memory
@@ -136,6 +126,10 @@ class ExchangeServer:
         self.requests = 0
         self._rng = random.Random()
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        #: open connections answered by RestProtocol (those handed to the application are its runner's)
+        self.connections: set[RestProtocol] = set()
+        self._answers: set[asyncio.Task] = set()
         self._closing: asyncio.Event | None = None
         self._ticker: asyncio.Task | None = None
         self._websockets: set[web.WebSocketResponse] = set()
@@ -150,20 +144,24 @@ class ExchangeServer:
     async def start(self) -> None:
         self._closing = asyncio.Event()
         app = build_app(self)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        # The application answers what RestProtocol hands it (the WebSocket, /admin, unusual requests): its runner
+        # has no site of its own.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_S)
         await self._runner.setup()
+        app_protocol = self._runner.server
+        assert app_protocol is not None
         # A deep accept queue, as Kraken's front end has: a fan-out opens a connection per account at once, and
-        # aiohttp's default of 128 drops the rest, which the clients then retry only after a second.
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, backlog=4096)
-        await site.start()
-        sockets = site._server.sockets if site._server else ()  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1]
+        # the default of 128 drops the rest, which the clients then retry only after a second.
+        self._listener = await asyncio.get_running_loop().create_server(
+            lambda: RestProtocol(self, app_protocol, _MAX_BODY), self.host, self.port, reuse_address=True,
+            backlog=4096)
+        self.port = self._listener.sockets[0].getsockname()[1]
         self.url = f"http://{self.host}:{self.port}"
         self._ticker = asyncio.create_task(self._tick_loop())
 
     async def stop(self) -> None:
         if self._closing is not None:
-            self._closing.set()
+            self._closing.set()  # timeout faults let go of their requests at once
         await self.close_websockets()
         if self._ticker is not None:
             self._ticker.cancel()
@@ -172,23 +170,59 @@ class ExchangeServer:
             except (asyncio.CancelledError, Exception):
                 pass
             self._ticker = None
+        if self._listener is not None:
+            self._listener.close()
+        if self._answers:  # answers under way get their latency's worth of time, as aiohttp's shutdown gives
+            _done, late = await asyncio.wait(set(self._answers), timeout=_SHUTDOWN_S)
+            for task in late:
+                task.cancel()
+        for connection in list(self.connections):
+            connection.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._listener is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._listener.wait_closed(), _SHUTDOWN_S)
+            self._listener = None
+
+    def track(self, answer: asyncio.Task) -> None:
+        """An answer under way on a RestProtocol connection (waited for when the server stops)."""
+        self._answers.add(answer)
+        answer.add_done_callback(self._answers.discard)
 
     async def serve_forever(self) -> None:
         assert self._closing is not None
         await self._closing.wait()
 
     async def _tick_loop(self) -> None:
+        next_sweep_s = time.monotonic() + IDLE_SWEEP_S
         while True:
             await asyncio.sleep(self.tick_s)
             try:
                 self.exchange.sync()
             except Exception:  # pragma: no cover - never let the clock die
                 log.exception("exchange tick failed")
+            if time.monotonic() >= next_sweep_s:
+                next_sweep_s = time.monotonic() + IDLE_SWEEP_S
+                for connection in list(self.connections):
+                    connection.close_if_idle(KEEPALIVE_S)
 
-    # ---- request handling -----------------------------------------------------------------------------------
+    # ---- Kraken's REST calls -------------------------------------------------------------------------------
+    async def answer(self, call: ApiCall) -> Reply:
+        """Kraken's answer to one REST call, whichever HTTP server read it: the envelope of what the exchange did, a
+        rejection as its errors, anything unexpected as `EGeneral:Internal error` (never a traceback), or a fault."""
+        if call.verb != "POST" and call.path.startswith("/0/private/"):
+            return _error(["EAPI:Bad request"])
+        self.requests += 1
+        try:
+            return await (self._private(call) if call.path.startswith("/0/private/") else self._public(call))
+        except KrakenReject as exc:
+            return _error(exc.errors)
+        except Exception:
+            log.exception("%s failed", call.path)
+            return _error(["EGeneral:Internal error"])
+
     async def _delay(self) -> None:
         ms = self.latency_ms
         if self.jitter_ms:
@@ -203,98 +237,81 @@ class ExchangeServer:
         except asyncio.TimeoutError:
             pass
 
-    def _error_response(self, errors: list[str]) -> web.Response:
-        return web.Response(body=_dumps({"error": errors}), content_type=_JSON)
-
-    async def _fault_response(self, request: web.Request, fault: Fault, executed_body: bytes | None) \
-            -> web.StreamResponse:
+    async def _fault_reply(self, fault: Fault, executed_body: bytes | None) -> Reply:
         kind = fault.kind
         if kind == "drop_response_after_execute":
-            return _abort(request)
+            return ABORT
         if kind == "timeout":
             await self._hold(fault.delay_s)
-            return _abort(request)
+            return ABORT
         if kind == "http_502":
-            return web.Response(status=502, text=_HTML_502, content_type="text/html")
+            return Reply(502, _HTML, _HTML_502.encode())
         if kind == "http_520":
-            return web.Response(status=520, text=_HTML_520, content_type="text/html")
+            return Reply(520, _HTML, _HTML_520.encode())
         if kind == "latency":
             assert executed_body is not None
-            return web.Response(body=executed_body, content_type=_JSON)
+            return Reply(200, _JSON, executed_body)
         text = fault.error_string(self.exchange.clock.now())
-        return self._error_response([text or "EGeneral:Internal error"])
+        return _error([text or "EGeneral:Internal error"])
 
-    async def public(self, request: web.Request) -> web.StreamResponse:
-        return await self._envelope("public", request, self._public)
-
-    async def private(self, request: web.Request) -> web.StreamResponse:
-        return await self._envelope("private", request, self._private)
-
-    async def _envelope(self, kind: str, request: web.Request, handle) -> web.StreamResponse:
-        """Kraken's answer to one API call: what `handle` returns (a finished response, or the body of the envelope),
-        a rejection as its errors, and anything unexpected as `EGeneral:Internal error`, never a traceback."""
-        self.requests += 1
-        method = request.match_info["method"]
-        try:
-            answer = await handle(request, method)
-        except KrakenReject as exc:
-            answer = _dumps({"error": exc.errors})
-        except Exception:
-            log.exception("%s %s failed", kind, method)
-            answer = _dumps({"error": ["EGeneral:Internal error"]})
-        return answer if isinstance(answer, web.StreamResponse) else web.Response(body=answer, content_type=_JSON)
-
-    async def _public(self, request: web.Request, method: str) -> web.StreamResponse | bytes:
+    async def _public(self, call: ApiCall) -> Reply:
         ex = self.exchange
         if self.latency_ms or self.jitter_ms:
             await self._delay()
         if self.public_limit is not None:
-            counter = self._public_counters.get(request.remote or "")
+            counter = self._public_counters.get(call.remote)
             if counter is None:
-                counter = self._public_counters[request.remote or ""] = DecayingCounter(*self.public_limit)
+                counter = self._public_counters[call.remote] = DecayingCounter(*self.public_limit)
             if not counter.try_add(1, time.monotonic()):
-                return self._error_response(["EGeneral:Too many requests"])
-        params: dict = dict(request.query)
-        if request.method == "POST" and request.can_read_body:
-            raw = await request.read()
+                return _error(["EGeneral:Too many requests"])
+        params: dict = dict(call.query)
+        if call.verb == "POST" and call.body:
             try:
-                params.update(parse_body(raw, request.headers.get("Content-Type", "")))
+                params.update(parse_body(call.body, call.headers.get("content-type", "")))
             except (ValueError, UnicodeDecodeError):
-                return self._error_response(["EAPI:Bad request"])
-        fault = ex.faults.draw(None, method, _pair_key(params)) if ex.faults.faults else None
+                return _error(["EAPI:Bad request"])
+        fault = ex.faults.draw(None, call.method, _pair_key(params)) if ex.faults.faults else None
         if fault is not None:
             if fault.kind != "latency":
-                return await self._fault_response(request, fault, None)
+                return await self._fault_reply(fault, None)
             await self._hold(fault.delay_s)
-        return _dumps({"error": [], "result": ex.call_public(method, params)})
+        return Reply(200, _JSON, _dumps({"error": [], "result": ex.call_public(call.method, params)}))
 
-    async def _private(self, request: web.Request, method: str) -> web.StreamResponse | bytes:
+    async def _private(self, call: ApiCall) -> Reply:
         ex = self.exchange
-        raw = await request.read()
+        raw = call.body
         if self.latency_ms or self.jitter_ms:
             await self._delay()
-        headers = request.headers
+        headers = call.headers
         try:
-            params = parse_body(raw, headers.get("Content-Type", ""))
+            params = parse_body(raw, headers.get("content-type", ""))
         except (ValueError, UnicodeDecodeError):
-            return self._error_response(["EAPI:Bad request"])
-        acct = ex.authenticate(headers.get("API-Key"), headers.get("API-Sign"), request.path, raw, params.get("nonce"))
-        fault = ex.faults.draw(acct.name, method, _pair_key(params)) if ex.faults.faults else None
+            return _error(["EAPI:Bad request"])
+        api_key = headers.get("api-key")
+        acct = ex.authenticate(api_key, headers.get("api-sign"), call.path, raw, params.get("nonce"))
+        fault = ex.faults.draw(acct.name, call.method, _pair_key(params)) if ex.faults.faults else None
         if fault is not None:
             if fault.kind == "latency":
                 await self._hold(fault.delay_s)
             elif not fault.executes:
-                if fault.kind == "timeout":
-                    await self._hold(fault.delay_s)
-                    return _abort(request)
-                return await self._fault_response(request, fault, None)
+                return await self._fault_reply(fault, None)
         try:
-            body = _dumps({"error": [], "result": ex.call(acct, method, params, api_key=headers.get("API-Key"))})
+            body = _dumps({"error": [], "result": ex.call(acct, call.method, params, api_key=api_key)})
         except KrakenReject as exc:
             body = _dumps({"error": exc.errors})
         if fault is not None and fault.kind != "latency":
-            return await self._fault_response(request, fault, body)  # executed, then the fault strikes
-        return body
+            return await self._fault_reply(fault, body)  # executed, then the fault strikes
+        return Reply(200, _JSON, body)
+
+    async def rest(self, request: web.Request) -> web.StreamResponse:
+        """The same calls as routes of the aiohttp application (`build_app`)."""
+        body = await request.read() if request.can_read_body else b""
+        call = ApiCall(request.method, request.path, request.match_info["method"], request.query, request.headers,
+                       body, request.remote or "")
+        reply = await self.answer(call)
+        if reply is ABORT:
+            return _abort(request)
+        return web.Response(status=reply.status, body=reply.body, headers={"Content-Type": reply.content_type})
 
     # ---- WebSocket v2 ----------------------------------------------------------------------------------------
 
@@ -367,9 +384,6 @@ class ExchangeServer:
                 except TimeoutError:
                     message = {"channel": "heartbeat"}
                 await ws.send_str(json.dumps(message))
-
-    async def private_get(self, request: web.Request) -> web.StreamResponse:
-        return self._error_response(["EAPI:Bad request"])
 
     # ---- admin ----------------------------------------------------------------------------------------------
     def _admin_ok(self, request: web.Request) -> bool:
@@ -474,11 +488,10 @@ def _abort(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(server: ExchangeServer) -> web.Application:
-    app = web.Application(client_max_size=1 << 20)
-    app.router.add_route("GET", "/0/public/{method}", server.public)
-    app.router.add_route("POST", "/0/public/{method}", server.public)
-    app.router.add_route("POST", "/0/private/{method}", server.private)
-    app.router.add_route("GET", "/0/private/{method}", server.private_get)
+    app = web.Application(client_max_size=_MAX_BODY)
+    for verb in ("GET", "POST"):
+        app.router.add_route(verb, "/0/public/{method}", server.rest)
+        app.router.add_route(verb, "/0/private/{method}", server.rest)
     app.router.add_route("GET", "/v2", server.websocket)
     if server.admin_enabled:
         for verb in ("GET", "POST", "DELETE", "PUT"):
