@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.client run [--quick] [--out results.json]     everything but the Starter test
     .venv/bin/python -m bench.client starter [--out results.json]           60 Balance calls on a Starter key (~2.5 min)
 
-The exchange runs in a child process (`bench/client.py serve SPEC`) on 127.0.0.1 so that client CPU is measured
-alone; every server is stopped when its scenario ends. Nothing leaves the machine.
+The exchange runs in a child process (`bench/client.py serve SPEC`) on 127.0.0.1, on a core of its own
+(`bench/cores.py`), so that client CPU is measured alone; every server is stopped when its scenario ends. Nothing leaves the machine.
 
 Scenarios
   cpu          sequential private Balance calls on one key, no server latency: client CPU µs per call and calls/s
@@ -37,6 +37,7 @@ import time
 import tracemalloc
 from decimal import Decimal
 
+from bench.cores import exchange_core, pin_client, pin_exchange  # noqa: E402
 from nija.kraken.limits import Tier  # noqa: E402
 
 ROOMY = {"name": "roomy-bench", "rest_max": 1e9, "rest_decay_per_s": 1e6, "trading_max": 1e9,
@@ -57,6 +58,7 @@ def serve_main(spec_path: str) -> int:
     from nija.exchange import Exchange
 
     spec = json.loads(Path(spec_path).read_text())
+    pin_exchange(spec.get("core"))
     exchange = Exchange(seed=7)
     for account in spec["accounts"]:
         tier = account["tier"] if isinstance(account["tier"], str) else Tier(**account["tier"])
@@ -78,7 +80,8 @@ def serve_main(spec_path: str) -> int:
 class ServerProcess:
     def __init__(self, accounts: list[dict], *, latency_ms: float = 0, jitter_ms: float = 0) -> None:
         handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-        json.dump({"accounts": accounts, "latency_ms": latency_ms, "jitter_ms": jitter_ms}, handle)
+        self.core = exchange_core()
+        json.dump({"accounts": accounts, "latency_ms": latency_ms, "jitter_ms": jitter_ms, "core": self.core}, handle)
         handle.close()
         self.spec_path = handle.name
         self.process: subprocess.Popen | None = None
@@ -91,6 +94,7 @@ class ServerProcess:
         self.url = self.process.stdout.readline().strip()
         if not self.url.startswith("http://127.0.0.1:"):
             raise RuntimeError(f"bench server did not start (said {self.url!r})")
+        pin_client(self.core)
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -1,9 +1,9 @@
 """Copy fan-out benchmark: time from a master fill to the last follower acknowledgement, N followers.
 
-The embedded exchange runs in a child process on 127.0.0.1 with a fixed latency per request (default 50 ms), so the
-engine's process does only NIJA's work. For each N the engine starts (one balance read per follower), then copies
-`--signals` master fills (buy, then sells of half the position, alternating); latency is measured by the engine
-itself: from the signal's `filled_at_s` (the moment the master fill is known, i.e. when the signal is created) to
+The embedded exchange runs in a child process on 127.0.0.1 with a fixed latency per request (default 50 ms), on a
+core of its own (`bench/cores.py`), so the engine's process does only NIJA's work. For each N the engine starts (one
+balance read per follower), then copies `--signals` master fills (buy, then sells of half the position,
+alternating); latency is measured by the engine itself: from the signal's `filled_at_s` (the moment the master fill is known, i.e. when the signal is created) to
 the last follower's AddOrder acknowledgement (`copy_summary.latency_ms`). The reference is one AddOrder round trip
 of a single account (median of 3), measured right before each signal, so that a slow spell of the machine weighs on
 both. Memory per follower is measured with tracemalloc for the largest N: clients, gateways, portfolios and configs
@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import SecretStr  # noqa: E402
 
+from bench.cores import exchange_core, pin_client, pin_exchange  # noqa: E402
 from nija.accounts import Follower, FollowerConfig  # noqa: E402
 from nija.kraken.client import KrakenClient, KrakenContext  # noqa: E402
 from nija.logs import configure  # noqa: E402
@@ -63,9 +64,11 @@ def _credentials(count: int) -> list[tuple[str, str, str]]:
             for i in range(count)]
 
 
-def _serve(accounts, latency_ms: float, max_runtime_s: float, url_queue, stop_event) -> None:
+def _serve(accounts, latency_ms: float, max_runtime_s: float, url_queue, stop_event, core: int | None) -> None:
     """Child process: the embedded exchange with the benchmark's accounts, until told to stop (or time runs out)."""
     from nija.exchange import Exchange
+
+    pin_exchange(core)
 
     async def main() -> None:
         exchange = Exchange(seed=7, speed=0)
@@ -187,9 +190,11 @@ async def _bench(args) -> None:
     creds = _credentials(top + 1)  # the extra account measures the single-order round trip
     ctx = mp.get_context("spawn")
     url_queue, stop_event = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=_serve, args=(creds, args.latency_ms, args.max_runtime_s, url_queue, stop_event),
+    core = exchange_core()
+    server = ctx.Process(target=_serve, args=(creds, args.latency_ms, args.max_runtime_s, url_queue, stop_event, core),
                          daemon=True)
     server.start()
+    pin_client(core)
     try:
         url = url_queue.get(timeout=120)
         with tempfile.TemporaryDirectory() as tmp:

@@ -38,6 +38,7 @@ import time
 import urllib.parse
 from decimal import Decimal
 
+from bench.cores import exchange_core, pin_client, pin_exchange  # noqa: E402
 from nija.kraken.auth import sign  # noqa: E402
 from nija.kraken.limits import Tier  # noqa: E402
 
@@ -56,8 +57,7 @@ def _keys(n: int) -> list[tuple[str, str]]:
 
 # ---- the server child ---------------------------------------------------------------------------------------------
 def serve_child(keys: int, core: int | None) -> None:
-    if core is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {core})
+    pin_exchange(core)
     from nija.exchange import Exchange
 
     async def run() -> None:
@@ -142,13 +142,14 @@ def _cpu_seconds(pid: int) -> float:
 
 def throughput(args: argparse.Namespace) -> list[dict]:
     keys = _keys(args.keys)
-    child = subprocess.Popen([sys.executable, __file__, "--serve", "--keys", str(args.keys), "--core", "0"],
+    core = exchange_core()
+    child = subprocess.Popen([sys.executable, __file__, "--serve", "--keys", str(args.keys)]
+                             + ([] if core is None else ["--core", str(core)]),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
     try:
         assert child.stdout is not None
         info = json.loads(child.stdout.readline())
-        if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-            os.sched_setaffinity(0, {1})
+        pin_client(core)
         results = []
         for method, latency in (("Balance", 0.0), ("AddOrder", 0.0), ("Balance", 50.0)):
             cpu0 = _cpu_seconds(child.pid)

@@ -264,10 +264,16 @@ class Store:
         await self._write_results()
 
     async def intents_for(self, signal_id: str) -> list[IntentRow]:
+        return (await self.copy_state(signal_id))[1]
+
+    async def copy_state(self, signal_id: str) -> tuple[str | None, list[IntentRow]]:
+        """The signal's status (None if never stored) and its intents, in one query."""
         rows = await self._db.execute_fetchall(
-            "SELECT signal_id, follower, cl_ord_id, pair, side, status, volume_base, notional_usd, order_id, reason,"
-            " updated_at FROM intents WHERE signal_id = ? ORDER BY rowid", (signal_id,))
-        return [_row(values) for values in rows]
+            "SELECT (SELECT status FROM signals WHERE signal_id = :id), i.signal_id, i.follower, i.cl_ord_id, i.pair,"
+            " i.side, i.status, i.volume_base, i.notional_usd, i.order_id, i.reason, i.updated_at"
+            " FROM (SELECT 1) LEFT JOIN intents AS i ON i.signal_id = :id ORDER BY i.rowid", {"id": signal_id})
+        status = rows[0][0] if rows else None
+        return status, [_row(values[1:]) for values in rows if values[1] is not None]
 
     async def follower_of(self, cl_ord_id: str) -> str | None:
         """The follower an order with this client order id was sent for; None if NIJA never sent it."""

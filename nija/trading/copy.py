@@ -379,13 +379,13 @@ class CopyEngine:
         return self._in_flight.get(signal_id)
 
     async def _fan_out(self, signal: Signal, resumed: bool) -> None:
-        if await self.store.signal_status(signal.signal_id) == "done":
+        status, existing = await self.store.copy_state(signal.signal_id)
+        if status == "done":
             if not resumed:
                 log.info("signal_already_copied", signal_id=signal.signal_id)
             return
         # Intents stored before (by a run or a dispatch that got that far) may have orders out: they are read back
         # and looked up by client order id, never sent blind.
-        existing = await self.store.intents_for(signal.signal_id)
         unfinished = sum(1 for r in existing if not r.finished)
         self.master_equity_usd = signal.master_equity_usd
         if self.mode is not CopyTradingMode.MASTER_FOLLOW and unfinished:

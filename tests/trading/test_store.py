@@ -45,6 +45,27 @@ async def test_intents_results_and_resume_listing(tmp_path):
     await store.close()
 
 
+async def test_copy_state_reads_a_signals_status_and_its_intents_at_once(tmp_path):
+    async with await Store.open(tmp_path / "db.sqlite3") as store:
+        assert await store.copy_state("sig-1") == (None, [])
+        await store.save_signal(signal())
+        assert await store.copy_state("sig-1") == ("new", [])
+        await store.add_intents([
+            IntentRow("sig-1", "alice", "cl-a", "XBTUSD", "sell", "unknown", D("0.00012345"), D("6.17"), "OA", "lost"),
+            IntentRow("sig-1", "bob", "cl-b", "XBTUSD", "sell"),
+            IntentRow("sig-2", "alice", "cl-c", "XBTUSD", "sell"),  # another signal's, never stored as a signal
+        ])
+        status, intents = await store.copy_state("sig-1")
+        assert status == "new" and [(i.follower, i.cl_ord_id) for i in intents] == [("alice", "cl-a"), ("bob", "cl-b")]
+        alice = intents[0]
+        assert (alice.status, alice.volume_base, alice.notional_usd, alice.order_id, alice.reason) == (
+            "unknown", D("0.00012345"), D("6.17"), "OA", "lost")
+        assert intents[1].status == "pending" and intents[1].volume_base is None and intents[1].updated_at_s > 0
+        assert [i.cl_ord_id for i in (await store.copy_state("sig-2"))[1]] == ["cl-c"]
+        await store.finish_signal("sig-1")
+        assert (await store.copy_state("sig-1"))[0] == "done"
+
+
 async def test_day_mark_keeps_first_value(tmp_path):
     async with await Store.open(tmp_path / "db.sqlite3") as store:
         assert await store.day_start_equity("alice", "2026-01-01", D("100")) == D("100")
