@@ -17,6 +17,11 @@
 Every Kraken answer is HTTP 200 with `{"error": [...], "result": ...}`; a bug in here answers
 `EGeneral:Internal error`, never a traceback or a 500. Per-request latency is an `await asyncio.sleep` before the
 request is processed (so jitter reorders requests as a real network does).
+
+`build_app` is the whole exchange as an aiohttp.web application. `ExchangeServer` listens with `RestProtocol`
+(`rest_protocol.py`), which answers the `/0/public` and `/0/private` calls straight from the socket, at a fraction
+of the web server's CPU per request, and hands everything else to that application. Both end in
+`ExchangeServer.answer`.
 """
 
 from __future__ import annotations

@@ -60,15 +60,21 @@ def parse_body(raw: bytes, content_type: str) -> dict:
         if not isinstance(data, dict):
             raise ValueError("JSON body must be an object")
         return data
-    params = {}
-    # parse_qsl's result (blank values kept, '+' is a space), without its cost: only a field holding '%' or '+'
-    # is unquoted, and in a form body that is the deadline's colons at most.
-    for field in raw.decode("utf-8").split("&"):
+    return _form(raw.decode("utf-8"))
+
+
+def _form(text: str, *, first_wins: bool = False) -> dict:
+    """parse_qsl's result (blank values kept, '+' is a space) as a dict, without its cost: only a field holding
+    '%' or '+' is unquoted, and in NIJA's form bodies that is the deadline's colons at most. A repeated name keeps
+    its last value, or its first with `first_wins` (as a query string read by aiohttp does)."""
+    params: dict = {}
+    for field in text.split("&"):
         if field:
             name, _, value = field.partition("=")
             if "%" in field or "+" in field:
                 name, value = unquote_plus(name), unquote_plus(value)
-            params[name] = value
+            if not (first_wins and name in params):
+                params[name] = value
     return params
 
 
@@ -85,7 +91,8 @@ class RestProtocol(asyncio.Protocol):
         self._app_protocol = app_protocol
         self._max_body = max_body
         self._transport: asyncio.Transport | None = None
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._head: tuple[tuple[str, str, dict[str, str], int, bool], int] | None = None  # read; body on its way
         self._last: asyncio.Task | None = None  # the latest request's answer; the next one waits for it
         self._handed_off: bytearray | None = None  # bytes for the application once the answers before are out
         self._closing = False  # the client asked to close after the current answer
@@ -101,6 +108,15 @@ class RestProtocol(asyncio.Protocol):
         self._server.connections.discard(self)
         self._transport = None
 
+    def pause_writing(self) -> None:
+        # A client that sends requests without reading the answers: stop reading its requests until it catches up.
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and self._handed_off is None:
+            self._transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         self.idle_since = time.monotonic()
         if self._handed_off is not None:
@@ -108,26 +124,30 @@ class RestProtocol(asyncio.Protocol):
             return
         if self._closing:
             return  # after "Connection: close" nothing more is read
-        buffer = self._buffer + data if self._buffer else data
+        buffer = self._buffer
+        buffer += data
         while buffer:
-            head_end = buffer.find(b"\r\n\r\n")
-            if head_end < 0:
-                if len(buffer) > _MAX_HEAD_BYTES:
-                    return self._hand_off(buffer)
-                break
-            request = _read_head(buffer[:head_end], self._max_body)
-            if request is None:
-                return self._hand_off(buffer)
-            verb, target, headers, length, close = request
-            end = head_end + 4 + length
-            if len(buffer) < end:
-                break  # the body is still on its way
-            body, buffer = buffer[head_end + 4:end], buffer[end:]
+            if self._head is None:
+                head_end = buffer.find(b"\r\n\r\n")
+                if head_end < 0:
+                    # a head too long, or one whose lines end in a bare LF: the application answers it (an error)
+                    if len(buffer) > _MAX_HEAD_BYTES or b"\n\n" in buffer:
+                        return self._hand_off()
+                    return
+                request = _read_head(bytes(buffer[:head_end]), self._max_body)
+                if request is None:
+                    return self._hand_off()
+                self._head = (request, head_end + 4)
+            (verb, target, headers, length, close), body_at = self._head
+            if len(buffer) < body_at + length:
+                return  # the body is still on its way
+            body = bytes(buffer[body_at:body_at + length])
+            del buffer[:body_at + length]
+            self._head = None
             self._start(verb, target, headers, body, close)
             if close:
                 self._closing = True
-                buffer = b""
-        self._buffer = buffer
+                buffer.clear()
 
     # ---- answering ------------------------------------------------------------------------------------------
 
@@ -135,8 +155,7 @@ class RestProtocol(asyncio.Protocol):
         path, _, query = target.partition("?")
         method = path[path.index("/", 3) + 1:]
         peer = self._transport.get_extra_info("peername") if self._transport is not None else None
-        call = ApiCall(verb, path, method, parse_body(query.encode(), "") if query else {}, headers, body,
-                       peer[0] if peer else "")
+        call = ApiCall(verb, path, method, _form(query, first_wins=True), headers, body, peer[0] if peer else "")
         task = asyncio.get_running_loop().create_task(self._answer(self._last, call, close))
         self._server.track(task)
         self._last = task
@@ -144,6 +163,8 @@ class RestProtocol(asyncio.Protocol):
     async def _answer(self, previous: asyncio.Task | None, call: ApiCall, close: bool) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
+        if self._transport is None or self._transport.is_closing():
+            return  # dropped (a fault, or the client left) before its turn came: never run, as aiohttp does
         reply = await self._server.answer(call)
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -158,10 +179,9 @@ class RestProtocol(asyncio.Protocol):
 
     # ---- everything else: the aiohttp application -----------------------------------------------------------
 
-    def _hand_off(self, data: bytes) -> None:
+    def _hand_off(self) -> None:
         """From this request on the connection is the application's: once the answers before it are written."""
-        self._buffer = b""
-        self._handed_off = bytearray(data)
+        self._handed_off, self._buffer = self._buffer, bytearray()
         if self._last is None or self._last.done():
             self._give_to_application()
         else:
@@ -196,6 +216,8 @@ def _read_head(head: bytes, max_body: int) -> tuple[str, str, dict[str, str], in
     if not head.isascii():
         return None
     lines = head.decode("ascii").split("\r\n")
+    if "\n" in lines[0] or "\r" in lines[0]:
+        return None
     parts = lines[0].split(" ")
     if len(parts) != 3:
         return None
@@ -214,8 +236,8 @@ def _read_head(head: bytes, max_body: int) -> tuple[str, str, dict[str, str], in
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip(" \t"):
-            return None  # malformed, or a folded line
+        if not colon or not name or name != name.strip(" \t") or "\n" in line or "\r" in line:
+            return None  # malformed, a folded line, or a bare CR or LF
         name = name.lower()
         if name in _HEADERS_OF_ANOTHER_KIND:
             return None

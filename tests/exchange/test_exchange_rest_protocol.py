@@ -7,10 +7,12 @@ import asyncio
 import json
 import time
 import urllib.parse
+from decimal import Decimal as D
 
 import aiohttp
 import pytest
 
+from nija.exchange import Fault
 from nija.exchange import app as exchange_app
 from nija.kraken.auth import decode_secret, sign
 
@@ -116,6 +118,35 @@ async def test_a_request_arriving_in_pieces_is_answered_once_whole(exchange, raw
     await raw.writer.drain()
     status, _, body = await raw.reply()
     assert status == 200 and json.loads(body)["result"] == {"ZUSD": "84.5800"}
+
+
+async def test_a_request_pipelined_behind_a_dropped_answer_is_never_run(exchange, raw):
+    exchange.set_price("XBTUSD", D("50000"))
+    exchange.inject(Fault(kind="drop_response_after_execute", next_n=1, account="alice", method="AddOrder"))
+    alice = exchange.account("alice")
+    nonce = time.time_ns()
+    order = dict(pair="XBTUSD", type="buy", ordertype="market", volume="0.0001")
+    await raw.send(private_request(alice, "AddOrder", nonce, cl_ord_id="first", **order)
+                   + private_request(alice, "AddOrder", nonce + 1, cl_ord_id="second", **order))
+    assert await raw.closed_by_server()  # the first one's answer was dropped with its connection
+    assert list(exchange.orders_by_cl_ord_id("alice")) == ["first"]  # the client never saw the second one go
+
+
+@pytest.mark.parametrize("query, check", [
+    ("?[1]", lambda result: "unixtime" in result),  # not a JSON body: a query string is a form
+    ("?pair=XBTUSD&pair=ETHUSD", lambda result: list(result) == ["XXBTZUSD"]),  # the first of a repeated name
+    ("?pair=XBT%55SD", lambda result: list(result) == ["XXBTZUSD"]),  # escapes: answered by the application
+])
+async def test_query_strings_are_read_as_before(raw, query, check):
+    method = "Time" if query == "?[1]" else "Ticker"
+    await raw.send(public_request(method, query))
+    status, _, body = await raw.reply()
+    assert status == 200 and check(json.loads(body)["result"])
+
+
+async def test_a_request_with_bare_line_feeds_is_refused_at_once(raw):
+    await raw.send(b"GET /0/public/Time HTTP/1.1\nHost: x\n\n")
+    assert (await raw.reply())[0] == 400
 
 
 async def test_connection_close_is_honoured(raw):
