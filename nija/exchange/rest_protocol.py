@@ -114,7 +114,7 @@ class RestProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and self._handed_off is None:
+        if self._transport is not None:
             self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -192,6 +192,7 @@ class RestProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         self._server.connections.discard(self)
+        transport.resume_reading()  # in case answers backed up: the application does its own flow control
         protocol = self._app_protocol()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -212,7 +213,8 @@ class RestProtocol(asyncio.Protocol):
 
 def _read_head(head: bytes, max_body: int) -> tuple[str, str, dict[str, str], int, bool] | None:
     """(verb, target, headers by lower-case name, body length, close after) of a request this module answers, or
-    None for one the application should (another path, verb or version, an unusual header, anything malformed)."""
+    None for one the application should answer (another path, verb or version, an unusual header, anything
+    malformed)."""
     if not head.isascii():
         return None
     lines = head.decode("ascii").split("\r\n")
