@@ -615,25 +615,31 @@ async def test_a_poll_that_fails_while_the_channel_is_up_is_tried_again_at_the_t
     emitted = []
     watcher = watcher_for(master, await master.pairs(), tmp_path, emitted, time.time)
     watcher.poll_s, watcher.feed_up = 1.0, True  # with the channel up, polls would be 30 s apart
-    polls, fail_next = [], [False]
+    polls_done, fail_next = [], [False]
     poll = watcher.poll
 
     async def flaky_poll():
-        polls.append(time.monotonic())
         if fail_next[0]:
             fail_next[0] = False
             raise ConnectionError("one transient REST failure")
-        return await poll()
+        signals = await poll()
+        polls_done.append(time.monotonic())
+        return signals
+
+    async def until(condition, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.01)
 
     watcher.poll = flaky_poll
     running = asyncio.create_task(watcher.run())
     try:
-        while not polls:
-            await asyncio.sleep(0.01)
+        # The first start's poll records what the master executed so far as seen: the trade must come after it.
+        await until(lambda: polls_done, "the first poll never finished")
         await master.add_order(PAIR, "buy", Decimal("0.01"))
         watcher.wake()
-        while not emitted:  # the woken poll finds it (and sets found_fills)
-            await asyncio.sleep(0.01)
+        await until(lambda: emitted, "the woken poll did not find the fill")  # (and it set found_fills)
         await master.add_order(PAIR, "buy", Decimal("0.01"))
         fail_next[0] = True
         watcher.wake()  # ... and the poll this wake starts fails once
