@@ -79,6 +79,13 @@ CREATE TABLE IF NOT EXISTS loss_limits (
 """
 
 
+_INSERT_INTENTS = ("INSERT OR IGNORE INTO intents(signal_id, follower, cl_ord_id, pair, side, status, volume_base,"
+                   " notional_usd, order_id, reason, updated_at) VALUES ")
+_INTENT_VALUES = "(?,?,?,?,?,?,?,?,?,?,?)"
+# SQLite binds at most 32,766 values in one statement (999 before 3.32).
+_INTENTS_PER_STATEMENT = (32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999) // _INTENT_VALUES.count("?")
+
+
 class StoreError(RuntimeError):
     """The store file cannot be used; the message names it and the fix."""
 
@@ -221,12 +228,16 @@ class Store:
                  None if i.volume_base is None else str(i.volume_base),
                  None if i.notional_usd is None else str(i.notional_usd), i.order_id, i.reason, now)
                 for i in intents]
+        if not rows:
+            return
         async with self._lock:
-            await self._execute_many_in_transaction(
-                "INSERT OR IGNORE INTO intents(signal_id, follower, cl_ord_id, pair, side, status, volume_base,"
-                " notional_usd, order_id, reason, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
+            if len(rows) <= _INTENTS_PER_STATEMENT:
+                # One statement is atomic by itself and takes one trip to the store's thread, not three: the first
+                # order of a fan-out leaves after this.
+                await self._db.execute(_INSERT_INTENTS + ",".join([_INTENT_VALUES] * len(rows)),
+                                       [value for row in rows for value in row])
+            else:
+                await self._execute_many_in_transaction(_INSERT_INTENTS + _INTENT_VALUES, rows)
 
     def record_result(self, cl_ord_id: str, status: str, *, volume_base: Decimal | None = None,
                       notional_usd: Decimal | None = None, order_id: str | None = None,

@@ -15,8 +15,9 @@
         accounts    GET, POST {name, balances, tier, nonce_window, permissions}   state  GET
 
 Every Kraken answer is HTTP 200 with `{"error": [...], "result": ...}`; a bug in here answers
-`EGeneral:Internal error`, never a traceback or a 500. Per-request latency is an `await asyncio.sleep` before the
-request is processed (so jitter reorders requests as a real network does).
+`EGeneral:Internal error`, never a traceback or a 500. A request's jitter is slept before it is processed (so jitter
+reorders requests as a real network does), its latency after (the answer's way back): a burst of requests is
+processed as it arrives, not all at once a latency later.
 
 `build_app` is the whole exchange as an aiohttp.web application. `ExchangeServer` listens with `RestProtocol`
 (`rest_protocol.py`), which answers the `/0/public` and `/0/private` calls straight from the socket, at a fraction
@@ -107,7 +108,8 @@ class _Outbox:
 class ExchangeServer:
     """Runs an Exchange on 127.0.0.1 (by default) until the `async with` block ends.
 
-    latency_ms + uniform(0, jitter_ms) is slept per request; `timeout` faults hold a response for their delay_s but
+    Every request sleeps uniform(0, jitter_ms) before it is processed and latency_ms before its answer leaves;
+    `timeout` faults hold a response for their delay_s but
     are released at once when the server stops, so stopping is always prompt. `public_limit=(burst, per_s)` turns
     on a per-address limit of public calls (`EGeneral:Too many requests`). Faults apply to HTTP calls only
     (`Exchange.call` in-process never sees them).
@@ -217,6 +219,14 @@ class ExchangeServer:
     async def answer(self, call: ApiCall) -> Reply:
         """Kraken's answer to one REST call, whichever HTTP server read it: the envelope of what the exchange did, a
         rejection as its errors, anything unexpected as `EGeneral:Internal error` (never a traceback), or a fault."""
+        if self.jitter_ms:  # on its way in: requests overtake each other
+            await asyncio.sleep(self._rng.uniform(0.0, self.jitter_ms) / 1000.0)
+        reply = await self._reply(call)
+        if self.latency_ms > 0:  # the answer's way back
+            await asyncio.sleep(self.latency_ms / 1000.0)
+        return reply
+
+    async def _reply(self, call: ApiCall) -> Reply:
         if call.verb != "POST" and call.path.startswith("/0/private/"):
             return _error(["EAPI:Bad request"])
         self.requests += 1
@@ -227,13 +237,6 @@ class ExchangeServer:
         except Exception:
             log.exception("%s failed", call.path)
             return _error(["EGeneral:Internal error"])
-
-    async def _delay(self) -> None:
-        ms = self.latency_ms
-        if self.jitter_ms:
-            ms += self._rng.uniform(0.0, self.jitter_ms)
-        if ms > 0:
-            await asyncio.sleep(ms / 1000.0)
 
     async def _hold(self, seconds: float) -> None:
         assert self._closing is not None
@@ -261,8 +264,6 @@ class ExchangeServer:
 
     async def _public(self, call: ApiCall) -> Reply:
         ex = self.exchange
-        if self.latency_ms or self.jitter_ms:
-            await self._delay()
         if self.public_limit is not None:
             counter = self._public_counters.get(call.remote)
             if counter is None:
@@ -285,8 +286,6 @@ class ExchangeServer:
     async def _private(self, call: ApiCall) -> Reply:
         ex = self.exchange
         raw = call.body
-        if self.latency_ms or self.jitter_ms:
-            await self._delay()
         headers = call.headers
         try:
             params = parse_body(raw, headers.get("content-type", ""))

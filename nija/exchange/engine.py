@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import hmac
 import os
 import random
@@ -21,6 +20,7 @@ from datetime import datetime, timezone
 from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal, InvalidOperation
 from typing import Any, Callable, Iterable
 
+from ..kraken.auth import sign
 from ..kraken.limits import DecayingCounter, Tier, rest_cost, tier_named, trading_cost
 from .faults import Fault, FaultInjector
 from .market import INTERVALS, Clock, Market, PairMarket
@@ -572,9 +572,7 @@ class Exchange:
         if nonce is None or nonce == "":
             raise KrakenReject("EAPI:Invalid nonce")
         nonce_text = str(nonce)
-        digest = hashlib.sha256(nonce_text.encode() + raw_body).digest()
-        expected = base64.b64encode(hmac.new(key.secret_bytes, uri_path.encode() + digest,
-                                             hashlib.sha512).digest()).decode()
+        expected = sign(uri_path, nonce_text, raw_body, key.secret_bytes)
         try:
             good = bool(api_sign) and hmac.compare_digest(expected.encode(), api_sign.strip().encode())
         except (TypeError, UnicodeError):

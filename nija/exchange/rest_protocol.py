@@ -14,6 +14,7 @@ Requests on one connection are answered one after the other, in order, as aiohtt
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from email.utils import formatdate
@@ -63,6 +64,10 @@ def parse_body(raw: bytes, content_type: str) -> dict:
     return _form(raw.decode("utf-8"))
 
 
+# The fields that need unquoting repeat: the deadline is the same for every order a client sends within a second.
+_unquote_plus = functools.lru_cache(maxsize=256)(unquote_plus)
+
+
 def _form(text: str, *, first_wins: bool = False) -> dict:
     """parse_qsl's result (blank values kept, '+' is a space) as a dict, without its cost: only a field holding
     '%' or '+' is unquoted, and in NIJA's form bodies that is the deadline's colons at most. A repeated name keeps
@@ -72,7 +77,7 @@ def _form(text: str, *, first_wins: bool = False) -> dict:
         if field:
             name, _, value = field.partition("=")
             if "%" in field or "+" in field:
-                name, value = unquote_plus(name), unquote_plus(value)
+                name, value = _unquote_plus(name), _unquote_plus(value)
             if not (first_wins and name in params):
                 params[name] = value
     return params

@@ -77,6 +77,7 @@ from nija.kraken.pairs import PairInfo, Pairs
 from nija.kraken.rest_levels import REST_LEVELS_FILE, SAVE_EVERY_S, RestLevelsFile
 from nija.kraken.scheduler import KeyBudget, Pacer, RateScheduler
 from nija.logs import get_logger
+from nija.timeouts import RequestTimeouts
 
 __all__ = [
     "ClockReading", "KrakenClient", "KrakenContext", "default_context", "derive_cl_ord_id", "DEFAULT_BASE_URL",
@@ -380,7 +381,7 @@ def default_context() -> KrakenContext:
 
 _TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
 # Private calls carry no aiohttp total timeout (it costs a timer and a context per request): RequestTimeouts below
-# enforces the same limit for them. Public calls keep aiohttp's own.
+# (nija.timeouts) enforces the same limit for them. Public calls keep aiohttp's own.
 
 
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:
@@ -388,49 +389,6 @@ def _timeout(seconds: float) -> aiohttp.ClientTimeout:
     if timeout is None:
         timeout = _TIMEOUTS[seconds] = aiohttp.ClientTimeout(total=seconds)
     return timeout
-
-
-class RequestTimeouts:
-    """Time limits for many requests in flight with few timers.
-
-    Each request joins the slot of its deadline rounded up to `resolution_s`; one loop timer per slot cancels the
-    requests still in it, like `asyncio.timeout` does, and `leave` tells the request it was its time that ran out.
-    A fan-out of 1,000 requests then arms a handful of timers instead of 1,000. A request may run up to
-    `resolution_s` past its limit.
-    """
-
-    __slots__ = ("resolution_s", "_slots", "_expired")
-
-    def __init__(self, resolution_s: float = 0.05) -> None:
-        self.resolution_s = resolution_s
-        self._slots: dict[int, dict[asyncio.Task, int]] = {}  # slot → {task: its cancel count on entry}
-        self._expired: dict[asyncio.Task, int] = {}
-
-    def enter(self, timeout_s: float) -> tuple[int, asyncio.Task]:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None, "a Kraken call runs inside a task"
-        slot = math.ceil((loop.time() + timeout_s) / self.resolution_s)
-        tasks = self._slots.get(slot)
-        if tasks is None:
-            tasks = self._slots[slot] = {}
-            loop.call_at(slot * self.resolution_s, self._expire, slot)
-        tasks[task] = task.cancelling()
-        return slot, task
-
-    def leave(self, slot: int, task: asyncio.Task) -> bool:
-        """Close the request's window; True when its time ran out and the cancellation was ours (now undone)."""
-        tasks = self._slots.get(slot)
-        if tasks is not None:
-            tasks.pop(task, None)
-        entered = self._expired.pop(task, None)
-        return entered is not None and task.uncancel() <= entered
-
-    def _expire(self, slot: int) -> None:
-        for task, entered in self._slots.pop(slot, {}).items():
-            if not task.done():
-                self._expired[task] = entered
-                task.cancel()
 
 
 class KrakenClient:

@@ -49,6 +49,7 @@ from nija.kraken.errors import (
 from nija.logs import get_logger
 from nija.settings import CopyTradingMode
 from nija.store import IntentRow, Store
+from nija.timeouts import RequestTimeouts
 from nija.trading.positions import BalanceRead, Portfolio, PriceBook, refresh_interval_s, utc_day
 from nija.trading.signals import ENTRY_MAX_AGE_S, Signal, cl_ord_id_for
 from nija.trading.sizing import (
@@ -245,6 +246,7 @@ class CopyEngine:
         self.queue: asyncio.Queue[Signal] = queue if queue is not None else asyncio.Queue()
         self.clock = clock
         self._semaphore = asyncio.Semaphore(concurrency)
+        self._time_limits = RequestTimeouts(resolution_s=0.1)  # order_timeout_s: one timer per slot, not per call
         self._tails: dict[tuple[str, str], asyncio.Task] = {}  # last copy task per (follower, pair)
         self._copy_tasks: set[asyncio.Task] = set()  # every follower task running
         self._in_flight: dict[str, asyncio.Task] = {}  # signal id → its summary task
@@ -805,7 +807,7 @@ class CopyEngine:
         settles_at = loop.time() + gateway.settle_delay_s(cl_ord_id, sent_at_s)  # fixed before the first look
         while True:
             async with self._semaphore:
-                async with asyncio.timeout(self.order_timeout_s):
+                async with self._time_limits.limit(self.order_timeout_s):
                     # Only a lookup begun once the order can no longer land proves it absent: its first call may
                     # run before that moment and its last after it, with the order landing in between.
                     started_at = loop.time()
@@ -817,7 +819,7 @@ class CopyEngine:
     async def _read_fill(self, account: FollowerAccount, order_id: str) -> Fill | None:
         try:
             async with self._semaphore:
-                async with asyncio.timeout(self.order_timeout_s):
+                async with self._time_limits.limit(self.order_timeout_s):
                     return await account.gateway.fill_of(order_id)
         except (KrakenError, TimeoutError) as exc:
             log.warning("copy_fill_unknown", name=account.name, order_id=order_id, error=_describe(exc))
@@ -860,7 +862,7 @@ class CopyEngine:
         The order's time limit starts once it holds a slot: waiting for one is not the exchange being slow."""
         try:
             async with self._semaphore:
-                async with asyncio.timeout(self.order_timeout_s):
+                async with self._time_limits.limit(self.order_timeout_s):
                     return await gateway.place(plan, cl_ord_id)
         except AmbiguousOrderError as exc:
             raise _Unsettled(f"order outcome unknown: {_describe(exc)}") from None
@@ -984,7 +986,7 @@ class CopyEngine:
         generation = account.portfolio.generation
         try:
             async with self._semaphore:
-                async with asyncio.timeout(self.order_timeout_s):
+                async with self._time_limits.limit(self.order_timeout_s):
                     balances = await account.gateway.read_balances()
         except (KrakenError, TimeoutError) as exc:
             log.warning("balance_refresh_failed", name=account.name, error=_describe(exc))

@@ -142,7 +142,9 @@ def size_copy(
     taker_fee_rate: Decimal = Decimal("0.004"),
 ) -> OrderPlan | Skip:
     """The follower's order for `signal`, or why it is skipped."""
-    if limits.disabled_symbols & (rules.symbols | {rules.pair.upper(), signal.pair.upper()}):
+    disabled = limits.disabled_symbols
+    if disabled and not (disabled.isdisjoint(rules.symbols) and rules.pair.upper() not in disabled
+                         and signal.pair.upper() not in disabled):
         return Skip(SkipReason.DISABLED_SYMBOL, f"{rules.pair} is in disabled_symbols")
     price = signal.avg_price_usd
     if signal.side == "sell":

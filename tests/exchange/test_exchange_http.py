@@ -196,6 +196,22 @@ async def test_latency_is_applied_per_request(exchange, exchange_server, alice):
     assert time.monotonic() - started >= 0.05
 
 
+async def test_a_request_acts_on_arrival_and_its_answer_takes_the_latency_to_come_back(exchange, exchange_server,
+                                                                                      alice):
+    # As over a network, and so that a burst of requests is worked through as it arrives rather than all at once a
+    # latency later.
+    exchange.set_price("XBTUSD", D("50000"))
+    exchange_server.latency_ms = 400
+    started = time.monotonic()
+    reply = asyncio.ensure_future(alice.call("AddOrder", pair="XBTUSD", type="buy", ordertype="limit", price="40000",
+                                             volume="0.001"))
+    while not exchange.account("alice").open_orders and time.monotonic() - started < 5:
+        await asyncio.sleep(0.005)
+    assert exchange.account("alice").open_orders and not reply.done()  # placed; its answer is still on its way
+    status, body = await reply
+    assert status == 200 and body["error"] == [] and time.monotonic() - started >= 0.4
+
+
 async def test_add_order_batch_with_a_json_body(exchange, alice):
     exchange.set_price("XBTUSD", D("50000"))
     orders = [{"type": "buy", "ordertype": "limit", "price": "45000.0", "volume": "0.0005", "cl_ord_id": "b-1"},

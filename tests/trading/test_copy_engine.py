@@ -330,13 +330,13 @@ async def test_a_stop_while_a_fan_out_is_starting_still_gives_every_stored_inten
 
 
 async def test_a_stop_during_the_commit_of_the_intents_still_stops(store):
-    """The stop's cancellation reaches the consumer while SQLite commits the intents (the commit still happens)."""
+    """The stop's cancellation reaches the consumer while SQLite writes the intents (the write still happens)."""
     engine = await engine_with(store, [account("alice", FakeAccount())])
     await engine.start(refresh_first=False)
     real_execute, stopping = store._db.execute, []
 
     def execute(sql, *args, **kwargs):
-        if sql == "COMMIT" and not stopping:
+        if sql.startswith(("COMMIT", "INSERT OR IGNORE INTO intents")) and not stopping:
             stopping.append(asyncio.get_running_loop().create_task(engine.stop(grace_s=0.1)))
         return real_execute(sql, *args, **kwargs)
 

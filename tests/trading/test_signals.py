@@ -17,6 +17,17 @@ def test_ids_are_deterministic_and_distinct():
     assert uuid.UUID(cl_ord_id_for(sid, "alice")).version == 5
 
 
+@pytest.mark.parametrize("name", ["alice", "Ünïcode Zoë", "", "a|b", "x" * 300])
+def test_ids_are_the_rfc4122_uuid5_that_stored_intents_were_given(name):
+    # Intents stored by earlier runs are looked up by these ids: the derivation may never change.
+    assert cl_ord_id_for("sig-1", name) == str(uuid.uuid5(uuid.UUID("0b9e5d7a-3c12-5e84-8f6d-4a1c2b3e5f60"),
+                                                           f"sig-1|{name.lower()}"))
+    assert signal_id_for("OAAA-1", name) == str(uuid.uuid5(uuid.UUID("6f1d2c1e-4b8a-5f0e-9a53-2c7e1d9b0a41"),
+                                                            f"OAAA-1|{name}"))
+    assert cl_ord_id_for("sig-1", "alice") == "3be303e1-1e39-54e8-ae1f-5a52d25f39bd"
+    assert signal_id_for("OAAA-1", "T1") == "a08a8e36-977e-58b1-853b-a74843981f96"
+
+
 def test_sell_needs_a_fraction():
     with pytest.raises(ValueError, match="position_fraction"):
         Signal("s", "O", "XBTUSD", "sell", D(1), D(1), D(0), D(1))

@@ -1,6 +1,9 @@
 """The store: signals once, intents before sending, results batched, unfinished work listed after a restart."""
 
+import sqlite3
 from decimal import Decimal as D
+
+import pytest
 
 from nija.store import IntentRow, Store
 from nija.trading.signals import Signal, cl_ord_id_for
@@ -64,6 +67,27 @@ async def test_copy_state_reads_a_signals_status_and_its_intents_at_once(tmp_pat
         assert [i.cl_ord_id for i in (await store.copy_state("sig-2"))[1]] == ["cl-c"]
         await store.finish_signal("sig-1")
         assert (await store.copy_state("sig-1"))[0] == "done"
+
+
+@pytest.mark.parametrize("per_statement", [None, 3])
+async def test_a_signals_intents_are_stored_all_or_none(tmp_path, monkeypatch, per_statement):
+    import nija.store
+    if per_statement:  # more intents than one statement binds: one transaction of many
+        monkeypatch.setattr(nija.store, "_INTENTS_PER_STATEMENT", per_statement)
+    names = [f"f{i}" for i in range(10)]
+    async with await Store.open(tmp_path / "db.sqlite3") as store:
+        await store.save_signal(signal())
+        await store.add_intents([IntentRow("sig-1", "f0", "cl-f0", "XBTUSD", "buy", "done", order_id="O0")])
+        broken = [IntentRow("sig-1", n, f"cl-{n}", "XBTUSD", "buy") for n in names[1:]] + [
+            IntentRow("sig-1", "late", "cl-late", "XBTUSD", "buy", reason=object())]  # a value SQLite cannot store
+        with pytest.raises(sqlite3.Error):
+            await store.add_intents(broken)
+        assert [i.follower for i in await store.intents_for("sig-1")] == ["f0"]  # none of the refused batch
+        await store.add_intents([IntentRow("sig-1", n, f"cl-{n}", "XBTUSD", "buy") for n in names])
+        intents = await store.intents_for("sig-1")
+        assert [i.follower for i in intents] == names
+        assert intents[0].status == "done" and intents[0].order_id == "O0"  # kept as it was
+        assert {i.status for i in intents[1:]} == {"pending"}
 
 
 async def test_day_mark_keeps_first_value(tmp_path):
