@@ -208,13 +208,15 @@ class Store:
 
     async def _execute_many_in_transaction(self, sql: str, rows: list) -> None:
         """All rows or none: one explicit transaction (the caller holds `_lock`)."""
-        await self._db.execute("BEGIN")
         try:
+            await self._db.execute("BEGIN")
             await self._db.executemany(sql, rows)
             await self._db.execute("COMMIT")
         except BaseException:
-            # A COMMIT whose caller was cancelled still runs on the connection's thread: then there is nothing left to
-            # roll back, and the caller's own error (the cancellation above all) must be what propagates.
+            # A BEGIN or COMMIT whose caller was cancelled still runs on the connection's thread. After a BEGIN, the
+            # transaction it opened must not stay open: later statements would run inside it, never committed. After
+            # a COMMIT there is nothing left to roll back, and the caller's own error (the cancellation above all)
+            # must be what propagates.
             with contextlib.suppress(sqlite3.OperationalError):
                 await self._db.execute("ROLLBACK")
             raise

@@ -22,7 +22,8 @@ class RequestTimeouts:
     `resolution_s` past its limit.
 
     `enter`/`leave` bracket a request by hand; `async with timeouts.limit(s):` is `asyncio.timeout(s)` on them.
-    Limits of several instances nest in one task as `asyncio.timeout`s do: the one whose time ran out raises.
+    Limits of several instances nest in one task as `asyncio.timeout`s do: the one whose time ran out raises. A task
+    holds at most one window of one instance at a time (its windows are filed by task).
     """
 
     __slots__ = ("resolution_s", "_slots", "_expired")

@@ -222,7 +222,8 @@ class ExchangeServer:
         if self.jitter_ms:  # on its way in: requests overtake each other
             await asyncio.sleep(self._rng.uniform(0.0, self.jitter_ms) / 1000.0)
         reply = await self._reply(call)
-        if self.latency_ms > 0:  # the answer's way back
+        # The answer's way back; not once the server stops (a fault's hold it released must stay prompt).
+        if self.latency_ms > 0 and not (self._closing is not None and self._closing.is_set()):
             await asyncio.sleep(self.latency_ms / 1000.0)
         return reply
 

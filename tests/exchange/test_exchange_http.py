@@ -212,6 +212,22 @@ async def test_a_request_acts_on_arrival_and_its_answer_takes_the_latency_to_com
     assert status == 200 and body["error"] == [] and time.monotonic() - started >= 0.4
 
 
+async def test_stopping_lets_go_of_a_held_request_at_once_even_with_latency_on_its_answer():
+    ex = Exchange(seed=7)
+    ex.inject(Fault(kind="timeout", delay_s=3600))
+    async with aiohttp.ClientSession() as session:
+        async with ex.serve(latency_ms=10_000) as server:
+            held = asyncio.create_task(session.get(server.url + "/0/public/Time"))
+            deadline = time.monotonic() + 5
+            while server.requests == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            assert server.requests == 1 and not held.done()
+            stopping_at = time.monotonic()
+        assert time.monotonic() - stopping_at < 1.0  # not the 2 s stop() gives answers under way
+        with pytest.raises(aiohttp.ClientError):
+            await held
+
+
 async def test_add_order_batch_with_a_json_body(exchange, alice):
     exchange.set_price("XBTUSD", D("50000"))
     orders = [{"type": "buy", "ordertype": "limit", "price": "45000.0", "volume": "0.0005", "cl_ord_id": "b-1"},

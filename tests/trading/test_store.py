@@ -90,6 +90,33 @@ async def test_a_signals_intents_are_stored_all_or_none(tmp_path, monkeypatch, p
         assert {i.status for i in intents[1:]} == {"pending"}
 
 
+async def test_a_transaction_whose_begin_was_cancelled_is_closed_so_later_writes_are_committed(tmp_path,
+                                                                                               monkeypatch):
+    import asyncio
+
+    import nija.store
+    monkeypatch.setattr(nija.store, "_INTENTS_PER_STATEMENT", 1)  # two intents: BEGIN, executemany, COMMIT
+    path = tmp_path / "db.sqlite3"
+    async with await Store.open(path) as store:
+        real_execute = store._db.execute
+
+        def execute(sql, *args, **kwargs):
+            if sql == "BEGIN":
+                asyncio.current_task().cancel()  # the caller gives up while BEGIN runs on the store's thread
+            return real_execute(sql, *args, **kwargs)
+
+        store._db.execute = execute
+        rows = [IntentRow("sig-1", n, f"cl-{n}", "XBTUSD", "buy") for n in ("alice", "bob")]
+        with pytest.raises(asyncio.CancelledError):
+            await store.add_intents(rows)
+        asyncio.current_task().uncancel()
+        store._db.execute = real_execute
+        await store.add_intents([IntentRow("sig-2", "carol", "cl-carol", "XBTUSD", "buy")])
+    async with await Store.open(path) as reopened:
+        assert [i.follower for i in await reopened.intents_for("sig-2")] == ["carol"]  # committed, not left open
+        assert await reopened.intents_for("sig-1") == []
+
+
 async def test_day_mark_keeps_first_value(tmp_path):
     async with await Store.open(tmp_path / "db.sqlite3") as store:
         assert await store.day_start_equity("alice", "2026-01-01", D("100")) == D("100")
