@@ -148,9 +148,11 @@ def test_sighup_stops_nija_run_cleanly_unless_run_under_nohup(tmp_path, under_no
     env.update(HOME=str(tmp_path), NIJA_STATE_DIR=str(tmp_path / "state"), NIJA_USERS_DIR=str(tmp_path / "users"),
                NIJA_LOG_FORMAT="json")
     (tmp_path / "users").mkdir()
-    ignore_hangup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if under_nohup else None
+    # Set either way: a suite itself run under nohup would otherwise hand the "terminal" daemon an ignored SIGHUP.
+    hangup = signal.SIG_IGN if under_nohup else signal.SIG_DFL
     daemon = subprocess.Popen([sys.executable, "-m", "nija", "run"], cwd=tmp_path, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=ignore_hangup)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup))
     guard = threading.Timer(120, daemon.kill)  # a hang fails the test instead of stalling the suite
     guard.start()
     try:
