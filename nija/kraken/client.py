@@ -348,7 +348,7 @@ class KrakenContext:
         while True:
             await asyncio.sleep(SAVE_EVERY_S)
             if self._levels.behind(self.scheduler):
-                self._levels.save(self.scheduler, durable=False)
+                await self._levels.save_in_background(self.scheduler)
 
     async def close(self) -> None:
         """Close the HTTP session if this context created it (a later call opens a new one), and leave the keys'

@@ -7,7 +7,9 @@ Persistence, cheaply: the coordinator *reserves* nonces ahead (`reserve_ns`, 5 s
 end of the reservation to `<NIJA state dir>/nonces/nonce_high_water`. A nonce is issued only below a mark already on
 disk, so after a restart — even with the clock stepped back — every key starts above every nonce ever issued. One
 mark serves every key (it bounds all of them), so fan-out to a thousand accounts still costs one small write per
-reservation (at most one every 5 s), not one per call or per key.
+reservation (at most one every 5 s), not one per call or per key. Once half a reservation is used, the next one is
+written on a thread of its own, so the event loop does not wait for the disk (a write and two fsyncs, milliseconds)
+in the middle of a fan-out; a call waits for the write only when the nonces outrun it.
 
 The reservation is kept short because a restart starts from the mark: nonces then run ahead of the clock by up to
 the reservation, and if the state dir is ever lost every key would see `EAPI:Invalid nonce` until the clock caught
@@ -70,10 +72,12 @@ class NonceCoordinator:
         self._path = Path(state_dir if state_dir is not None else default_state_dir()) / MARK_FILE_NAME
         self._reserve_ns = reserve_ns
         self._clock_ns = clock_ns
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # issuing nonces
+        self._write_lock = threading.Lock()  # writing the mark; taken after `_lock`, never before it
         self._last_by_key: dict[str, int] = {}
         self._floor = self._read_mark()  # every nonce issued by this process is above it
         self._reserved_until = self._floor  # issued nonces stay at or below this, and it is on disk
+        self._extending = False  # a thread is writing the next reservation
         self.mark_writes = 0  # for tests and benchmarks: how often the mark hit the disk
 
     @classmethod
@@ -107,6 +111,10 @@ class NonceCoordinator:
                 return None
             if nonce > self._reserved_until:
                 self._write_mark(nonce + self._reserve_ns)
+            elif nonce > self._reserved_until - self._reserve_ns // 2 and not self._extending:
+                self._extending = True
+                threading.Thread(target=self._extend, args=(nonce + self._reserve_ns,), name="nonce-mark",
+                                 daemon=True).start()
             self._last_by_key[key_id] = nonce
             return nonce
 
@@ -144,23 +152,37 @@ class NonceCoordinator:
                 f"write a value above the last nonce used (e.g. the current time in ns: {time.time_ns()})"
             ) from None
 
+    def _extend(self, mark: int) -> None:
+        """The next reservation, written ahead of need. A failure here is not reported: the write a call then
+        waits for raises it to that call."""
+        try:
+            self._write_mark(mark)
+        except OSError:
+            pass
+        finally:
+            self._extending = False
+
     def _write_mark(self, mark: int) -> None:
         # Written before any nonce below it is handed out; atomic replace so a crash leaves the old or new mark.
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as handle:
-            handle.write(f"{mark}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self._path)
-        # The rename itself must survive a power loss too, or the previous (lower) mark could come back.
-        directory = os.open(self._path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        self._reserved_until = mark
-        self.mark_writes += 1
+        # One writer at a time, and the mark on disk only ever rises.
+        with self._write_lock:
+            if mark <= self._reserved_until:
+                return
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
+            with open(tmp, "w") as handle:
+                handle.write(f"{mark}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self._path)
+            # The rename itself must survive a power loss too, or the previous (lower) mark could come back.
+            directory = os.open(self._path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            self._reserved_until = mark
+            self.mark_writes += 1
 
 
 class NonceLane:

@@ -175,15 +175,20 @@ class MasterFillWatcher:
         self._seen = {txid: tuple(Decimal(v) for v in values) for txid, values in data.get("seen", {}).items()}
         self._pending = [Signal.from_json(text) for text in data.get("pending", [])]
 
-    def _save(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+    async def _save(self) -> None:
         data = {"master": self._master, "since_s": self._since_s, "polled_s": self._polled_s,
                 "seen": {t: [str(v) for v in vals] for t, vals in self._seen.items()},
                 "pending": [signal.to_json() for signal in self._pending]}
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.state_path)  # atomic: a crash leaves the old file or the new one
+        # On a worker thread: replacing a file can wait milliseconds for the disk, and the event loop meanwhile
+        # carries the followers' orders of earlier fills.
+        await asyncio.to_thread(self._write_state, json.dumps(data))
         self._saved_polled_s = self._polled_s
+
+    def _write_state(self, text: str) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.state_path)  # atomic: a crash leaves the old file or the new one
 
     def forget(self, reason: str) -> None:
         """Drop the watch state: the next watch starts as a first start, copying nothing from before it."""
@@ -322,7 +327,7 @@ class MasterFillWatcher:
             for order in await self._orders_since(since_s):
                 self._seen[order.txid] = (order.vol_exec, order.cost, order.fee)
             self._since_s, self._polled_s = since_s, now_s
-            self._save()
+            await self._save()
             log.info("master_watch_started", since_s=now_s)
             return []
         await self._emit_pending(now_s)
@@ -352,7 +357,7 @@ class MasterFillWatcher:
         self._pending = signals
         self._polled_s = now_s
         if fills or orders or now_s - (self._saved_polled_s or 0.0) >= _GAP_S / 2:
-            self._save()
+            await self._save()
         await self._emit_pending(now_s)
         return signals
 
@@ -377,7 +382,7 @@ class MasterFillWatcher:
                 continue
             await self.emit(signal)
         self._pending = []
-        self._save()
+        await self._save()
 
     async def _orders_since(self, since_s: float) -> list[Order]:
         """Open orders, then the orders closed since `since_s`: one entry per order, the later read winning (an

@@ -75,6 +75,31 @@ async def test_fills_become_signals_once_with_the_fraction_closed(master, tmp_pa
     assert len(emitted) == 3
 
 
+async def test_the_watch_state_is_written_off_the_event_loop(master, tmp_path, monkeypatch):
+    """Replacing the state file can wait for the disk for milliseconds; followers' orders keep leaving meanwhile."""
+    import threading
+
+    from nija.trading import master_fills
+
+    writers: list[str] = []
+    real_replace = master_fills.os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("master_fills.json"):  # os is one module: the nonce mark's writes pass here too
+            writers.append(threading.current_thread().name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(master_fills.os, "replace", replace)
+    emitted = []
+    watcher = watcher_for(master, await master.pairs(), tmp_path, emitted, time.time)
+    await watcher.poll()
+    await master.add_order(PAIR, "buy", Decimal("0.01"))
+    [entry] = await watcher.poll()
+    assert emitted == [entry]
+    assert writers and threading.main_thread().name not in writers
+    assert watcher_for(master, await master.pairs(), tmp_path, emitted, time.time)._since_s is not None  # on file
+
+
 async def test_unreadable_state_file_is_named_with_the_fix(master, tmp_path):
     (tmp_path / "master_fills.json").write_text("{not json")
     with pytest.raises(ValueError) as info:

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -57,6 +58,59 @@ def test_the_mark_is_written_once_per_reservation_not_per_call(tmp_path):
     coordinator.next_nonce("key0")
     assert coordinator.mark_writes == 2
     assert int((tmp_path / MARK_FILE_NAME).read_text()) == coordinator.high_water_mark
+
+
+def _wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_the_next_reservation_is_written_ahead_on_a_thread_of_its_own(tmp_path):
+    """Past half a reservation, the next mark goes to disk without the caller waiting for it: a fan-out does not
+    stall on a write and two fsyncs."""
+    clock = SteppableClock(1_700_000_000 * NS)
+    coordinator = NonceCoordinator(tmp_path, clock_ns=clock, reserve_ns=10 * NS)
+    coordinator.next_nonce("key")
+    first_mark = coordinator.high_water_mark
+    clock.now_ns += 6 * NS  # 4 s of the reservation left
+    coordinator.next_nonce("key")
+    _wait_until(lambda: coordinator.mark_writes == 2)
+    assert coordinator.high_water_mark == first_mark + 6 * NS
+    assert int((tmp_path / MARK_FILE_NAME).read_text()) == coordinator.high_water_mark
+    clock.now_ns += 5 * NS  # past the first reservation: already covered
+    coordinator.next_nonce("key")
+    assert coordinator.mark_writes == 2
+
+
+def test_a_nonce_never_outruns_the_mark_on_disk_while_that_write_is_slow(tmp_path, monkeypatch):
+    """When the nonces reach the end of the reservation before the write ahead is done, the call waits for it."""
+    from nija.kraken import nonce as nonce_module
+
+    clock = SteppableClock(1_700_000_000 * NS)
+    coordinator = NonceCoordinator(tmp_path, clock_ns=clock, reserve_ns=10 * NS)
+    coordinator.next_nonce("key")
+    disk_free = threading.Event()
+    real_replace = nonce_module.os.replace
+
+    def slow_replace(src, dst):
+        if threading.current_thread().name == "nonce-mark":
+            assert disk_free.wait(10)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(nonce_module.os, "replace", slow_replace)
+    clock.now_ns += 6 * NS
+    coordinator.next_nonce("key")  # starts the write ahead, which now hangs
+    clock.now_ns += 5 * NS  # past the reservation on disk
+    issued: list[int] = []
+    caller = threading.Thread(target=lambda: issued.append(coordinator.next_nonce("key")))
+    caller.start()
+    caller.join(0.2)
+    assert caller.is_alive() and not issued  # no nonce above the mark on disk
+    disk_free.set()
+    caller.join(10)
+    assert issued and issued[0] <= int((tmp_path / MARK_FILE_NAME).read_text()) == coordinator.high_water_mark
 
 
 def test_a_corrupt_mark_file_is_refused_with_the_fix(tmp_path):

@@ -1,6 +1,8 @@
 """The rate scheduler makes calls wait for budget instead of exceeding Kraken's counters."""
 
 import asyncio
+import json
+import os
 import time
 
 from nija.kraken.limits import Tier, rest_cost
@@ -161,3 +163,47 @@ def test_a_rest_levels_file_that_cannot_be_written_is_said_once_not_every_second
             counter.add(1, time.monotonic())
             levels.save(scheduler, durable=False)
     assert [line["event"] for line in logs] == ["rest_levels_unsaved"]
+
+
+async def test_a_running_context_writes_the_rest_levels_file_off_the_event_loop(tmp_path, monkeypatch):
+    """Replacing a file can wait for the disk for milliseconds; the loop keeps sending orders meanwhile."""
+    import threading
+
+    from nija.kraken import rest_levels
+    from nija.kraken.client import KrakenContext
+    from nija.kraken.limits import tier_named
+
+    writers: list[str] = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(rest_levels.REST_LEVELS_FILE):  # os is one module: the nonce mark passes here too
+            writers.append(threading.current_thread().name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(rest_levels.os, "replace", replace)
+    monkeypatch.setattr(rest_levels, "SAVE_EVERY_S", 0.05)
+    monkeypatch.setattr("nija.kraken.client.SAVE_EVERY_S", 0.05)
+    context = KrakenContext(state_dir=tmp_path)
+    context.scheduler.budget("master", tier_named("starter")).rest.counter.add(5, context.scheduler._clock())
+    context.keep_rest_levels()
+    deadline = time.monotonic() + 10
+    while not writers and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await context.close()
+    assert writers[0] != threading.main_thread().name  # the saves while running
+    assert writers[-1] == threading.main_thread().name  # the durable one at the stop
+    again = RateScheduler()
+    rest_levels.RestLevelsFile(tmp_path / "nonces" / rest_levels.REST_LEVELS_FILE).carry_over_into(again)
+    assert again.budget("master", tier_named("starter")).rest.counter.level(time.monotonic()) > 4.9
+
+
+def test_older_rest_levels_never_replace_newer_ones_on_file(tmp_path):
+    """A save still on its thread when a newer one lands (the stop's) must not put the older levels back."""
+    from nija.kraken.rest_levels import RestLevelsFile
+
+    levels = RestLevelsFile(tmp_path / "rest_levels.json")
+    now_s = time.time()
+    assert levels._write({"k": (9.0, 0.33)}, now_s, False) is None
+    assert levels._write({"k": (2.0, 0.33)}, now_s - 0.5, False) is None  # taken earlier, written later
+    assert json.loads((tmp_path / "rest_levels.json").read_text())["rest_levels"] == {"k": 9.0}
