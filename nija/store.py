@@ -15,6 +15,11 @@ Tables
 
 Results are written as they arrive but committed in small batches: losing the last batch in a crash is safe, because
 the intent stays unfinished and is reconciled by its client order id, never resent blindly.
+
+Checkpoints (copying the WAL into the database file, with an fsync) are the store's own, not SQLite's automatic
+ones: SQLite runs those inside whichever commit crosses 1,000 pages, and when that commit is a signal's intents every
+order of the fan-out waits for it (up to 8 ms here). The store checkpoints once a signal is finished, at most every
+`CHECKPOINT_EVERY_S`, and SQLite once more when the store closes.
 """
 
 from __future__ import annotations
@@ -30,9 +35,15 @@ from pathlib import Path
 
 import aiosqlite
 
+from nija.logs import get_logger
 from nija.trading.signals import Signal
 
 __all__ = ["Store", "StoreError", "IntentRow", "UNFINISHED", "FINISHED"]
+
+log = get_logger("nija.store")
+
+#: at most this often, once a signal is finished, the WAL is copied into the database file
+CHECKPOINT_EVERY_S = 10.0
 
 UNFINISHED = ("pending", "unknown")
 FINISHED = ("done", "skipped", "failed")
@@ -128,6 +139,8 @@ class Store:
         self._pending_results: list[tuple] = []
         self._flushing: asyncio.Task | None = None
         self._lock = asyncio.Lock()  # one writer transaction at a time on the shared connection
+        self._checkpointed_at_s = time.monotonic()
+        self._checkpointing: asyncio.Task | None = None
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -139,6 +152,7 @@ class Store:
             # NORMAL in WAL mode: a commit survives a process crash (not a power cut); FULL costs an fsync per commit.
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("PRAGMA wal_autocheckpoint=0")  # see the module docstring: checkpoints are ours
             await db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             await db.close()  # its worker thread would otherwise keep the process alive
@@ -150,6 +164,8 @@ class Store:
 
     async def close(self) -> None:
         await self.flush()
+        if self._checkpointing is not None:
+            await self._checkpointing
         await self._db.close()
 
     async def __aenter__(self) -> Store:
@@ -180,6 +196,17 @@ class Store:
                 "UPDATE signals SET status = 'done', finished_at = ?, summary = ? WHERE signal_id = ?",
                 (time.time(), summary_json, signal_id),
             )
+        now_s = time.monotonic()
+        if now_s - self._checkpointed_at_s >= CHECKPOINT_EVERY_S and (
+                self._checkpointing is None or self._checkpointing.done()):
+            self._checkpointed_at_s = now_s
+            self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # the next one tries again; SQLite also checkpoints when the store closes
+            log.warning("store_checkpoint_failed", path=str(self.path), error=str(exc))
 
     async def bind_exchange(self, url: str) -> None:
         """Tie the store to the exchange its orders go to. Unfinished copies stored for another exchange (a `nija

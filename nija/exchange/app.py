@@ -29,18 +29,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
 import random
 import time
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from aiohttp import web
 
 from ..kraken.limits import DecayingCounter
-from .engine import Exchange, KrakenReject, rfc3339
+from .engine import Account, Exchange, KrakenReject, rfc3339
 from .faults import Fault
 from .pairs import resolve_pair
 from .rest_protocol import ABORT, ApiCall, Reply, RestProtocol, parse_body
@@ -103,6 +104,15 @@ class _Outbox:
                 self._closing = asyncio.get_running_loop().create_task(
                     self.ws.close(code=1008, message=b"too many messages not read"))
                 self._closing.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+
+class _Held(NamedTuple):
+    """A call a drawn fault holds back: the fault, what the call answered if it ran already, or the call itself
+    (`then`) when it runs only once the fault's delay is over."""
+
+    fault: Fault
+    executed_body: bytes | None
+    then: Callable[[], Reply] | None
 
 
 class ExchangeServer:
@@ -193,8 +203,8 @@ class ExchangeServer:
                 await asyncio.wait_for(self._listener.wait_closed(), _SHUTDOWN_S)
             self._listener = None
 
-    def track(self, answer: asyncio.Task) -> None:
-        """An answer under way on a RestProtocol connection (waited for when the server stops)."""
+    def track(self, answer: asyncio.Future) -> None:
+        """An answer under way on a RestProtocol connection, done once sent (waited for when the server stops)."""
         self._answers.add(answer)
         answer.add_done_callback(self._answers.discard)
 
@@ -221,23 +231,52 @@ class ExchangeServer:
         rejection as its errors, anything unexpected as `EGeneral:Internal error` (never a traceback), or a fault."""
         if self.jitter_ms:  # on its way in: requests overtake each other
             await asyncio.sleep(self._rng.uniform(0.0, self.jitter_ms) / 1000.0)
-        reply = await self._reply(call)
-        # The answer's way back; not once the server stops (a fault's hold it released must stay prompt).
-        if self.latency_ms > 0 and not (self._closing is not None and self._closing.is_set()):
-            await asyncio.sleep(self.latency_ms / 1000.0)
+        reply = self._reply_now(call)
+        if not isinstance(reply, Reply):
+            reply = await self._after_fault(reply, call.path)
+        delay_s = self.reply_delay_s()
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         return reply
 
-    async def _reply(self, call: ApiCall) -> Reply:
+    def answer_now(self, call: ApiCall) -> Reply | None:
+        """`answer` without its wait on the way back (`reply_delay_s`), computed at once; None for a call that must
+        wait before it is processed (jitter, or faults armed that may hold it): `answer` it instead."""
+        if self.jitter_ms or self.exchange.faults.faults:
+            return None
+        reply = self._reply_now(call)
+        assert isinstance(reply, Reply)  # no fault armed, none drawn
+        return reply
+
+    def reply_delay_s(self) -> float:
+        """How long an answer takes on its way back: the latency, none once the server stops (a fault's hold it
+        released must stay prompt)."""
+        if self.latency_ms > 0 and not (self._closing is not None and self._closing.is_set()):
+            return self.latency_ms / 1000.0
+        return 0.0
+
+    def _reply_now(self, call: ApiCall) -> Reply | _Held:
         if call.verb != "POST" and call.path.startswith("/0/private/"):
             return _error(["EAPI:Bad request"])
         self.requests += 1
+        return self._guarded(call.path, self._private_now if call.path.startswith("/0/private/") else self._public_now,
+                             call)
+
+    @staticmethod
+    def _guarded(path: str, compute, *args: Any) -> Any:
         try:
-            return await (self._private(call) if call.path.startswith("/0/private/") else self._public(call))
+            return compute(*args)
         except KrakenReject as exc:
             return _error(exc.errors)
         except Exception:
-            log.exception("%s failed", call.path)
+            log.exception("%s failed", path)
             return _error(["EGeneral:Internal error"])
+
+    async def _after_fault(self, held: _Held, path: str) -> Reply:
+        if held.then is not None:  # a latency fault: the call runs once the delay is over
+            await self._hold(held.fault.delay_s)
+            return self._guarded(path, held.then)
+        return await self._fault_reply(held.fault, held.executed_body)
 
     async def _hold(self, seconds: float) -> None:
         assert self._closing is not None
@@ -257,13 +296,10 @@ class ExchangeServer:
             return Reply(502, _HTML, _HTML_502.encode())
         if kind == "http_520":
             return Reply(520, _HTML, _HTML_520.encode())
-        if kind == "latency":
-            assert executed_body is not None
-            return Reply(200, _JSON, executed_body)
         text = fault.error_string(self.exchange.clock.now())
         return _error([text or "EGeneral:Internal error"])
 
-    async def _public(self, call: ApiCall) -> Reply:
+    def _public_now(self, call: ApiCall) -> Reply | _Held:
         ex = self.exchange
         if self.public_limit is not None:
             counter = self._public_counters.get(call.remote)
@@ -278,13 +314,16 @@ class ExchangeServer:
             except (ValueError, UnicodeDecodeError):
                 return _error(["EAPI:Bad request"])
         fault = ex.faults.draw(None, call.method, _pair_key(params)) if ex.faults.faults else None
-        if fault is not None:
-            if fault.kind != "latency":
-                return await self._fault_reply(fault, None)
-            await self._hold(fault.delay_s)
-        return Reply(200, _JSON, _dumps({"error": [], "result": ex.call_public(call.method, params)}))
+        if fault is None:
+            return self._public_result(call.method, params)
+        if fault.kind == "latency":
+            return _Held(fault, None, functools.partial(self._public_result, call.method, params))
+        return _Held(fault, None, None)
 
-    async def _private(self, call: ApiCall) -> Reply:
+    def _public_result(self, method: str, params: dict) -> Reply:
+        return Reply(200, _JSON, _dumps({"error": [], "result": self.exchange.call_public(method, params)}))
+
+    def _private_now(self, call: ApiCall) -> Reply | _Held:
         ex = self.exchange
         raw = call.body
         headers = call.headers
@@ -295,17 +334,20 @@ class ExchangeServer:
         api_key = headers.get("api-key")
         acct = ex.authenticate(api_key, headers.get("api-sign"), call.path, raw, params.get("nonce"))
         fault = ex.faults.draw(acct.name, call.method, _pair_key(params)) if ex.faults.faults else None
-        if fault is not None:
-            if fault.kind == "latency":
-                await self._hold(fault.delay_s)
-            elif not fault.executes:
-                return await self._fault_reply(fault, None)
+        if fault is None:
+            return self._private_result(acct, call.method, params, api_key)
+        if fault.kind == "latency":
+            return _Held(fault, None, functools.partial(self._private_result, acct, call.method, params, api_key))
+        if not fault.executes:
+            return _Held(fault, None, None)
+        # Executed now; then the fault strikes.
+        return _Held(fault, self._private_result(acct, call.method, params, api_key).body, None)
+
+    def _private_result(self, acct: Account, method: str, params: dict, api_key: str | None) -> Reply:
         try:
-            body = _dumps({"error": [], "result": ex.call(acct, call.method, params, api_key=api_key)})
+            body = _dumps({"error": [], "result": self.exchange.call(acct, method, params, api_key=api_key)})
         except KrakenReject as exc:
             body = _dumps({"error": exc.errors})
-        if fault is not None and fault.kind != "latency":
-            return await self._fault_reply(fault, body)  # executed, then the fault strikes
         return Reply(200, _JSON, body)
 
     async def rest(self, request: web.Request) -> web.StreamResponse:

@@ -98,7 +98,7 @@ class RestProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._head: tuple[tuple[str, str, dict[str, str], int, bool], int] | None = None  # read; body on its way
-        self._last: asyncio.Task | None = None  # the latest request's answer; the next one waits for it
+        self._last: asyncio.Future | None = None  # the latest request's answer, sent; the next one waits for it
         self._handed_off: bytearray | None = None  # bytes for the application once the answers before are out
         self._closing = False  # the client asked to close after the current answer
         self.idle_since = time.monotonic()
@@ -161,16 +161,36 @@ class RestProtocol(asyncio.Protocol):
         method = path[path.index("/", 3) + 1:]
         peer = self._transport.get_extra_info("peername") if self._transport is not None else None
         call = ApiCall(verb, path, method, _form(query, first_wins=True), headers, body, peer[0] if peer else "")
-        task = asyncio.get_running_loop().create_task(self._answer(self._last, call, close))
-        self._server.track(task)
-        self._last = task
+        server = self._server
+        loop = asyncio.get_running_loop()
+        # Most calls are answered at once, their answer sent once the latency is over: no task, no sleep.
+        reply = server.answer_now(call) if self._last is None or self._last.done() else None
+        if reply is not None:
+            delay_s = server.reply_delay_s()
+            if delay_s <= 0:
+                self._send(reply, close)
+                self._last = None
+                return
+            sent = loop.create_future()
+            loop.call_later(delay_s, self._send_when_due, reply, close, sent)
+        else:
+            sent = loop.create_task(self._answer(self._last, call, close))
+        server.track(sent)
+        self._last = sent
 
-    async def _answer(self, previous: asyncio.Task | None, call: ApiCall, close: bool) -> None:
+    def _send_when_due(self, reply: Reply, close: bool, sent: asyncio.Future) -> None:
+        if not sent.done():  # else given up on by a stopping server
+            self._send(reply, close)
+            sent.set_result(None)
+
+    async def _answer(self, previous: asyncio.Future | None, call: ApiCall, close: bool) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
         if self._transport is None or self._transport.is_closing():
             return  # dropped (a fault, or the client left) before its turn came: never run, as aiohttp does
-        reply = await self._server.answer(call)
+        self._send(await self._server.answer(call), close)
+
+    def _send(self, reply: Reply, close: bool) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return

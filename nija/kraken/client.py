@@ -580,25 +580,27 @@ class KrakenClient:
             trading = [(budget.trading(pair), cost)
                        for pair, cost in budget.order_charges(method, params, self._pair_key).items()]
         rest = rest_cost(method)
-        # Short of budget, wait before taking a turn on the key: calls behind this one that fit (an AddOrder costs
-        # nothing on the REST counter; another pair has its own trading counter) must not wait for it.
-        while True:
+        # Budget and the key both free (most calls): the turn is taken at once, without waiting on anything.
+        nonce = lane.grant_now() if budget.fits(rest, trading) else None
+        while nonce is None:
+            # Short of budget, wait before taking a turn on the key: calls behind this one that fit (an AddOrder
+            # costs nothing on the REST counter; another pair has its own trading counter) must not wait for it.
             await budget.rest.ready(rest)
             for pacer, cost in trading:
                 await pacer.ready(cost)
             nonce = await lane.acquire()
-            if budget.rest.fits(rest) and all(pacer.fits(cost) for pacer, cost in trading):
-                break
-            # Calls that went first on the key spent that budget meanwhile: wait again, off the key (a nonce not
-            # sent leaves only a gap in the sequence).
-            lane.release(nonce)
+            if not budget.fits(rest, trading):
+                # Calls that went first on the key spent that budget meanwhile: wait again, off the key (a nonce
+                # not sent leaves only a gap in the sequence).
+                lane.release(nonce)
+                nonce = None
         try:
-            # Charged when the call leaves (after its turn on the key came), as the server counts arrivals;
-            # re-timed to the reply in `finally` (see nija.kraken.scheduler).
-            await budget.rest.take(rest)
-            for pacer, cost in trading:
-                await pacer.take(cost)
+            # Charged when the call leaves (after its turn on the key came, the budget checked just now), as the
+            # server counts arrivals; re-timed to the reply in `finally` (see nija.kraken.scheduler).
             charged_at_s = budget.rest.now()
+            budget.rest.charge(rest, charged_at_s)
+            for pacer, cost in trading:
+                pacer.charge(cost, charged_at_s)
             if deadline_s is not None:
                 # Stamped when the request leaves (after any wait for the key or the counters), and remembered
                 # before it leaves: until then plus a margin, a lookup that finds nothing proves nothing.

@@ -221,11 +221,14 @@ class NonceLane:
         self._in_flight.append(nonce)
         return nonce
 
+    def grant_now(self) -> int | None:
+        """A nonce at once when the key is free (nobody waiting, room in the window), else None: then `acquire`."""
+        return None if self._waiters else self._try_grant()
+
     async def acquire(self) -> int:
-        if not self._waiters:
-            nonce = self._try_grant()
-            if nonce is not None:
-                return nonce
+        nonce = self.grant_now()
+        if nonce is not None:
+            return nonce
         if self._waiters is None:
             self._waiters = deque()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -62,6 +62,11 @@ class Pacer:
         """`take(cost)` would charge at once, without waiting (for budget, or behind callers already waiting)."""
         return cost <= 0 or not self._must_wait(cost)
 
+    def charge(self, cost: float, now_s: float) -> None:
+        """Charge `cost` at `now_s` without waiting: for a caller that has just seen it `fits`."""
+        if cost > 0:
+            self.counter.add(cost, now_s)
+
     def _must_wait(self, cost: float) -> bool:
         return (self._lock is not None and self._lock.locked()) or self._wait_s(cost) > 0
 
@@ -110,6 +115,10 @@ class KeyBudget:
         self._userref_orders: dict[str, list[str]] = {}  # userref → txids of the open orders carrying it
         self._clock = clock
         self._margin = margin
+
+    def fits(self, rest_cost: float, trading: Iterable[tuple[Pacer, float]]) -> bool:
+        """A call costing `rest_cost` on the REST counter and each (pacer, cost) of `trading` can leave now."""
+        return self.rest.fits(rest_cost) and all(pacer.fits(cost) for pacer, cost in trading)
 
     def trading(self, pair: str) -> Pacer:
         if self._trading is None:

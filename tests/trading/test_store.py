@@ -1,6 +1,8 @@
 """The store: signals once, intents before sending, results batched, unfinished work listed after a restart."""
 
+import asyncio
 import sqlite3
+import time
 from decimal import Decimal as D
 
 import pytest
@@ -115,6 +117,33 @@ async def test_a_transaction_whose_begin_was_cancelled_is_closed_so_later_writes
     async with await Store.open(path) as reopened:
         assert [i.follower for i in await reopened.intents_for("sig-2")] == ["carol"]  # committed, not left open
         assert await reopened.intents_for("sig-1") == []
+
+
+async def test_no_commit_of_intents_waits_for_a_checkpoint_the_finished_signal_runs_it(tmp_path, monkeypatch):
+    """Copying the WAL into the database file (with an fsync) must not happen inside the commit that stores a
+    signal's intents, however large the WAL grew: every order of that fan-out would wait for it."""
+    import nija.store
+
+    path = tmp_path / "nija.sqlite3"
+    store = await Store.open(path)
+    empty_bytes = path.stat().st_size
+    for number in range(8):  # ≈ 24,000 intents: far past SQLite's automatic checkpoint at 1,000 pages (4 MB)
+        sid = f"sig-{number}"
+        await store.save_signal(signal(sid))
+        await store.add_intents([IntentRow(sid, f"follower-{i:05d}", cl_ord_id_for(sid, f"follower-{i:05d}"),
+                                           "XBTUSD", "buy") for i in range(2_978)])
+    assert (tmp_path / "nija.sqlite3-wal").stat().st_size > 4_000_000
+    assert path.stat().st_size == empty_bytes  # all of it still in the WAL: no commit checkpointed
+    monkeypatch.setattr(nija.store, "CHECKPOINT_EVERY_S", 0.0)
+    await store.finish_signal("sig-0", "{}")
+    deadline = time.monotonic() + 30
+    while path.stat().st_size <= 4_000_000:  # the checkpoint the finished signal started, on the store's thread
+        assert time.monotonic() < deadline, "no checkpoint after a finished signal"
+        await asyncio.sleep(0.01)
+    await store.close()
+    store = await Store.open(path)
+    assert len(await store.intents_for("sig-7")) == 2_978
+    await store.close()
 
 
 async def test_day_mark_keeps_first_value(tmp_path):
