@@ -18,8 +18,8 @@ the intent stays unfinished and is reconciled by its client order id, never rese
 
 Checkpoints (copying the WAL into the database file, with an fsync) are the store's own, not SQLite's automatic
 ones: SQLite runs those inside whichever commit crosses 1,000 pages, and when that commit is a signal's intents every
-order of the fan-out waits for it (up to 8 ms here). The store checkpoints once a signal is finished, at most every
-`CHECKPOINT_EVERY_S`, and SQLite once more when the store closes.
+order of the fan-out waits for it (up to 8 ms here). The store checkpoints on a connection of its own, after a
+finished signal or a batch of results, at most every `CHECKPOINT_EVERY_S`; SQLite once more when the store closes.
 """
 
 from __future__ import annotations
@@ -95,6 +95,16 @@ _INSERT_INTENTS = ("INSERT OR IGNORE INTO intents(signal_id, follower, cl_ord_id
 _INTENT_VALUES = "(?,?,?,?,?,?,?,?,?,?,?)"
 # SQLite binds at most 32,766 values in one statement (999 before 3.32).
 _INTENTS_PER_STATEMENT = (32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999) // _INTENT_VALUES.count("?")
+
+
+def _checkpoint_wal(path: str) -> None:
+    """Copy the WAL into the database file, on a connection (and thread) of its own: in WAL mode the store's own
+    connection goes on reading and committing meanwhile, and its thread is never taken by the copy and its fsync."""
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        connection.close()
 
 
 class StoreError(RuntimeError):
@@ -196,15 +206,19 @@ class Store:
                 "UPDATE signals SET status = 'done', finished_at = ?, summary = ? WHERE signal_id = ?",
                 (time.time(), summary_json, signal_id),
             )
+        self._checkpoint_soon()
+
+    def _checkpoint_soon(self) -> None:
+        """After a finished signal or a batch of results: checkpoint, unless one ran within CHECKPOINT_EVERY_S."""
         now_s = time.monotonic()
-        if now_s - self._checkpointed_at_s >= CHECKPOINT_EVERY_S and (
-                self._checkpointing is None or self._checkpointing.done()):
+        if (str(self.path) != ":memory:" and now_s - self._checkpointed_at_s >= CHECKPOINT_EVERY_S
+                and (self._checkpointing is None or self._checkpointing.done())):
             self._checkpointed_at_s = now_s
             self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
 
     async def _checkpoint(self) -> None:
         try:
-            await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            await asyncio.to_thread(_checkpoint_wal, str(self.path))
         except sqlite3.Error as exc:  # the next one tries again; SQLite also checkpoints when the store closes
             log.warning("store_checkpoint_failed", path=str(self.path), error=str(exc))
 
@@ -298,6 +312,7 @@ class Store:
                 except BaseException:
                     self._pending_results[:0] = batch  # kept for the next flush: no result is lost
                     raise
+        self._checkpoint_soon()
 
     async def flush(self) -> None:
         """Commit every queued result now."""

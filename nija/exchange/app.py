@@ -21,8 +21,10 @@ processed as it arrives, not all at once a latency later.
 
 `build_app` is the whole exchange as an aiohttp.web application. `ExchangeServer` listens with `RestProtocol`
 (`rest_protocol.py`), which answers the `/0/public` and `/0/private` calls straight from the socket, at a fraction
-of the web server's CPU per request, and hands everything else to that application. Both end in
-`ExchangeServer.answer`.
+of the web server's CPU per request, and hands everything else to that application. Both run the same code
+(`ExchangeServer._reply_now`): RestProtocol through `answer_now` for a call nothing can hold (no jitter, no fault
+armed), sending the answer from a timer once the latency is over, and through `answer` otherwise, as the
+application's routes always do.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ class ExchangeServer:
         self._listener: asyncio.AbstractServer | None = None
         #: open connections answered by RestProtocol (those handed to the application are its runner's)
         self.connections: set[RestProtocol] = set()
-        self._answers: set[asyncio.Task] = set()
+        self._answers: set[asyncio.Future] = set()  # answers under way on RestProtocol connections
         self._closing: asyncio.Event | None = None
         self._ticker: asyncio.Task | None = None
         self._websockets: set[web.WebSocketResponse] = set()

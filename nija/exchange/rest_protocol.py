@@ -6,7 +6,7 @@ spends more CPU per request than the exchange's own work for an order, so the ca
 (or none). Anything else on the connection (the WebSocket at `/v2`, `/admin`, HTTP/1.0, chunked bodies,
 `Expect`, a malformed request) hands the connection, from that request on, to the application's own request
 handler, which answers exactly as it would have from the start. `build_app` serves the same calls through its
-routes; both end in `ExchangeServer.answer`.
+routes; both run `ExchangeServer`'s answering code (`answer_now`, or `answer` for a call jitter or a fault may hold).
 
 Requests on one connection are answered one after the other, in order, as aiohttp does.
 """

@@ -15,6 +15,7 @@ the new file's data first), up to 15 ms here, and the event loop must not stall 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import threading
@@ -45,7 +46,9 @@ class RestLevelsFile:
         self._saved_at_s = 0.0
         self._failing = False  # the last save failed: said once, not every second until one works
         self._write_lock = threading.Lock()
-        self._written_at_s = 0.0  # the time of the levels the file holds (by this process)
+        self._snapshots = itertools.count(1)  # levels taken, in order (the wall clock may step back)
+        self._written_snapshot = 0  # the latest of them the file holds
+        self._recorded_snapshot = 0  # the latest of them `_saved` holds
 
     def carry_over_into(self, scheduler: RateScheduler) -> None:
         """Start `scheduler` from what an earlier run left; an unreadable file is logged and ignored."""
@@ -61,7 +64,7 @@ class RestLevelsFile:
     def behind(self, scheduler: RateScheduler) -> bool:
         """True when some key's counter is fuller than the file, decayed to now, says: a crash now would lose it."""
         now_s = time.time()
-        elapsed_s = now_s - self._saved_at_s
+        elapsed_s = max(0.0, now_s - self._saved_at_s)  # a clock stepped back decays nothing
         for key_id, (level, _decay_per_s) in scheduler.rest_levels(now_s).items():
             saved_level, decay_per_s = self._saved.get(key_id, (0.0, 0.0))
             if level > saved_level - elapsed_s * decay_per_s + _TOLERANCE:
@@ -73,23 +76,27 @@ class RestLevelsFile:
         now_s = time.time()
         levels = scheduler.rest_levels(now_s)
         if levels or self._saved:  # else nothing counted, and nothing on file to take back
-            self._record(levels, now_s, self._write(levels, now_s, durable), durable)
+            snapshot = next(self._snapshots)
+            self._record(levels, now_s, snapshot, self._write(levels, now_s, snapshot, durable), durable)
 
     async def save_in_background(self, scheduler: RateScheduler) -> None:
         """`save(durable=False)` with the file written on a worker thread; the levels are those of now."""
         now_s = time.time()
         levels = scheduler.rest_levels(now_s)
         if levels or self._saved:
-            error = await asyncio.to_thread(self._write, levels, now_s, False)
-            self._record(levels, now_s, error, False)
+            snapshot = next(self._snapshots)
+            error = await asyncio.to_thread(self._write, levels, now_s, snapshot, False)
+            self._record(levels, now_s, snapshot, error, False)
 
-    def _write(self, levels: dict[str, tuple[float, float]], now_s: float, durable: bool) -> OSError | None:
+    def _write(self, levels: dict[str, tuple[float, float]], now_s: float, snapshot: int,
+               durable: bool) -> OSError | None:
         with self._write_lock:  # one writer at a time; a slow thread never puts older levels over newer ones
-            if now_s <= self._written_at_s:
+            if snapshot <= self._written_snapshot:
                 return None
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+                # A name of its own per thread: another context of this process may save to the same path.
+                tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
                 with open(tmp, "w") as handle:
                     handle.write(json.dumps({"saved_at_s": now_s,
                                              "rest_levels": {key_id: level for key_id, (level, _) in levels.items()}}))
@@ -99,10 +106,10 @@ class RestLevelsFile:
                 os.replace(tmp, self.path)
             except OSError as exc:
                 return exc
-            self._written_at_s = now_s
+            self._written_snapshot = snapshot
             return None
 
-    def _record(self, levels: dict[str, tuple[float, float]], now_s: float, error: OSError | None,
+    def _record(self, levels: dict[str, tuple[float, float]], now_s: float, snapshot: int, error: OSError | None,
                 durable: bool) -> None:
         if error is not None:
             if not self._failing or durable:
@@ -113,5 +120,5 @@ class RestLevelsFile:
         if self._failing:
             log.info("rest_levels_saved_again", path=str(self.path))
         self._failing = False
-        if now_s > self._saved_at_s:
-            self._saved, self._saved_at_s = levels, now_s
+        if snapshot > self._recorded_snapshot:
+            self._saved, self._saved_at_s, self._recorded_snapshot = levels, now_s, snapshot

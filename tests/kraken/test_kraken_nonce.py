@@ -111,6 +111,7 @@ def test_a_nonce_never_outruns_the_mark_on_disk_while_that_write_is_slow(tmp_pat
     disk_free.set()
     caller.join(10)
     assert issued and issued[0] <= int((tmp_path / MARK_FILE_NAME).read_text()) == coordinator.high_water_mark
+    assert coordinator.mark_writes == 2  # the write ahead covered the waiting call: no third write
 
 
 def test_a_corrupt_mark_file_is_refused_with_the_fix(tmp_path):
@@ -246,7 +247,7 @@ async def test_a_mark_that_cannot_be_written_fails_the_waiting_call_not_the_key(
     await asyncio.sleep(0)
     real_write = nonces._write_mark
 
-    def disk_full(mark):
+    def disk_full(mark, **_):
         raise OSError(28, "No space left on device")
 
     nonces._write_mark = disk_full

@@ -204,6 +204,25 @@ def test_older_rest_levels_never_replace_newer_ones_on_file(tmp_path):
 
     levels = RestLevelsFile(tmp_path / "rest_levels.json")
     now_s = time.time()
-    assert levels._write({"k": (9.0, 0.33)}, now_s, False) is None
-    assert levels._write({"k": (2.0, 0.33)}, now_s - 0.5, False) is None  # taken earlier, written later
+    assert levels._write({"k": (9.0, 0.33)}, now_s, 2, False) is None
+    assert levels._write({"k": (2.0, 0.33)}, now_s - 0.5, 1, False) is None  # taken earlier, written later
     assert json.loads((tmp_path / "rest_levels.json").read_text())["rest_levels"] == {"k": 9.0}
+
+
+def test_rest_levels_are_still_saved_after_the_wall_clock_steps_back(tmp_path, monkeypatch):
+    """An NTP step back must not make later saves, the one at the stop included, look older than the last."""
+    from nija.kraken import rest_levels
+    from nija.kraken.limits import tier_named
+
+    wall = [time.time()]
+    monkeypatch.setattr(rest_levels.time, "time", lambda: wall[0])
+    scheduler = RateScheduler()
+    levels = rest_levels.RestLevelsFile(tmp_path / "rest_levels.json")
+    counter = scheduler.budget("master", tier_named("starter")).rest.counter
+    counter.add(2, time.monotonic())
+    levels.save(scheduler, durable=False)
+    wall[0] -= 60  # the clock is stepped back a minute
+    counter.add(10, time.monotonic())
+    assert levels.behind(scheduler)
+    levels.save(scheduler, durable=True)
+    assert json.loads((tmp_path / "rest_levels.json").read_text())["rest_levels"]["master"] > 11

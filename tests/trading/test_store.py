@@ -119,7 +119,7 @@ async def test_a_transaction_whose_begin_was_cancelled_is_closed_so_later_writes
         assert await reopened.intents_for("sig-1") == []
 
 
-async def test_no_commit_of_intents_waits_for_a_checkpoint_the_finished_signal_runs_it(tmp_path, monkeypatch):
+async def test_no_commit_of_intents_waits_for_a_checkpoint_the_store_runs_its_own(tmp_path, monkeypatch):
     """Copying the WAL into the database file (with an fsync) must not happen inside the commit that stores a
     signal's intents, however large the WAL grew: every order of that fan-out would wait for it."""
     import nija.store
