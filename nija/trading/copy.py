@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from nija.accounts import FOLLOWER_KEY_PERMISSIONS, FollowerConfig, credential_names, refused_key_fix
 from nija.kraken.errors import (
@@ -203,6 +203,17 @@ class _Unsettled(Exception):
     """The order's fate is unknown (timeout, lost reply not settled by lookup): reconcile later by cl_ord_id."""
 
 
+class _BookedFill(NamedTuple):
+    """A follower's fill booked by its copy: the exchange's own (`read`), or a market order's estimate."""
+
+    account: FollowerAccount
+    rules: PairRules
+    side: str
+    fill: Fill
+    loads: int  # the portfolio's balance reads when it was booked: a later read holds the real fill already
+    read: bool
+
+
 # --- the engine ------------------------------------------------------------------------------------------------------
 
 class CopyEngine:
@@ -272,8 +283,8 @@ class CopyEngine:
         #: signals fanned out to the followers since start (each once, however often it is reconciled)
         self.signals_copied = 0
         self._summary_waiters: dict[str, asyncio.Future] = {}
-        # signal id → market fills booked as estimates, read back after the signal's fan-out
-        self._to_confirm: dict[str, list[tuple[FollowerAccount, PairRules, str, Fill, int]]] = {}
+        # signal id → each follower's fill, logged (and, for a market order's estimate, read back) after its fan-out
+        self._to_confirm: dict[str, list[_BookedFill]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -774,14 +785,15 @@ class CopyEngine:
                 return CopyResult(**base, status="skipped", volume_base=volume_base, notional_usd=notional_usd,
                                   order_id=placed.order_id, acked_at_s=acked_at_s,
                                   reason=f"beyond_entry_slippage: nothing filled at or below {plan.limit_price_usd}")
+            booked = _BookedFill(account, rules, plan.side, fill, account.portfolio.loads, read=True)
         else:
             # A market order fills at once: book the planned volume at the master's price now, and read the real
             # fill once every follower of this signal has its answer (that read must not slow the fan-out).
             estimate = Fill(placed.order_id, "closed", plan.volume_base, plan.notional_usd,
                             plan.notional_usd * self.taker_fee_rate)
             self._apply(account, rules, plan.side, estimate)
-            self._to_confirm.setdefault(signal.signal_id, []).append(
-                (account, rules, plan.side, estimate, account.portfolio.loads))
+            booked = _BookedFill(account, rules, plan.side, estimate, account.portfolio.loads, read=False)
+        self._to_confirm.setdefault(signal.signal_id, []).append(booked)
         return CopyResult(**base, status="succeeded", volume_base=volume_base, notional_usd=notional_usd,
                           order_id=placed.order_id, acked_at_s=acked_at_s,
                           reason="recovered after a lost reply" if placed.recovered else None)
@@ -837,24 +849,23 @@ class CopyEngine:
         return None
 
     async def _confirm_fills(self, signal_id: str) -> None:
-        """Replace each follower's estimated market fill of this signal by the fill the exchange reports, unless
-        a balance read since already holds the real one."""
-        pending = self._to_confirm.pop(signal_id, [])
+        """Log what each follower's order of this signal really got (one `copy_fill` line each). A market order
+        was booked at the master's price: its fill is read now and replaces that estimate, unless a balance read
+        since already holds the real one. An IOC limit's fill was read before its result."""
 
-        async def confirm(account: FollowerAccount, rules: PairRules, side: str, estimate: Fill, loads: int) -> None:
-            actual = await self._final_fill(account, estimate.order_id)
+        async def confirm(booked: _BookedFill) -> None:
+            account, rules, side, fill = booked.account, booked.rules, booked.side, booked.fill
+            actual = fill if booked.read else await self._final_fill(account, fill.order_id)
             if actual is None:
                 return
-            # copy_result said what was planned at the master's price; this is what the market order really got.
             log.info("copy_fill", name=account.name, pair=rules.pair, side=side, order_id=actual.order_id,
                      volume=f"{actual.executed_base:f}", notional=str(_cents(actual.cost_usd)),
                      fee_usd=f"{actual.fee_usd:f}", signal_id=signal_id)
-            if account.portfolio.loads == loads:
-                account.portfolio.correct_fill(rules.base, side, estimate.executed_base, estimate.cost_usd,
-                                               estimate.fee_usd, actual.executed_base, actual.cost_usd,
-                                               actual.fee_usd)
+            if not booked.read and account.portfolio.loads == booked.loads:
+                account.portfolio.correct_fill(rules.base, side, fill.executed_base, fill.cost_usd, fill.fee_usd,
+                                               actual.executed_base, actual.cost_usd, actual.fee_usd)
 
-        await asyncio.gather(*(confirm(*item) for item in pending))
+        await asyncio.gather(*(confirm(booked) for booked in self._to_confirm.pop(signal_id, [])))
 
     async def _place(self, gateway: OrderGateway, plan: OrderPlan, cl_ord_id: str) -> Placed:
         """Send the order. Rejections that executed nothing (rate limit, nonce) are retried by the client, not here.

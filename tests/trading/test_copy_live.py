@@ -379,21 +379,26 @@ async def test_a_later_signal_does_not_use_up_a_refused_exits_tries_within_secon
         exit_results = [r for s in rig.engine.summaries if s.signal_id == exit_signal.signal_id for r in s.results]
         assert "failed" not in {r.status for r in exit_results}
 
-async def test_a_market_copy_logs_what_it_really_got_once_its_fill_is_read(served, tmp_path):
-    """copy_result tells the planned size at the master's price at once; copy_fill then tells the real cost."""
+@pytest.mark.parametrize("spec", [{}, {"entry_slippage": 0.01}], ids=["market", "ioc-limit"])
+async def test_a_copy_logs_what_it_really_got_once_its_fill_is_read(served, tmp_path, spec):
+    """copy_result comes at once (a market copy's size as planned at the master's price); copy_fill then tells
+    what the order really got, for a market copy and an IOC-limit one (entry_slippage) alike."""
     from structlog.testing import capture_logs
 
     exchange, url = served
     with capture_logs() as logs:
-        rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}})
+        rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000", **spec}})
         try:
             await rig.engine.copy(await rig.master_trade("buy", D("0.1")))
             await rig.engine.wait_idle()
         finally:
             await rig.close()
+    events = [line["event"] for line in logs if line["event"].startswith("copy_")]
+    assert events.index("copy_result") < events.index("copy_fill")
     [result] = [line for line in logs if line["event"] == "copy_result"]
     [fill] = [line for line in logs if line["event"] == "copy_fill"]
     [order] = [orders[0] for orders in exchange.orders_by_cl_ord_id("alice").values()]
+    assert order.ordertype == ("limit" if spec else "market")
     assert fill["order_id"] == result["order_id"] == order.txid
     assert fill["volume"] == f"{order.vol_exec:f}" and fill["notional"] == str(order.cost.quantize(D("0.01")))
     assert D(fill["fee_usd"]) == order.fee > 0
