@@ -275,7 +275,8 @@ def load_followers(
 _CHECK_USAGE = """usage: nija check [--users-dir DIR]
 
 Validates the settings (environment and .env) and every follower file, prints a report and exits 0 when all is
-well, 1 otherwise. Nothing is sent to Kraken."""
+well, 1 otherwise. Nothing is sent to Kraken: disabled_symbols are checked against the pair names the last
+`nija run` saved in the state directory."""
 
 
 def _unusable_state_dir(state_dir: Path) -> str | None:
@@ -291,6 +292,24 @@ def _unusable_state_dir(state_dir: Path) -> str | None:
     except OSError as exc:  # named by the directory, not by the probe's temporary file
         return state_dir_problem(OSError(exc.errno, exc.strerror, str(existing)), state_dir)
     return None
+
+
+def _check_disabled_symbols(followers: list[Follower], settings: Settings, out) -> None:
+    """Entries that block nothing (a typo), told from the pair names the last `nija run` saved: a warning, as at
+    start, since the file is still used."""
+    if not settings.has_master_keys or not any(f.config.disabled_symbols for f in followers):
+        return  # paper mode uses no follower files
+    from nija import pair_symbols  # loads the Kraken client package: only when there is something to check
+
+    saved = pair_symbols.load(settings.state_dir)
+    if saved is None or saved.source != settings.kraken_api_url:
+        print(f"  (disabled_symbols are checked against {settings.kraken_api_url}'s pairs when nija run starts, "
+              f"which saves them in {settings.state_dir} for this check: none saved there yet)", file=out)
+        return
+    for follower in followers:
+        for symbol in saved.unknown(follower.config.disabled_symbols):
+            print(f"  ! {follower.source or follower.config.name}: disabled_symbols: "
+                  f"{pair_symbols.unknown_symbol_problem(symbol)} (pairs as of {saved.saved_at})", file=out)
 
 
 def check_main(argv: list[str], *, environ: Mapping[str, str] | None = None, out=None) -> int:
@@ -354,6 +373,7 @@ def check_main(argv: list[str], *, environ: Mapping[str, str] | None = None, out
         print(f"  ✗ {problem}", file=out)
     if load.problems:
         failed = True
+    _check_disabled_symbols(load.followers, settings, out)
     if settings.copies and not load.followers and not load.problems:
         print("  (no follower files: nothing will be copied)", file=out)
     print("check: FAILED" if failed else "check: ok", file=out)

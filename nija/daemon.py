@@ -27,13 +27,13 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from nija import logs
+from nija import logs, pair_symbols
 from nija.accounts import (MASTER_KEY_PERMISSIONS, Follower, FollowerConfig, credential_names, load_followers,
                            refused_key_fix)
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.errors import ConfigurationError, KrakenError
 from nija.kraken.nonce import NonceCoordinator
-from nija.kraken.pairs import Pairs, UnknownPairError
+from nija.kraken.pairs import Pairs
 from nija.lifecycle import AlreadyRunningError, InstanceLock, Lifecycle, State, key_locks, state_dir_problem
 from nija.settings import Settings, SettingsError, load_settings
 from nija.store import Store, StoreError
@@ -42,7 +42,6 @@ from nija.trading.kraken_gateway import follower_accounts, ticker_price_source
 from nija.trading.master_fills import MasterFillWatcher
 from nija.trading.positions import value_usd
 from nija.trading.profiles import profile_for
-from nija.trading.sizing import PairRules
 
 __all__ = ["main", "run", "StartupError"]
 
@@ -175,7 +174,8 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
         master = KrakenClient(master_key.get_secret_value(), master_secret.get_secret_value(), base_url=base_url,
                               tier=settings.kraken_tier, context=context, name="master")
         pairs, master_equity_usd = await _connect_master(master, base_url, lifecycle)
-        _check_disabled_symbols(followers, pairs)
+        symbols_state_dir = None if paper else settings.state_dir  # paper runs use no follower files
+        await _check_disabled_symbols(followers, pairs, symbols_state_dir, base_url)
 
         try:
             store = await Store.open(settings.store_path)
@@ -209,7 +209,8 @@ async def _run(settings: Settings, lifecycle: Lifecycle, stop: asyncio.Event, st
             value_usd=lambda owned: value_usd(owned, engine.prices),
             own_copy=lambda cl_ord_id: _own_copy(engine, cl_ord_id)))
         tasks = [asyncio.create_task(_heartbeat(lifecycle, engine), name="heartbeat"),
-                 asyncio.create_task(_pairs_refresh_loop(master, watcher, engine), name="pairs-refresh"),
+                 asyncio.create_task(_pairs_refresh_loop(master, watcher, engine, symbols_state_dir),
+                                     name="pairs-refresh"),
                  asyncio.create_task(_reconcile_loop(engine), name="reconcile"),
                  asyncio.create_task(_follower_health(lifecycle, engine), name="follower-health"),
                  asyncio.create_task(_master_equity_loop(master, lifecycle, engine, watcher, master_poll_s),
@@ -515,15 +516,26 @@ def _follower_snapshots(engine: CopyEngine) -> None:
                  copies=True, unusable=account.unusable)
 
 
-def _check_disabled_symbols(followers: list[Follower], pairs: Pairs) -> None:
-    """A misspelt disabled symbol blocks nothing: say so at start (the file stays in use)."""
+async def _check_disabled_symbols(followers: list[Follower], pairs: Pairs, state_dir: Path | None,
+                                  base_url: str) -> None:
+    """A misspelt disabled symbol blocks nothing: say so at start (the file stays in use). The names are saved for
+    `nija check` in `state_dir` (None: not saved)."""
+    symbols = pair_symbols.blocking_symbols(pairs)
     for follower in followers:
         for symbol in follower.config.disabled_symbols:
-            if not _blocks_a_pair(symbol, pairs):
+            if symbol not in symbols:
                 log.warning("follower_config_problem", file=str(follower.source or follower.name),
-                            field="disabled_symbols",
-                            problem=f"{symbol!r} names no USD pair and no asset traded against USD, so it blocks "
-                                    "nothing: fix its spelling (e.g. \"DOGE\", \"XBTUSD\", \"BTC/USD\")")
+                            field="disabled_symbols", problem=pair_symbols.unknown_symbol_problem(symbol))
+    await _save_pair_symbols(state_dir, base_url, symbols)
+
+
+async def _save_pair_symbols(state_dir: Path | None, base_url: str, symbols: frozenset[str]) -> None:
+    if state_dir is None:
+        return
+    try:
+        await asyncio.to_thread(pair_symbols.save, state_dir, base_url, symbols)
+    except OSError as exc:  # only `nija check` goes without them
+        log.warning("pair_symbols_not_saved", path=str(state_dir / pair_symbols.FILE_NAME), error=str(exc))
 
 
 async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:
@@ -535,9 +547,11 @@ async def _heartbeat(lifecycle: Lifecycle, engine: CopyEngine) -> None:
                  unsettled=engine.unsettled, problems=sorted(lifecycle.problems) or None)
 
 
-async def _pairs_refresh_loop(master: KrakenClient, watcher: MasterFillWatcher, engine: CopyEngine) -> None:
+async def _pairs_refresh_loop(master: KrakenClient, watcher: MasterFillWatcher, engine: CopyEngine,
+                             symbols_state_dir: Path | None) -> None:
     """Load Kraken's pairs again now and then: new listings, and status changes (a pair in cancel_only is
-    skipped with its reason instead of being sent orders that fail). Kraken's clock is read as often."""
+    skipped with its reason instead of being sent orders that fail). Kraken's clock is read as often. The names
+    `disabled_symbols` can use are saved again for `nija check` (see `nija.pair_symbols`)."""
     while True:
         await asyncio.sleep(PAIRS_REFRESH_S)
         await _check_clock(master)
@@ -548,6 +562,7 @@ async def _pairs_refresh_loop(master: KrakenClient, watcher: MasterFillWatcher, 
             continue
         watcher.pairs = pairs
         engine.set_pairs(pairs)
+        await _save_pair_symbols(symbols_state_dir, master.base_url, pair_symbols.blocking_symbols(pairs))
 
 
 async def _check_clock(master: KrakenClient) -> None:
@@ -620,18 +635,6 @@ async def _reconcile_loop(engine: CopyEngine) -> None:
                          failed=summary.failed)
         except Exception:  # the next round tries again; the daemon goes on copying
             log.exception("reconcile_failed")
-
-
-def _blocks_a_pair(symbol: str, pairs: Pairs) -> bool:
-    """Whether sizing will match `symbol` against the pair it names, or the USD pair of the asset it names."""
-    try:
-        candidates = [pairs.get(symbol)]
-    except UnknownPairError:
-        candidates = []
-    usd_pair = pairs.find(symbol, "USD")
-    if usd_pair is not None:
-        candidates.append(usd_pair)
-    return any(symbol in PairRules.of(pair).symbols for pair in candidates)
 
 
 def _cents(usd: Decimal | None) -> str | None:

@@ -508,19 +508,31 @@ async def test_trades_the_master_made_while_copying_was_off_are_not_copied_later
 async def test_a_disabled_symbol_blocks_the_pair_it_names_or_is_reported_at_start(exchange, exchange_url, tmp_path,
                                                                                  symbol, blocks_btc):
     """A name Kraken's pairs resolve is matched by sizing in that spelling; one that blocks nothing (a typo, a
-    quote currency) is said at start, so the operator is never left believing it blocks something."""
+    quote currency) is said at start, so the operator is never left believing it blocks something; and then by
+    `nija check` too, offline, from the names the start saved."""
+    import io
+    import json
+
     from pydantic import SecretStr
     from structlog.testing import capture_logs
 
-    from nija.accounts import Follower, FollowerConfig
+    from nija.accounts import Follower, FollowerConfig, check_main
     from nija.trading.signals import signal_from_master_order
     from nija.trading.sizing import FollowerBook, FollowerLimits, PairRules, Skip, size_copy
 
     async with KrakenContext(state_dir=tmp_path) as context:
         pairs = await KrakenClient("k", "c2VjcmV0", base_url=exchange_url, context=context).pairs()
     alice = Follower(FollowerConfig(name="alice", disabled_symbols=[symbol]), SecretStr("k"), SecretStr("c2VjcmV0"))
+    env = {"KRAKEN_MASTER_API_KEY": "km", "KRAKEN_MASTER_API_SECRET": "c2VjcmV0", "KRAKEN_API_URL": exchange_url,
+           "KRAKEN_USER_ALICE_API_KEY": "k", "KRAKEN_USER_ALICE_API_SECRET": "c2VjcmV0",
+           "NIJA_STATE_DIR": str(tmp_path / "state"), "NIJA_USERS_DIR": str(tmp_path / "users")}
+    (tmp_path / "users").mkdir()
+    (tmp_path / "users" / "alice.json").write_text(json.dumps({"name": "alice", "disabled_symbols": [symbol]}))
+    before_any_run = io.StringIO()
+    assert check_main([], environ=env, out=before_any_run) == 0
+    assert "checked against" in before_any_run.getvalue() and "none saved there yet" in before_any_run.getvalue()
     with capture_logs() as logs:
-        nija.daemon._check_disabled_symbols([alice], pairs)
+        await nija.daemon._check_disabled_symbols([alice], pairs, tmp_path / "state", exchange_url)
     warned = [line for line in logs if line["event"] == "follower_config_problem"]
     buy = signal_from_master_order("O1", pair="XXBTZUSD", side="buy", vol_exec=Decimal("0.1"),
                                    cost_usd=Decimal("5000"), fee_usd=Decimal("10"), master_equity_usd=Decimal("10000"),
@@ -528,10 +540,15 @@ async def test_a_disabled_symbol_blocks_the_pair_it_names_or_is_reported_at_star
     plan = size_copy(buy, FollowerLimits.of(alice.config), FollowerBook(Decimal(1000), Decimal(1000), Decimal(0)),
                      PairRules.of(pairs.get("XBTUSD")))
     assert (isinstance(plan, Skip) and plan.reason.value == "disabled_symbol") is blocks_btc
+    report = io.StringIO()
+    assert check_main([], environ=env, out=report) == 0  # a warning, as at start: the file is still used
+    told = [line for line in report.getvalue().splitlines() if "disabled_symbols" in line]
     if symbol in ("DOGEE", "USD"):
         assert warned and f"{symbol!r}" in warned[0]["problem"] and warned[0]["log_level"] == "warning"
+        assert told == [f"  ! {tmp_path / 'users' / 'alice.json'}: disabled_symbols: {warned[0]['problem']} "
+                        f"(pairs as of {json.loads((tmp_path / 'state' / 'pair_symbols.json').read_text())['saved_at']})"]
     else:
-        assert not warned
+        assert not warned and not told
 
 
 def test_follower_files_without_master_keys_warn_that_the_run_is_paper(tmp_path, monkeypatch, capsys):
