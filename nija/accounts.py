@@ -303,8 +303,9 @@ def _check_disabled_symbols(followers: list[Follower], settings: Settings, out) 
 
     saved = pair_symbols.load(settings.state_dir)
     if saved is None or saved.source != settings.kraken_api_url:
+        found = "none saved there yet" if saved is None else f"the names saved there are {saved.source}'s"
         print(f"  (disabled_symbols are checked against {settings.kraken_api_url}'s pairs when nija run starts, "
-              f"which saves them in {settings.state_dir} for this check: none saved there yet)", file=out)
+              f"which saves them in {settings.state_dir} for this check: {found})", file=out)
         return
     for follower in followers:
         for symbol in saved.unknown(follower.config.disabled_symbols):

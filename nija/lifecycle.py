@@ -136,7 +136,9 @@ class InstanceLock:
     """An exclusive lock per set of keys in the state directory (invariant 9: one daemon per set of keys).
 
     The lock file is named after a hash of the master key, never the key itself. The OS releases it when the
-    process dies, so a crash never leaves a stale lock behind.
+    process dies, so a crash never leaves a stale lock behind. The file itself stays (a few bytes per key): one
+    removed on release could be locked by a process that opened it just before, while the next opens a new file of
+    the same name and locks that too, both then holding "the" lock.
     """
 
     def __init__(self, state_dir: Path, key_identity: str, *, holder: str = "nija run",

@@ -1,7 +1,8 @@
 """Which names a follower's `disabled_symbols` can use, and a copy of them in the state directory.
 
-An entry blocks something when it spells a pair (XBTUSD, BTC/USD, XXBTZUSD, ETH-BTC, ...) or names the asset a
-pair buys and sells (DOGE, XDG, BTC, XBT): sizing skips a copy whose pair answers to one of its names. A misspelt
+NIJA copies the master's trades on USD-quoted pairs only, and sizing skips a copy whose pair answers to an entry:
+an entry blocks something when it spells a USD pair (XBTUSD, BTC/USD, XXBTZUSD, ...) or names the asset one buys
+and sells (DOGE, XDG, BTC, XBT). A misspelt
 entry ("DOGEE") blocks nothing, silently. `nija run` says so in its log when it loads the pairs, and saves the
 names here each time, so that `nija check`, which sends nothing to Kraken, can say so too before a restart.
 """
@@ -24,13 +25,13 @@ FILE_NAME = "pair_symbols.json"
 
 
 def blocking_symbols(pairs: Pairs) -> frozenset[str]:
-    """Every upper-case name a `disabled_symbols` entry can use to block a copy on one of `pairs`."""
-    # Exactly the names sizing matches an entry against (a pair's spellings and its base asset's names).
-    return frozenset().union(*(PairRules.of(info).symbols for info in pairs))
+    """Every upper-case name a `disabled_symbols` entry can use to block a copy on one of `pairs`: exactly the names
+    sizing matches an entry against (a pair's spellings and its base asset's names), of the pairs NIJA copies."""
+    return frozenset().union(*(PairRules.of(info).symbols for info in pairs if info.quote_common == "USD"))
 
 
 def unknown_symbol_problem(symbol: str) -> str:
-    return (f"{symbol!r} names no pair and no asset a pair trades, so it blocks nothing: fix its spelling "
+    return (f"{symbol!r} names no USD pair and no asset traded against USD, so it blocks nothing: fix its spelling "
             "(e.g. \"DOGE\", \"XBTUSD\", \"BTC/USD\")")
 
 
