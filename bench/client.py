@@ -38,6 +38,7 @@ import tracemalloc
 from decimal import Decimal
 
 from bench.cores import exchange_core, pin_client, pin_exchange  # noqa: E402
+from nija import event_loop  # noqa: E402
 from nija.kraken.limits import Tier  # noqa: E402
 
 ROOMY = {"name": "roomy-bench", "rest_max": 1e9, "rest_decay_per_s": 1e6, "trading_max": 1e9,
@@ -73,7 +74,7 @@ def serve_main(spec_path: str) -> int:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, sys.stdin.read)  # parent closes stdin (or dies) → stop
 
-    asyncio.run(run())
+    event_loop.run(run())
     return 0
 
 
@@ -413,15 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         results = {
             "machine": f"{os.cpu_count()} CPU, Python {sys.version.split()[0]}",
-            "cpu": asyncio.run(bench_cpu(200 if args.quick else 2000)),
-            "same_key": asyncio.run(bench_same_key(200)),
-            "fan_out": asyncio.run(bench_fan_out([10, 100] if args.quick else [10, 100, 1000],
+            "cpu": event_loop.run(bench_cpu(200 if args.quick else 2000)),
+            "same_key": event_loop.run(bench_same_key(200)),
+            "fan_out": event_loop.run(bench_fan_out([10, 100] if args.quick else [10, 100, 1000],
                                                  with_ccxt=not args.no_ccxt_fan_out, idle_s=args.idle_s)),
         }
     elif args.command == "cpu":
-        results = {"cpu": asyncio.run(bench_cpu(args.calls))}
+        results = {"cpu": event_loop.run(bench_cpu(args.calls))}
     else:
-        results = {"starter": asyncio.run(bench_starter())}
+        results = {"starter": event_loop.run(bench_starter())}
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

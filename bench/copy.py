@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pydantic import SecretStr  # noqa: E402
 
 from bench.cores import exchange_core, pin_client, pin_exchange  # noqa: E402
+from nija import event_loop  # noqa: E402
 from nija.accounts import Follower, FollowerConfig  # noqa: E402
 from nija.kraken.client import KrakenClient, KrakenContext  # noqa: E402
 from nija.logs import configure  # noqa: E402
@@ -81,7 +82,7 @@ def _serve(accounts, latency_ms: float, max_runtime_s: float, url_queue, stop_ev
             while not stop_event.is_set() and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
 
-    asyncio.run(main())
+    event_loop.run(main())
 
 
 class RoundTrip:
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the gc.freeze() that `nija run` does after start-up (and this bench by default)")
     parser.add_argument("--profile", action="store_true", help="print where the engine's process spends its time")
     parser.add_argument("--max-runtime-s", type=float, default=900.0, help="the child exchange stops after this")
-    asyncio.run(_bench(parser.parse_args(argv)))
+    event_loop.run(_bench(parser.parse_args(argv)))
     return 0
 
 

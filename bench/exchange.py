@@ -39,6 +39,7 @@ import urllib.parse
 from decimal import Decimal
 
 from bench.cores import exchange_core, pin_client, pin_exchange  # noqa: E402
+from nija import event_loop  # noqa: E402
 from nija.kraken.auth import sign  # noqa: E402
 from nija.kraken.limits import Tier  # noqa: E402
 
@@ -73,7 +74,7 @@ def serve_child(keys: int, core: int | None) -> None:
             loop.add_reader(sys.stdin.fileno(), stop.set)  # the parent closes stdin to stop us
             await asyncio.wait_for(stop.wait(), 3600)
 
-    asyncio.run(run())
+    event_loop.run(run())
 
 
 # ---- the load generator -------------------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def throughput(args: argparse.Namespace) -> list[dict]:
         results = []
         for method, latency in (("Balance", 0.0), ("AddOrder", 0.0), ("Balance", 50.0)):
             cpu0 = _cpu_seconds(child.pid)
-            r = asyncio.run(load(info["url"], keys, args.seconds, method, info["token"], latency))
+            r = event_loop.run(load(info["url"], keys, args.seconds, method, info["token"], latency))
             r["server_cpu_s"] = round(_cpu_seconds(child.pid) - cpu0, 2)
             r["server_cpu_per_call_us"] = round(r["server_cpu_s"] / max(1, r["ok"] + r["errors"]) * 1e6, 1)
             r["calls_per_server_cpu_s"] = round((r["ok"] + r["errors"]) / max(r["server_cpu_s"], 1e-9))

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from structlog.testing import capture_logs  # noqa: E402
 
+from nija import event_loop  # noqa: E402
 from nija.daemon import run  # noqa: E402
 from nija.exchange import Exchange  # noqa: E402
 from nija.kraken.client import KrakenClient, KrakenContext  # noqa: E402
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sides", default="bbs", help="pattern of buys (b) and sells (s), repeated")
     parser.add_argument("--no-feed", dest="feed", action="store_false", help="poll only (KRAKEN_WS_AUTH_URL=off)")
     parser.add_argument("--max-wait-s", type=float, default=90.0, help="after the last trade, for the last copy")
-    print(json.dumps(asyncio.run(_bench(parser.parse_args(argv)))))
+    print(json.dumps(event_loop.run(_bench(parser.parse_args(argv)))))
     return 0
 
 

@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from nija.lifecycle import state_dir_problem
+from nija import event_loop
 from nija.logs import setting_problems
 from nija.settings import Settings, SettingsError, load_settings, secret_problem
 from nija.validation import plain_fix
@@ -342,7 +343,7 @@ def check_main(argv: list[str], *, environ: Mapping[str, str] | None = None, out
         settings = Settings()  # only to find the follower files: nothing above is reported as configured
     else:
         # What a run would only find at start (the state directory) or carry on past with a default (the logs).
-        problems = setting_problems(environ)
+        problems = setting_problems(environ) + event_loop.setting_problems(environ)
         unusable = _unusable_state_dir(settings.state_dir)
         if unusable:
             problems.append(unusable)

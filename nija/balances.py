@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from nija import logs
+from nija import event_loop, logs
 from nija.accounts import load_followers
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.errors import KrakenError
@@ -105,7 +105,7 @@ def main(argv: list[str], *, environ: Mapping[str, str] | None = None, out=None)
               "accounts to read outside a running daemon)", file=out)
         return 2
     try:
-        rows = asyncio.run(read_balances(settings, environ))
+        rows = event_loop.run(read_balances(settings, environ))
     except AlreadyRunningError as exc:
         print(f"{exc}\nThe running daemon logs every account's balances at start and every hour: see its "
               "balance_snapshot lines.", file=out)

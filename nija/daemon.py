@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from nija import logs, pair_symbols
+from nija import event_loop, logs, pair_symbols
 from nija.accounts import (MASTER_KEY_PERMISSIONS, Follower, FollowerConfig, credential_names, load_followers,
                            refused_key_fix)
 from nija.kraken.client import KrakenClient, KrakenContext
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
                     consequence="paper mode on the embedded exchange; the follower files are not used",
                     fix="set KRAKEN_MASTER_API_KEY and KRAKEN_MASTER_API_SECRET (environment or .env) for a live run")
     try:
-        return asyncio.run(run(settings, paper=args.paper or not settings.has_master_keys, speed=args.speed,
+        return event_loop.run(run(settings, paper=args.paper or not settings.has_master_keys, speed=args.speed,
                                seed=args.seed, duration_s=args.duration))
     except AlreadyRunningError as exc:
         log.error("already_running", reason=str(exc))
@@ -124,7 +124,7 @@ async def run(settings: Settings, *, paper: bool = False, speed: float = 1.0, se
 
     `master_poll_s` overrides the rate profile's order-status interval for the master-fill watcher.
     """
-    lifecycle = Lifecycle()
+    lifecycle = Lifecycle(event_loop=event_loop.loop_name())
     stop = stop or _stop_event()
     # A stop asked for while starting (Kraken slow to answer) cancels the start instead of waiting for it.
     start_guard = asyncio.create_task(_cancel_start_on_stop(stop, asyncio.current_task(), lifecycle))

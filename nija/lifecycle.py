@@ -42,11 +42,11 @@ _ALLOWED = {
 class Lifecycle:
     """The daemon's state; `degraded` carries the reasons (e.g. a follower that cannot be reached)."""
 
-    def __init__(self) -> None:
+    def __init__(self, **context) -> None:
         self.state = State.STARTING
         self._problems: dict[str, str] = {}
         self._log = get_logger("nija.lifecycle")
-        self._log.info("lifecycle", state=self.state.value)
+        self._log.info("lifecycle", state=self.state.value, **context)
 
     def _move(self, new: State, **context) -> None:
         if new is self.state:

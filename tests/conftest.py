@@ -17,16 +17,29 @@ fill at once) until `exchange.release("XBTUSD")`. Faults: `exchange.inject(Fault
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
 
+from nija.event_loop import loop_factory
 from nija.exchange import Exchange
 from nija.exchange.app import ExchangeServer
 
 #: the fixture accounts and their USD balances
 FIXTURE_ACCOUNTS: dict[str, Decimal] = {"master": Decimal("60.53"), "alice": Decimal("84.58"),
                                         "bob": Decimal("65.87")}
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """Async tests run on the loop NIJA runs on (nija.event_loop: uvloop where installed). A test or module marked
+    `pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])` runs on both, or on the one it names."""
+    factory = loop_factory({})
+    factories = {"uvloop" if factory is not None else "asyncio": factory or asyncio.new_event_loop}
+    marker = item.get_closest_marker("asyncio")
+    if marker is not None and marker.kwargs.get("loop_factories"):
+        factories["asyncio"] = asyncio.new_event_loop
+    return factories
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,8 @@ import signal
 import sys
 from pathlib import Path
 
+from nija import event_loop
+
 from .accounts_file import accounts_from_file
 from .engine import DEMO_ACCOUNTS, ApiKey, Exchange, KrakenReject
 from .faults import FAULT_KINDS, Fault
@@ -282,7 +284,7 @@ def main(argv: list[str]) -> int:
             print(f"nija sim: {line}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_run(ex, args))
+        event_loop.run(_run(ex, args))
     except CannotServe as exc:
         print(f"nija sim: {exc}", file=sys.stderr)
         return 1

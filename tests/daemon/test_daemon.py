@@ -340,6 +340,7 @@ async def test_a_follower_key_held_by_another_daemon_leaves_only_that_follower_o
             assert "follower:alice" in lifecycle.problems
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])
 async def test_a_stop_during_a_slow_start_ends_the_start_at_once(exchange, exchange_server, tmp_path):
     """Render sends SIGTERM and waits 30 s: a start stuck on a slow Kraken must not outlive it."""
     master = exchange.account("master")

@@ -108,6 +108,7 @@ async def test_with_the_channel_off_the_daemon_says_so_and_polls(exchange, copyi
     await trader.context.close()
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])
 async def test_paper_mode_follows_the_embedded_exchanges_channel(tmp_path, capsys):
     """`./start.sh` with no keys: the channel is the embedded exchange's, never Kraken's."""
     settings = load_settings({"NIJA_STATE_DIR": str(tmp_path / "state")}, dotenv_path=None)

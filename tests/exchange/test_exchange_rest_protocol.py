@@ -16,6 +16,9 @@ from nija.exchange import Fault
 from nija.exchange import app as exchange_app
 from nija.kraken.auth import decode_secret, sign
 
+# The exchange reads its sockets itself here: on each loop NIJA may run on (nija.event_loop).
+pytestmark = pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])
+
 
 class Raw:
     """One TCP connection to the exchange, written and read as bytes."""

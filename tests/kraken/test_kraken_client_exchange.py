@@ -36,6 +36,7 @@ def client_for(exchange, name, context, **kwargs) -> KrakenClient:
                         tier=account.tier, name=name, retry_base_s=0.01, **kwargs)
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])
 @pytest.mark.parametrize("nonce_window", [0, 1_000_000])
 async def test_200_concurrent_calls_on_one_key_with_jitter_give_zero_invalid_nonce(exchange, context, nonce_window):
     exchange.create_account("jitter", balances={"ZUSD": Decimal("10")}, tier=ROOMY, nonce_window=nonce_window)

@@ -73,6 +73,7 @@ class RawServer:
             writer.close()
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # how each loop handles sockets
 @pytest.mark.parametrize("shape", [plain, early_hints_then, chunked, gzipped, closing, unframed])
 async def test_each_reply_reaches_the_call_it_answers(context, secret_b64, shape):
     raw = RawServer(shape)

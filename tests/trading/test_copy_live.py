@@ -30,6 +30,7 @@ async def served():
         yield exchange, server.url
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])
 async def test_master_buy_then_ladder_exits_are_mirrored(served, tmp_path):
     exchange, url = served
     rig = await make_rig(exchange, url, tmp_path, {
@@ -82,6 +83,7 @@ async def test_master_buy_then_ladder_exits_are_mirrored(served, tmp_path):
     Fault(kind="timeout", method="AddOrder", delay_s=1.0),
     Fault(kind="timeout", method="AddOrder", delay_s=1.0, execute=False),
 ], ids=lambda f: f"{f.kind}{'-executed' if f.execute else ''}{'-x' + str(f.next_n) if f.next_n != 1 else ''}")
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])
 async def test_faults_never_duplicate_or_lose_an_order(served, tmp_path, fault):
     exchange, url = served
     rig = await make_rig(exchange, url, tmp_path, {"alice": {"usd": "1000"}, "bob": {"usd": "1000"}},
