@@ -1,9 +1,9 @@
 """The event loop every NIJA command runs on: uvloop where it is installed, asyncio's own otherwise.
 
-uvloop runs the loop, its sockets and its callbacks in C (libuv) where asyncio's loop runs them in Python. NIJA's
-work is mostly that: a connection per account, a request written and a reply read per order. On uvloop a fan-out to
-1,000 keys on new connections costs the client ≈ 25 % less CPU, and the embedded exchange ≈ 35 % less to answer it
-(docs/benchmarks/client.md).
+uvloop runs the loop, its sockets and its callbacks in C (libuv) where asyncio's loop runs them in Python, and much
+of NIJA's work is that: a connection per account, a request written and a reply read per order. On uvloop NIJA
+spends ≈ 10–15 % less CPU on a copy fan-out or on a fan-out to 1,000 keys on new connections, and the embedded
+exchange ≈ 35 % less to accept and answer those 1,000 (docs/benchmarks/client.md, docs/benchmarks/copy.md).
 
 `NIJA_EVENT_LOOP=asyncio` runs on asyncio's own loop instead (uvloop is not made for Windows, where that is what
 runs anyway). The test suite runs on uvloop, and the tests that depend most on how a loop handles sockets, timers
