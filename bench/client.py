@@ -423,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {"cpu": event_loop.run(bench_cpu(args.calls))}
     else:
         results = {"starter": event_loop.run(bench_starter())}
+    results["event_loop"] = "uvloop" if event_loop.loop_factory() else "asyncio"
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

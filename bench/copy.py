@@ -205,8 +205,8 @@ async def _bench(args) -> None:
             rtt_context = KrakenContext(state_dir=state_dir / "nonces-rtt")
             round_trip = RoundTrip(url, rtt_context, creds[-1])
             rtt_ms = await round_trip.median_ms(7)
-            print(f"exchange latency {args.latency_ms:g} ms/request; one AddOrder round trip: {rtt_ms:.1f} ms (median); "
-                  f"× RTT compares each signal with the round trip measured just before it")
+            print(f"{event_loop.loop_name()} loop; exchange latency {args.latency_ms:g} ms/request; one AddOrder round "
+                  f"trip: {rtt_ms:.1f} ms (median); × RTT compares each signal with the round trip measured just before it")
             print(f"{'N':>5} {'median ms':>10} {'max ms':>8} {'× RTT med/max':>13} {'errors':>6} {'NIJA CPU ms':>11}  target")
             for n in args.n:
                 result = await _run_n(url, creds, n, args.signals, state_dir, round_trip, args.profile,

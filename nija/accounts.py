@@ -25,8 +25,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from nija.lifecycle import state_dir_problem
 from nija import event_loop
+from nija.lifecycle import state_dir_problem
 from nija.logs import setting_problems
 from nija.settings import Settings, SettingsError, load_settings, secret_problem
 from nija.validation import plain_fix

@@ -105,7 +105,7 @@ def main(argv: list[str], *, environ: Mapping[str, str] | None = None, out=None)
               "accounts to read outside a running daemon)", file=out)
         return 2
     try:
-        rows = event_loop.run(read_balances(settings, environ))
+        rows = event_loop.run(read_balances(settings, environ), environ=environ)
     except AlreadyRunningError as exc:
         print(f"{exc}\nThe running daemon logs every account's balances at start and every hour: see its "
               "balance_snapshot lines.", file=out)

@@ -1,6 +1,6 @@
 """Time limits for many calls in flight with few timers.
 
-`asyncio.timeout` arms a loop timer per use and leaves it cancelled in the loop's heap: a fan-out of 1,000 orders
+`asyncio.timeout` arms a loop timer per use (on asyncio's own loop, left cancelled in its heap until due): a fan-out of 1,000 orders
 would arm 1,000 timers, and each costs about 5 µs more than a slot here. Every private Kraken call and every copy
 engine call to the exchange take their limit from a `RequestTimeouts` instead.
 """

@@ -32,9 +32,10 @@ FIXTURE_ACCOUNTS: dict[str, Decimal] = {"master": Decimal("60.53"), "alice": Dec
 
 
 def pytest_asyncio_loop_factories(config, item):
-    """Async tests run on the loop NIJA runs on (nija.event_loop: uvloop where installed). A test or module marked
-    `pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])` runs on both, or on the one it names."""
-    factory = loop_factory({})
+    """Async tests run on the loop NIJA runs on (nija.event_loop: uvloop where installed, asyncio's own with
+    NIJA_EVENT_LOOP=asyncio). A test or module marked `pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])`
+    runs on both, or on the one it names."""
+    factory = loop_factory()
     factories = {"uvloop" if factory is not None else "asyncio": factory or asyncio.new_event_loop}
     marker = item.get_closest_marker("asyncio")
     if marker is not None and marker.kwargs.get("loop_factories"):

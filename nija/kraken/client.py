@@ -47,6 +47,7 @@ import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import SecretStr
 
+from nija.event_loop import TIMER_STEP_S
 from nija.kraken import wire
 from nija.kraken.auth import decode_secret, sign
 from nija.kraken.errors import (
@@ -857,7 +858,7 @@ class KrakenClient:
         if wait_s > 0:
             log.info("kraken_order_lookup_deferred", key=self.key_id, account=self.name, cl_ord_id=cl_ord_id,
                      wait_s=round(wait_s, 3))
-            await asyncio.sleep(wait_s)
+            await asyncio.sleep(wait_s + TIMER_STEP_S)  # a timer may fire a little early: never look before the moment
         return await self.find_order(cl_ord_id)
 
     def _stamp_deadline(self, cl_ord_id: str | None, deadline_s: float) -> str:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from nija.event_loop import TIMER_STEP_S
 from nija.kraken.limits import TIERS, DecayingCounter, Tier, rest_cost, trading_cost
 
 __all__ = ["RateScheduler", "KeyBudget", "Pacer"]
@@ -76,7 +77,7 @@ class Pacer:
         start = self._clock()
         async with self._lock:
             while (wait_s := self._wait_s(cost)) > 0:
-                await asyncio.sleep(wait_s)
+                await asyncio.sleep(wait_s + TIMER_STEP_S)  # once: a timer may fire a little before the budget is back
             if charge:
                 self.counter.add(cost, self._clock())
         waited = self._clock() - start

@@ -37,6 +37,7 @@ from decimal import Decimal
 from typing import NamedTuple, Protocol
 
 from nija.accounts import FOLLOWER_KEY_PERMISSIONS, FollowerConfig, credential_names, refused_key_fix
+from nija.event_loop import TIMER_STEP_S
 from nija.kraken.errors import (
     AmbiguousOrderError,
     ConfigurationError,
@@ -826,7 +827,7 @@ class CopyEngine:
                     found = await gateway.find(cl_ord_id)
             if found is not None or started_at >= settles_at:
                 return found
-            await asyncio.sleep(max(0.0, settles_at - loop.time()))
+            await asyncio.sleep(max(0.0, settles_at - loop.time()) + TIMER_STEP_S)  # never before the moment
 
     async def _read_fill(self, account: FollowerAccount, order_id: str) -> Fill | None:
         try:

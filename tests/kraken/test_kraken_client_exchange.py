@@ -374,6 +374,7 @@ async def test_a_restart_starts_from_the_rest_counter_the_last_run_left(exchange
 # The killed run of the test below: fills the REST counter of a slow tier, says so, then waits to be killed.
 _FILL_THEN_HANG = """
 import asyncio, sys
+from nija import event_loop
 from nija.kraken.client import KrakenClient, KrakenContext
 from nija.kraken.limits import Tier
 
@@ -387,7 +388,7 @@ async def main(url, key, secret, state_dir):
     print("counter full", flush=True)
     await asyncio.sleep(60)
 
-asyncio.run(main(*sys.argv[1:]))
+event_loop.run(main(*sys.argv[1:]))
 """
 
 

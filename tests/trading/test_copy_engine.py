@@ -845,3 +845,16 @@ async def test_a_stored_entry_fanned_out_only_after_an_outage_is_not_bought_at_t
     [summary] = await engine.reconcile()
     assert summary.skipped == 1 and summary.results[0].reason.startswith("stale_entry")
     assert alice.orders == {}
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])  # uvloop's timers may fire up to a millisecond early
+async def test_an_order_is_proven_absent_by_the_first_lookup_after_its_moment_on_either_loop(store):
+    """The first lookup comes before the order could last land and proves nothing; the one after the wait must
+    prove it (each lookup costs 3 points of a Starter key's REST counter)."""
+    for n in range(20):
+        alice = FakeAccount()
+        await _stored_without_orders(store, buy(f"r{n}"), "alice")
+        alice.settle_delays[cl_ord_id_for(f"r{n}", "alice")] = 0.003 + n * 0.000049  # every fraction of a millisecond
+        engine = await engine_with(store, [account("alice", alice)])
+        [summary] = await engine.reconcile()
+        assert summary.succeeded == 1 and alice.calls.count("find") == 2, alice.calls
