@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
                     fix="set KRAKEN_MASTER_API_KEY and KRAKEN_MASTER_API_SECRET (environment or .env) for a live run")
     try:
         return event_loop.run(run(settings, paper=args.paper or not settings.has_master_keys, speed=args.speed,
-                               seed=args.seed, duration_s=args.duration))
+                                  seed=args.seed, duration_s=args.duration))
     except AlreadyRunningError as exc:
         log.error("already_running", reason=str(exc))
         return 3

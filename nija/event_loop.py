@@ -35,7 +35,7 @@ def _choice(environ: Mapping[str, str]) -> str:
 
 
 def setting_problems(environ: Mapping[str, str] | None = None) -> list[str]:
-    """What is wrong with NIJA_EVENT_LOOP (a run carries on with uvloop; `nija check` reports it)."""
+    """What is wrong with NIJA_EVENT_LOOP (a run carries on with the default; `nija check` reports it)."""
     choice = _choice(os.environ if environ is None else environ)
     if choice not in _CHOICES:
         return [f"{ENV}={choice!r} is not an event loop: use uvloop (the default) or asyncio"]
